@@ -1,0 +1,1367 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+const (
+	defaultServer      = "http://localhost:6443"
+	defaultPort        = "6443"
+	requestTimeout     = 30 * time.Second
+	tokenCommandTimout = 10 * time.Second
+	maxResponseBytes   = 4 << 20
+)
+
+// stdio is where a command reads and writes; tests run the real binary, so
+// these are the process's own streams.
+type stdio struct {
+	in       *os.File
+	out, err io.Writer
+}
+
+// globals are the flags every client command accepts, before or after the
+// command name.
+type globals struct {
+	context, server, token string
+	json                   bool
+	io                     *stdio
+}
+
+// parseGlobals takes the global flags out of args wherever they stand (up
+// to a "--") and returns the rest in order.
+func parseGlobals(args []string, io *stdio) (*globals, []string, error) {
+	g := &globals{io: io}
+	strs := map[string]*string{"context": &g.context, "server": &g.server, "token": &g.token}
+	var rest []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			rest = append(rest, args[i:]...)
+			break
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") {
+			rest = append(rest, a)
+			continue
+		}
+		if name == "json" {
+			b, err := strconv.ParseBool(value)
+			if !hasValue {
+				b, err = true, nil
+			}
+			if err != nil {
+				return nil, nil, usageErrorf("--json takes no value or true/false, not %q", value)
+			}
+			g.json = b
+			continue
+		}
+		p, ok := strs[name]
+		if !ok {
+			rest = append(rest, a)
+			continue
+		}
+		if !hasValue {
+			if i+1 >= len(args) {
+				return nil, nil, usageErrorf("flag --%s needs a value", name)
+			}
+			i++
+			value = args[i]
+		}
+		*p = value
+	}
+	return g, rest, nil
+}
+
+// newFlags makes a command's flag set; errors come back to the one error
+// path instead of being printed by the flag package.
+func (g *globals) newFlags(name, argsUsage, about string) *flag.FlagSet {
+	fs := flag.NewFlagSet("helyos "+name, flag.ContinueOnError)
+	fs.SetOutput(g.io.err)
+	fs.Usage = func() {
+		fmt.Fprintf(g.io.err, "Usage: helyos %s %s\n\n%s\n", name, argsUsage, about)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintf(g.io.err, "\nFlags:\n")
+			fs.PrintDefaults()
+		}
+		fmt.Fprintf(g.io.err, "\nGlobal flags: --context NAME, --server URL, --token TOKEN, --json\n")
+	}
+	return fs
+}
+
+// parseFlags parses args, allowing flags after the positional arguments
+// (`auth token create ci --ttl 3600`), and checks how many positional
+// arguments there are. It returns them.
+func parseFlags(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
+	var positional []string
+	for {
+		fs.SetOutput(io.Discard)
+		err := fs.Parse(args)
+		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
+			return nil, err
+		}
+		if err != nil {
+			return nil, withHint(usageErrorf("%s: %v", fs.Name(), err), "run '"+fs.Name()+" --help'")
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		positional = append(positional, args[0])
+		args = args[1:]
+	}
+	if n := len(positional); n < minArgs || n > maxArgs {
+		return nil, withHint(usageErrorf("%s: wrong number of arguments (%d)", fs.Name(), n), "run '"+fs.Name()+" --help'")
+	}
+	return positional, nil
+}
+
+// normalizeServer turns what a person types into scheme://host:port:
+// https:// when no scheme is given, :6443 when no port, IPv6 in brackets.
+func normalizeServer(s string) (string, error) {
+	raw := strings.TrimSpace(s)
+	if raw == "" {
+		return "", errors.New("server address is empty")
+	}
+	if !strings.Contains(raw, "://") {
+		if strings.Count(raw, ":") > 1 && !strings.HasPrefix(raw, "[") {
+			raw = "[" + raw + "]" // a bare IPv6 literal
+		}
+		raw = "https://" + raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("server address %q is not a URL: %w", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("server address %q: scheme must be https or http", s)
+	}
+	if u.Host == "" || u.Hostname() == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("server address %q must be just scheme://host[:port]", s)
+	}
+	port := u.Port()
+	if port == "" {
+		port = defaultPort
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("server address %q has an invalid port", s)
+	}
+	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port), nil
+}
+
+// sameServer reports whether two server addresses name the same daemon.
+func sameServer(a, b string) bool {
+	na, errA := normalizeServer(a)
+	nb, errB := normalizeServer(b)
+	return errA == nil && errB == nil && na == nb
+}
+
+// contextNameFor derives a context name from a server's host:
+// https://helyos.acme.internal:6443 → helyos-acme-internal.
+func contextNameFor(server string) string {
+	host := server
+	if u, err := url.Parse(server); err == nil && u.Hostname() != "" {
+		host = u.Hostname()
+	}
+	var b strings.Builder
+	dash := false
+	for _, c := range strings.ToLower(host) {
+		if (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') {
+			if dash && b.Len() > 0 {
+				b.WriteByte('-')
+			}
+			b.WriteRune(c)
+			dash = false
+		} else {
+			dash = true
+		}
+	}
+	if b.Len() == 0 || b.Len() > 60 {
+		return "helyos"
+	}
+	return b.String()
+}
+
+func checkContextName(name string) error {
+	if !tokenNamePattern.MatchString(name) {
+		return usageErrorf("context name %q is invalid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+	}
+	return nil
+}
+
+var errSeveralContexts = errors.New("several contexts exist and none is current")
+
+// activeContext picks the context a command works against: --context, then
+// $HELYOS_CONTEXT, then current-context, then the only context there is.
+// It returns nil when there is no context at all.
+func (g *globals) activeContext(cfg *Config) (*Context, error) {
+	name, from := g.context, "--context"
+	if name == "" {
+		name, from = os.Getenv("HELYOS_CONTEXT"), "$HELYOS_CONTEXT"
+	}
+	if name == "" {
+		name, from = cfg.CurrentContext, "current-context"
+	}
+	if name != "" {
+		if c := cfg.Context(name); c != nil {
+			return c, nil
+		}
+		return nil, withHint(fmt.Errorf("context %q (from %s) does not exist", name, from), "run 'helyos context ls' to see the contexts")
+	}
+	switch len(cfg.Contexts) {
+	case 0:
+		return nil, nil
+	case 1:
+		return cfg.Contexts[0], nil
+	}
+	return nil, withHint(fmt.Errorf("%w: %s", errSeveralContexts, strings.Join(cfg.Names(), ", ")),
+		"pick one with 'helyos context use NAME', or pass --context NAME")
+}
+
+// target is a resolved daemon: where to dial, with which token and trust.
+type target struct {
+	server      string
+	token       string
+	tokenSource string   // for messages: never the token itself
+	ctx         *Context // the context whose server this is, if any
+	client      *http.Client
+	tlsMode     string // pinned, system, insecure, http
+}
+
+// resolve applies the precedence rules: flag > environment > context >
+// built-in default. A context's token and trust apply only when its own
+// server is the one dialled.
+func (g *globals) resolve() (*target, error) {
+	path, err := configPath()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	server, serverFrom := g.server, "--server"
+	if server == "" {
+		server, serverFrom = os.Getenv("HELYOS_SERVER"), "$HELYOS_SERVER"
+	}
+	token, tokenFrom := g.token, "--token"
+	if token == "" {
+		token, tokenFrom = os.Getenv("HELYOS_API_TOKEN"), "$HELYOS_API_TOKEN"
+	}
+	ctx, err := g.activeContext(cfg)
+	if err != nil && !(errors.Is(err, errSeveralContexts) && server != "" && token != "") {
+		return nil, err
+	}
+	switch {
+	case server != "":
+	case ctx != nil:
+		server, serverFrom = ctx.Server, fmt.Sprintf("context %q", ctx.Name)
+	default:
+		server, serverFrom = defaultServer, "the built-in default"
+	}
+	if server, err = normalizeServer(server); err != nil {
+		return nil, fmt.Errorf("server from %s: %w", serverFrom, err)
+	}
+	if ctx != nil && !sameServer(ctx.Server, server) {
+		ctx = nil // its token and pin belong to another daemon
+	}
+	if token == "" && ctx != nil {
+		if token, err = contextToken(ctx); err != nil {
+			return nil, err
+		}
+		tokenFrom = fmt.Sprintf("context %q", ctx.Name)
+	}
+	t := &target{server: server, token: token, tokenSource: tokenFrom, ctx: ctx}
+	if err := t.setTrust(); err != nil {
+		return nil, err
+	}
+	if t.tlsMode == "http" && !isLoopback(hostOf(server)) {
+		fmt.Fprintf(g.io.err, "helyos: warning: %s is plain HTTP: the token and every answer cross the network unencrypted\n", server)
+	}
+	return t, nil
+}
+
+func hostOf(server string) string {
+	u, err := url.Parse(server)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
+}
+
+// setTrust builds the HTTP client for t from its context's pin, if any.
+func (t *target) setTrust() error {
+	var pinned *x509.Certificate
+	insecure := false
+	switch {
+	case strings.HasPrefix(t.server, "http://"):
+		t.tlsMode = "http"
+	case t.ctx != nil && t.ctx.Insecure:
+		t.tlsMode, insecure = "insecure", true
+	case t.ctx != nil && t.ctx.CA != "":
+		pemBytes, err := t.ctx.decodeCA()
+		if err != nil {
+			return withHint(err, fmt.Sprintf("log in again to re-pin: helyos login %s", t.server))
+		}
+		if pinned, err = parseCAPEM(pemBytes); err != nil {
+			return withHint(fmt.Errorf("context %q: pinned CA: %w", t.ctx.Name, err), fmt.Sprintf("log in again to re-pin: helyos login %s", t.server))
+		}
+		t.tlsMode = "pinned"
+	default:
+		t.tlsMode = "system"
+	}
+	t.client = newHTTPClient(clientTLSConfig(pinned, insecure))
+	return nil
+}
+
+func newHTTPClient(tlsConfig *tls.Config) *http.Client {
+	return &http.Client{
+		Timeout: requestTimeout,
+		Transport: &http.Transport{
+			TLSClientConfig:     tlsConfig,
+			TLSHandshakeTimeout: 10 * time.Second,
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+			ForceAttemptHTTP2:   true,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// contextToken reads a context's token from wherever the context says it
+// is kept. Errors name the variable or command, never a token.
+func contextToken(c *Context) (string, error) {
+	switch {
+	case c.TokenEnv != "":
+		v := strings.TrimSpace(os.Getenv(c.TokenEnv))
+		if v == "" {
+			return "", withHint(fmt.Errorf("context %q reads its token from $%s, which is unset or empty", c.Name, c.TokenEnv),
+				fmt.Sprintf("export %s=<token>, or pass --token", c.TokenEnv))
+		}
+		return v, nil
+	case c.TokenCommand != "":
+		tok, err := runTokenCommand(c.TokenCommand)
+		if err != nil {
+			return "", fmt.Errorf("context %q: %w", c.Name, err)
+		}
+		return tok, nil
+	}
+	return c.Token, nil
+}
+
+// runTokenCommand runs a credential helper the way git does: through sh -c,
+// stdin closed, a time limit; the first line of its output is the token.
+func runTokenCommand(command string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), tokenCommandTimout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sh", "-c", command)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	err := cmd.Run()
+	detail := strings.TrimSpace(stderr.String())
+	if detail != "" {
+		detail = "; it said: " + firstLine(detail)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return "", fmt.Errorf("token command %q did not finish within %s", command, tokenCommandTimout)
+	case err != nil:
+		return "", fmt.Errorf("token command %q failed: %v%s", command, err, detail)
+	}
+	tok := strings.TrimSpace(firstLine(stdout.String()))
+	if tok == "" {
+		return "", fmt.Errorf("token command %q printed no token%s", command, detail)
+	}
+	return tok, nil
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return strings.TrimSuffix(line, "\r")
+}
+
+// apiError is an error answer from the daemon.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.msg, e.status) }
+
+// call sends one request to the daemon and decodes a JSON answer into out
+// (when out is not nil). It turns transport failures into errors that say
+// what went wrong and what to do.
+func (t *target) call(method, path string, body, out any) error {
+	var reader io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		reader = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, t.server+path, reader)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if t.token != "" {
+		req.Header.Set("Authorization", "Bearer "+t.token)
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return t.transportError(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	if err != nil {
+		return fmt.Errorf("read answer from %s: %w", t.server, err)
+	}
+	if resp.StatusCode >= 400 {
+		return t.statusError(resp.StatusCode, data)
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if raw, ok := out.(*json.RawMessage); ok {
+		*raw = data
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("answer from %s %s is not the JSON expected: %w", method, path, err)
+	}
+	return nil
+}
+
+func (t *target) statusError(status int, data []byte) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(data, &e) != nil || e.Error == "" {
+		e.Error = strings.TrimSpace(firstLine(string(data)))
+		if e.Error == "" {
+			e.Error = http.StatusText(status)
+		}
+	}
+	err := &apiError{status: status, msg: "the daemon answered: " + e.Error}
+	switch status {
+	case http.StatusUnauthorized:
+		if t.token == "" {
+			return withHint(fmt.Errorf("no API token for %s: %w", t.server, err), "log in with 'helyos login "+t.server+"', or pass --token / set $HELYOS_API_TOKEN")
+		}
+		return withHint(fmt.Errorf("the token from %s was refused: %w", t.tokenSource, err),
+			"it may be revoked or expired; mint a new one and run 'helyos login "+t.server+"'")
+	case http.StatusBadRequest:
+		if strings.Contains(string(data), "HTTP request to an HTTPS server") {
+			return withHint(fmt.Errorf("%s: %w", t.server, err), "the daemon serves HTTPS: use https:// in the server address")
+		}
+	}
+	return err
+}
+
+func (t *target) transportError(err error) error {
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var verifyErr *tls.CertificateVerificationError
+	var recordErr tls.RecordHeaderError
+	switch {
+	case errors.As(err, &unknownCA), errors.As(err, &verifyErr):
+		hint := "log in again to check and re-pin its CA: helyos login " + t.server
+		if t.tlsMode == "system" {
+			hint = "the daemon's certificate is not trusted by the system; log in to pin its CA: helyos login " + t.server
+		}
+		return withHint(fmt.Errorf("certificate problem talking to %s (%s trust): %w", t.server, t.tlsMode, err), hint)
+	case errors.As(err, &hostErr):
+		return withHint(fmt.Errorf("certificate problem talking to %s: %w", t.server, err),
+			"dial a name the certificate carries, or restart the daemon with --advertise-addr / --tls-san for this name")
+	case errors.As(err, &recordErr):
+		return withHint(fmt.Errorf("%s does not speak TLS: %w", t.server, err), "the daemon serves plain HTTP: use http:// in the server address")
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return withHint(fmt.Errorf("cannot reach %s: connection refused", t.server), "is the daemon running? start one with 'helyos daemon'")
+	}
+	return fmt.Errorf("cannot reach %s: %w", t.server, err)
+}
+
+// printJSON writes v (or raw JSON) to stdout with two-space indentation.
+func (g *globals) printJSON(v any) error {
+	var data []byte
+	if raw, ok := v.(json.RawMessage); ok {
+		var buf bytes.Buffer
+		if err := json.Indent(&buf, raw, "", "  "); err != nil {
+			return fmt.Errorf("format JSON: %w", err)
+		}
+		data = buf.Bytes()
+	} else {
+		var err error
+		if data, err = json.MarshalIndent(v, "", "  "); err != nil {
+			return fmt.Errorf("format JSON: %w", err)
+		}
+	}
+	_, err := fmt.Fprintf(g.io.out, "%s\n", data)
+	return err
+}
+
+func (g *globals) table() *tabwriter.Writer {
+	return tabwriter.NewWriter(g.io.out, 0, 4, 2, ' ', 0)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func formatTime(t *time.Time, unset string) string {
+	if t == nil {
+		return unset
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// ---- whoami, status, version ----
+
+func cmdWhoami(g *globals, args []string) error {
+	fs := g.newFlags("whoami", "", "Show the identity of the token in use.")
+	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+		return err
+	}
+	t, err := g.resolve()
+	if err != nil {
+		return err
+	}
+	warnLooseConfig(g)
+	var raw json.RawMessage
+	if err := t.call("GET", "/api/v1/whoami", nil, &raw); err != nil {
+		return err
+	}
+	if g.json {
+		return g.printJSON(raw)
+	}
+	var info tokenInfo
+	if err := json.Unmarshal(raw, &info); err != nil {
+		return fmt.Errorf("decode whoami answer: %w", err)
+	}
+	tw := g.table()
+	fmt.Fprintf(tw, "name:\t%s\nscope:\t%s\nexpires:\t%s\nlast used:\t%s\n", info.Name, info.Scope, formatTime(info.ExpiresAt, "never"), formatTime(info.LastUsedAt, "never"))
+	return tw.Flush()
+}
+
+func cmdStatus(g *globals, args []string) error {
+	fs := g.newFlags("status", "", "Check the daemon: reachable, its version, the TLS trust in use, and who you are.")
+	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+		return err
+	}
+	t, err := g.resolve()
+	if err != nil {
+		return err
+	}
+	var ver struct {
+		Version string `json:"version"`
+		API     string `json:"api"`
+	}
+	if err := t.call("GET", "/api/v1/version", nil, &ver); err != nil {
+		return err
+	}
+	st := struct {
+		Server  string     `json:"server"`
+		Context string     `json:"context"`
+		Version string     `json:"version"`
+		TLS     string     `json:"tls"`
+		Whoami  *tokenInfo `json:"whoami"`
+		Auth    string     `json:"auth"`
+	}{Server: t.server, Version: ver.Version, TLS: t.tlsMode, Auth: "no token"}
+	if t.ctx != nil {
+		st.Context = t.ctx.Name
+	}
+	if t.token != "" {
+		var info tokenInfo
+		if err := t.call("GET", "/api/v1/whoami", nil, &info); err != nil {
+			st.Auth = "refused: " + err.Error()
+		} else {
+			st.Whoami, st.Auth = &info, "ok"
+		}
+	}
+	if g.json {
+		return g.printJSON(st)
+	}
+	tw := g.table()
+	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\n", st.Server, orDash(st.Context), st.Version, ver.API, st.TLS)
+	if st.Whoami != nil {
+		fmt.Fprintf(tw, "auth:\tok, as %q (scope %s)\n", st.Whoami.Name, st.Whoami.Scope)
+	} else {
+		fmt.Fprintf(tw, "auth:\t%s\n", st.Auth)
+	}
+	return tw.Flush()
+}
+
+func cmdVersion(g *globals, args []string) error {
+	fs := g.newFlags("version", "", "Print the client's version and, when it can be reached, the daemon's.")
+	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+		return err
+	}
+	v := struct {
+		Client string `json:"client"`
+		Server string `json:"server,omitempty"`
+	}{Client: version}
+	t, err := g.resolve()
+	if err == nil {
+		var ver struct {
+			Version string `json:"version"`
+		}
+		if err = t.call("GET", "/api/v1/version", nil, &ver); err == nil {
+			v.Server = ver.Version
+		}
+	}
+	if g.json {
+		if perr := g.printJSON(v); perr != nil {
+			return perr
+		}
+	} else {
+		fmt.Fprintf(g.io.out, "client: %s\n", v.Client)
+		if v.Server != "" {
+			fmt.Fprintf(g.io.out, "server: %s\n", v.Server)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("daemon version: %w", err)
+	}
+	return nil
+}
+
+// warnLooseConfig warns when the config file, which may hold tokens, is
+// readable by others.
+func warnLooseConfig(g *globals) {
+	path, err := configPath()
+	if err != nil {
+		return
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintf(g.io.err, "helyos: warning: %s is readable by others (mode %04o); run: chmod 600 %s\n", path, fi.Mode().Perm(), path)
+	}
+}
+
+// ---- login, logout ----
+
+func cmdLogin(g *globals, args []string) error {
+	fs := g.newFlags("login", "SERVER", "Check a token against a daemon, pin the daemon's CA, and save both as a context.\nSERVER without a scheme gets https://, without a port :6443.")
+	fs.String("token", "", "API `token` (else --token-stdin, $HELYOS_API_TOKEN, or a prompt)")
+	tokenStdin := fs.Bool("token-stdin", false, "read the API token from stdin (one line)")
+	tokenEnv := fs.String("token-env", "", "read the token from environment `VAR` now and at every use; the file keeps only the name")
+	tokenCommand := fs.String("token-command", "", "run `command` (sh -c) now and at every use; the first line it prints is the token")
+	caFile := fs.String("ca-file", "", "pin the CA in this PEM `file` instead of fetching it")
+	caFingerprint := fs.String("ca-fingerprint", "", "require the daemon's CA to have this SHA-256 `fingerprint`; no prompt")
+	insecure := fs.Bool("insecure-skip-tls-verify", false, "skip TLS verification entirely (insecure: exposes the token)")
+	name := fs.String("name", "", "context `name` (default: derived from the host)")
+	project := fs.String("project", "", "default `project` for this context")
+	noSetCurrent := fs.Bool("no-set-current", false, "do not make this context the current one")
+	pos, err := parseFlags(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	server, err := normalizeServer(pos[0])
+	if err != nil {
+		return withHint(usageErrorf("login: %v", err), "give a server like cluster.example.com or https://10.0.0.5:6443")
+	}
+	if err := checkLoginFlags(g, server, *tokenStdin, *tokenEnv, *tokenCommand, *caFile, *caFingerprint, *insecure); err != nil {
+		return err
+	}
+	if *name != "" {
+		if err := checkContextName(*name); err != nil {
+			return err
+		}
+	}
+	path, err := configPath()
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return err
+	}
+	_, existing := loginContextName(cfg, server, *name)
+
+	pin, err := g.loginTrust(server, existing, *caFile, *caFingerprint, *insecure)
+	if err != nil {
+		return err
+	}
+	token, source, err := g.loginToken(*tokenStdin, *tokenEnv, *tokenCommand)
+	if err != nil {
+		return err
+	}
+	t := &target{server: server, token: token, tokenSource: source, client: newHTTPClient(clientTLSConfig(pin, *insecure)), tlsMode: "system"}
+	switch {
+	case strings.HasPrefix(server, "http://"):
+		t.tlsMode = "http"
+	case *insecure:
+		t.tlsMode = "insecure"
+	case pin != nil:
+		t.tlsMode = "pinned"
+	}
+	var who tokenInfo
+	if err := t.call("GET", "/api/v1/whoami", nil, &who); err != nil {
+		return fmt.Errorf("login to %s failed, nothing was saved: %w", server, err)
+	}
+
+	var saved string
+	err = updateConfig(path, func(cfg *Config) error {
+		ctxName, c := loginContextName(cfg, server, *name)
+		if c == nil || !sameServer(c.Server, server) {
+			fresh := &Context{Name: ctxName}
+			if i := contextIndex(cfg, ctxName); i >= 0 {
+				cfg.Contexts[i] = fresh // --name given for another server: replaced, now that the new CA is pinned
+			} else {
+				cfg.Contexts = append(cfg.Contexts, fresh)
+			}
+			c = fresh
+		}
+		c.Server, c.TokenName, c.Insecure = server, who.Name, *insecure
+		c.Token, c.TokenEnv, c.TokenCommand = token, *tokenEnv, *tokenCommand
+		if *tokenEnv != "" || *tokenCommand != "" {
+			c.Token = ""
+		}
+		if *project != "" {
+			c.Project = *project
+		}
+		c.CA, c.CASHA256 = "", ""
+		if pin != nil {
+			c.CA = encodeCA(pemEncode(pin))
+			c.CASHA256 = fingerprint(pin.Raw)
+		}
+		if !*noSetCurrent {
+			cfg.CurrentContext = ctxName
+		}
+		saved = ctxName
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save context: %w", err)
+	}
+	fmt.Fprintf(g.io.err, "logged in to %s as %q (scope %s); saved as context %q", server, who.Name, who.Scope, saved)
+	if !*noSetCurrent {
+		fmt.Fprint(g.io.err, ", now current")
+	}
+	fmt.Fprintln(g.io.err)
+	return nil
+}
+
+func checkLoginFlags(g *globals, server string, tokenStdin bool, tokenEnv, tokenCommand, caFile, caFingerprint string, insecure bool) error {
+	sources := 0
+	for _, set := range []bool{g.token != "", tokenStdin, tokenEnv != "", tokenCommand != ""} {
+		if set {
+			sources++
+		}
+	}
+	if sources > 1 {
+		return usageErrorf("login: give the token one way only: --token, --token-stdin, --token-env or --token-command")
+	}
+	if insecure && (caFile != "" || caFingerprint != "") {
+		return usageErrorf("login: --insecure-skip-tls-verify cannot be combined with --ca-file or --ca-fingerprint")
+	}
+	if strings.HasPrefix(server, "http://") && (insecure || caFile != "" || caFingerprint != "") {
+		return usageErrorf("login: %s is plain HTTP; TLS flags do not apply", server)
+	}
+	if caFingerprint != "" {
+		if _, err := normalizeFingerprint(caFingerprint); err != nil {
+			return usageErrorf("login: --ca-fingerprint: %v", err)
+		}
+	}
+	return nil
+}
+
+// loginContextName picks the context a login writes. With --name, that
+// name. Otherwise the name derived from the host, then NAME-2, NAME-3, …:
+// the first that is free, or that already holds this same server (reused,
+// with its pin, so logging in again needs no prompt).
+func loginContextName(cfg *Config, server, name string) (string, *Context) {
+	if name != "" {
+		return name, cfg.Context(name)
+	}
+	base := contextNameFor(server)
+	for i := 1; ; i++ {
+		cand := base
+		if i > 1 {
+			cand = base + "-" + strconv.Itoa(i)
+		}
+		if c := cfg.Context(cand); c == nil || sameServer(c.Server, server) {
+			return cand, c
+		}
+	}
+}
+
+func contextIndex(cfg *Config, name string) int {
+	for i, c := range cfg.Contexts {
+		if c.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// loginTrust decides which CA the login pins: --ca-file, the CA the
+// daemon serves once its fingerprint matches --ca-fingerprint or a person
+// confirms it, or the pin an existing context for this server already
+// holds. It returns nil for plain HTTP and --insecure-skip-tls-verify.
+func (g *globals) loginTrust(server string, existing *Context, caFile, caFingerprint string, insecure bool) (*x509.Certificate, error) {
+	if strings.HasPrefix(server, "http://") || insecure {
+		return nil, nil
+	}
+	if caFile != "" {
+		data, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("read --ca-file: %w", err)
+		}
+		ca, err := parseCAPEM(data)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file %s: %w", caFile, err)
+		}
+		if caFingerprint != "" && !sameFingerprint(caFingerprint, fingerprint(ca.Raw)) {
+			return nil, fmt.Errorf("--ca-file %s has fingerprint %s, not the %s given with --ca-fingerprint", caFile, fingerprint(ca.Raw), caFingerprint)
+		}
+		return ca, nil
+	}
+	if caFingerprint == "" && existing != nil && sameServer(existing.Server, server) && existing.CA != "" {
+		pemBytes, err := existing.decodeCA()
+		if err != nil {
+			return nil, withHint(err, fmt.Sprintf("remove it with 'helyos context rm %s' and log in again", existing.Name))
+		}
+		return parseCAPEM(pemBytes)
+	}
+	ca, err := fetchCA(server)
+	if err != nil {
+		return nil, err
+	}
+	fp := fingerprint(ca.Raw)
+	if caFingerprint != "" {
+		if !sameFingerprint(caFingerprint, fp) {
+			return nil, withHint(fmt.Errorf("the CA served by %s has fingerprint %s, not the expected %s: refusing to pin it (a possible man-in-the-middle); nothing was saved", server, fp, caFingerprint),
+				"check the fingerprint with the daemon's operator: curl -sk "+server+"/api/v1/ca")
+		}
+		return ca, nil
+	}
+	if !isTerminal(g.io.in) {
+		return nil, withHint(fmt.Errorf("refusing to pin the CA of %s without confirmation, and this is not a terminal; its SHA-256 fingerprint is %s", server, fp),
+			"verify the fingerprint out of band, then pass --ca-fingerprint "+fp+" (or --ca-file PEM)")
+	}
+	fmt.Fprintf(g.io.err, "The server %s presented a self-signed CA:\nSHA-256: %s\n", server, fp)
+	ok, err := promptYesNo(g.io.in, g.io.err, "Trust and pin this CA?")
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errors.New("the CA was not trusted; nothing was saved")
+	}
+	return ca, nil
+}
+
+// fetchCA reads the daemon's CA from /api/v1/ca without verifying the
+// connection: what protects the user is the fingerprint check that follows.
+func fetchCA(server string) (*x509.Certificate, error) {
+	t := &target{server: server, client: newHTTPClient(clientTLSConfig(nil, true)), tlsMode: "insecure"}
+	var answer struct {
+		PEM string `json:"pem"`
+	}
+	err := t.call("GET", "/api/v1/ca", nil, &answer)
+	var apiErr *apiError
+	if errors.As(err, &apiErr) && apiErr.status == http.StatusNotFound {
+		return nil, withHint(fmt.Errorf("%s has no self-signed CA to pin: it serves a certificate of its own", server),
+			"pass --ca-file PEM with the CA you trust, or rely on the system trust store: helyos context set NAME --server "+server)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fetch the daemon's CA: %w", err)
+	}
+	ca, err := parseCAPEM([]byte(answer.PEM))
+	if err != nil {
+		return nil, fmt.Errorf("the CA served by %s: %w", server, err)
+	}
+	if !ca.IsCA {
+		return nil, fmt.Errorf("the certificate served by %s at /api/v1/ca is not a CA", server)
+	}
+	return ca, nil
+}
+
+// loginToken finds the token to log in with: --token, --token-stdin,
+// --token-env, --token-command, $HELYOS_API_TOKEN, then a prompt that does
+// not echo. The second result names the source for messages.
+func (g *globals) loginToken(tokenStdin bool, tokenEnv, tokenCommand string) (string, string, error) {
+	switch {
+	case g.token != "":
+		return g.token, "--token", nil
+	case tokenStdin:
+		line, err := readLine(g.io.in)
+		if err != nil && err != io.EOF {
+			return "", "", fmt.Errorf("read token from stdin: %w", err)
+		}
+		if line = strings.TrimSpace(line); line == "" {
+			return "", "", errors.New("--token-stdin: stdin held no token")
+		}
+		return line, "stdin", nil
+	case tokenEnv != "":
+		tok, err := contextToken(&Context{Name: "(login)", TokenEnv: tokenEnv})
+		return tok, "$" + tokenEnv, err
+	case tokenCommand != "":
+		tok, err := runTokenCommand(tokenCommand)
+		return tok, "--token-command", err
+	case os.Getenv("HELYOS_API_TOKEN") != "":
+		return os.Getenv("HELYOS_API_TOKEN"), "$HELYOS_API_TOKEN", nil
+	case isTerminal(g.io.in):
+		tok, err := promptSecret(g.io.in, g.io.err, "API token: ")
+		if err == nil && tok == "" {
+			err = errors.New("no token entered")
+		}
+		return tok, "the prompt", err
+	}
+	return "", "", withHint(errors.New("no API token given, and this is not a terminal to ask for one"),
+		"pass --token-stdin and pipe it in, or set $HELYOS_API_TOKEN")
+}
+
+func pemEncode(cert *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+}
+
+func cmdLogout(g *globals, args []string) error {
+	fs := g.newFlags("logout", "[NAME]", "Forget the token of a context (default: the active one). Its server, CA pin and project stay, so logging in again is one command.")
+	pos, err := parseFlags(fs, args, 0, 1)
+	if err != nil {
+		return err
+	}
+	pos = append(pos, "") // NAME is optional
+	path, err := configPath()
+	if err != nil {
+		return err
+	}
+	var name, server string
+	err = updateConfig(path, func(cfg *Config) error {
+		c, err := g.namedOrActive(cfg, pos[0])
+		if err != nil {
+			return err
+		}
+		c.Token, c.TokenName, c.TokenEnv, c.TokenCommand = "", "", "", ""
+		name, server = c.Name, c.Server
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.io.err, "logged out of context %q; its server and CA pin are kept: log in again with 'helyos login %s'\n", name, server)
+	return nil
+}
+
+// namedOrActive is the context called name, or the active one when name is
+// empty.
+func (g *globals) namedOrActive(cfg *Config, name string) (*Context, error) {
+	if name != "" {
+		if c := cfg.Context(name); c != nil {
+			return c, nil
+		}
+		return nil, withHint(fmt.Errorf("context %q does not exist", name), "run 'helyos context ls' to see the contexts")
+	}
+	c, err := g.activeContext(cfg)
+	if err == nil && c == nil {
+		err = withHint(errors.New("there are no contexts"), "log in first: helyos login SERVER")
+	}
+	return c, err
+}
+
+// ---- context ----
+
+func cmdContext(g *globals, args []string) error {
+	subs := map[string]func(*globals, []string) error{
+		"ls": cmdContextList, "list": cmdContextList, "use": cmdContextUse, "current": cmdContextCurrent,
+		"rename": cmdContextRename, "rm": cmdContextRemove, "set": cmdContextSet,
+	}
+	if len(args) == 0 || subs[args[0]] == nil {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprint(g.io.err, contextUsage)
+			return flag.ErrHelp
+		}
+		fmt.Fprint(g.io.err, contextUsage)
+		return usageErrorf("context: give a subcommand: ls, use, current, rename, rm or set")
+	}
+	return subs[args[0]](g, args[1:])
+}
+
+const contextUsage = `Usage: helyos context SUBCOMMAND
+
+  ls (list)            list contexts; * marks the active one
+  use NAME             make NAME the current context
+  current              print the active context
+  rename OLD NEW       rename a context
+  rm NAME              remove a context (server, token and pin)
+  set NAME [--server URL] [--project P] [--token-env VAR | --token-command CMD]
+                       edit a context, or create one that trusts the system roots
+`
+
+// contextView is how `context ls` shows a context: never its token.
+type contextView struct {
+	Name        string `json:"name"`
+	Server      string `json:"server"`
+	Project     string `json:"project"`
+	TLS         string `json:"tls"`
+	TokenSource string `json:"token_source"`
+	Active      bool   `json:"active"`
+}
+
+func viewOf(c *Context, active *Context) contextView {
+	v := contextView{Name: c.Name, Server: c.Server, Project: c.Project, TLS: "system", TokenSource: "-", Active: c == active}
+	switch {
+	case strings.HasPrefix(strings.ToLower(c.Server), "http://"):
+		v.TLS = "http"
+	case c.Insecure:
+		v.TLS = "insecure"
+	case c.CA != "":
+		v.TLS = "pinned"
+	}
+	switch {
+	case c.TokenEnv != "":
+		v.TokenSource = "env:" + c.TokenEnv
+	case c.TokenCommand != "":
+		v.TokenSource = "command"
+	case c.Token != "":
+		v.TokenSource = "token"
+	}
+	return v
+}
+
+func loadClientConfig() (string, *Config, error) {
+	path, err := configPath()
+	if err != nil {
+		return "", nil, err
+	}
+	cfg, err := loadConfig(path)
+	return path, cfg, err
+}
+
+func cmdContextList(g *globals, args []string) error {
+	fs := g.newFlags("context ls", "", "List contexts; * marks the active one.")
+	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+		return err
+	}
+	_, cfg, err := loadClientConfig()
+	if err != nil {
+		return err
+	}
+	warnLooseConfig(g)
+	active, _ := g.activeContext(cfg)
+	views := []contextView{}
+	for _, c := range cfg.Contexts {
+		views = append(views, viewOf(c, active))
+	}
+	if g.json {
+		return g.printJSON(views)
+	}
+	tw := g.table()
+	fmt.Fprintln(tw, "CURRENT\tNAME\tSERVER\tPROJECT\tTLS\tTOKEN")
+	for _, v := range views {
+		mark := ""
+		if v.Active {
+			mark = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", mark, v.Name, v.Server, orDash(v.Project), v.TLS, v.TokenSource)
+	}
+	return tw.Flush()
+}
+
+func cmdContextUse(g *globals, args []string) error {
+	fs := g.newFlags("context use", "NAME", "Make NAME the current context.")
+	pos, err := parseFlags(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	path, err := configPath()
+	if err != nil {
+		return err
+	}
+	err = updateConfig(path, func(cfg *Config) error {
+		c, err := g.namedOrActive(cfg, pos[0])
+		if err == nil {
+			cfg.CurrentContext = c.Name
+		}
+		return err
+	})
+	if err == nil {
+		fmt.Fprintf(g.io.err, "switched to context %q\n", pos[0])
+	}
+	return err
+}
+
+func cmdContextCurrent(g *globals, args []string) error {
+	fs := g.newFlags("context current", "", "Print the active context: --context, else $HELYOS_CONTEXT, else current-context, else the only one.")
+	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+		return err
+	}
+	_, cfg, err := loadClientConfig()
+	if err != nil {
+		return err
+	}
+	c, err := g.namedOrActive(cfg, "")
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return g.printJSON(viewOf(c, c))
+	}
+	fmt.Fprintln(g.io.out, c.Name)
+	return nil
+}
+
+func cmdContextRename(g *globals, args []string) error {
+	fs := g.newFlags("context rename", "OLD NEW", "Rename a context.")
+	pos, err := parseFlags(fs, args, 2, 2)
+	if err != nil {
+		return err
+	}
+	oldName, newName := pos[0], pos[1]
+	if err := checkContextName(newName); err != nil {
+		return err
+	}
+	path, err := configPath()
+	if err != nil {
+		return err
+	}
+	err = updateConfig(path, func(cfg *Config) error {
+		c, err := g.namedOrActive(cfg, oldName)
+		if err != nil {
+			return err
+		}
+		if cfg.Context(newName) != nil {
+			return withHint(fmt.Errorf("context %q already exists", newName), "remove it first with 'helyos context rm "+newName+"', or pick another name")
+		}
+		c.Name = newName
+		if cfg.CurrentContext == oldName {
+			cfg.CurrentContext = newName
+		}
+		return nil
+	})
+	if err == nil {
+		fmt.Fprintf(g.io.err, "renamed context %q to %q\n", oldName, newName)
+	}
+	return err
+}
+
+func cmdContextRemove(g *globals, args []string) error {
+	fs := g.newFlags("context rm", "NAME", "Remove a context: its server, token and pinned CA.")
+	pos, err := parseFlags(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	path, err := configPath()
+	if err != nil {
+		return err
+	}
+	name := pos[0]
+	err = updateConfig(path, func(cfg *Config) error {
+		if _, err := g.namedOrActive(cfg, name); err != nil {
+			return err
+		}
+		cfg.Remove(name)
+		if cfg.CurrentContext == name {
+			cfg.CurrentContext = ""
+		}
+		return nil
+	})
+	if err == nil {
+		fmt.Fprintf(g.io.err, "removed context %q\n", name)
+	}
+	return err
+}
+
+func cmdContextSet(g *globals, args []string) error {
+	fs := g.newFlags("context set", "NAME [--server URL] [--project P] [--token-env VAR | --token-command CMD]",
+		"Edit a context, or create one. A context created here pins no CA: it trusts the system roots.")
+	fs.String("server", "", "daemon `URL`")
+	project := fs.String("project", "", "default `project`")
+	tokenEnv := fs.String("token-env", "", "read the token from environment `VAR` at every use")
+	tokenCommand := fs.String("token-command", "", "run `command` (sh -c) at every use; its first line is the token")
+	pos, err := parseFlags(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	name := pos[0]
+	if err := checkContextName(name); err != nil {
+		return err
+	}
+	if g.token != "" {
+		return withHint(usageErrorf("context set does not store --token"), "log in to save a checked token: helyos login SERVER --name "+name+", or use --token-env / --token-command")
+	}
+	if *tokenEnv != "" && *tokenCommand != "" {
+		return usageErrorf("context set: give --token-env or --token-command, not both")
+	}
+	server := ""
+	if g.server != "" {
+		var err error
+		if server, err = normalizeServer(g.server); err != nil {
+			return usageErrorf("context set: --server: %v", err)
+		}
+	}
+	path, err := configPath()
+	if err != nil {
+		return err
+	}
+	created := false
+	err = updateConfig(path, func(cfg *Config) error {
+		c := cfg.Context(name)
+		if c == nil {
+			if server == "" {
+				return withHint(fmt.Errorf("context %q does not exist", name), "create it with: helyos context set "+name+" --server URL")
+			}
+			c, created = &Context{Name: name}, true
+			cfg.Contexts = append(cfg.Contexts, c)
+		}
+		if server != "" {
+			c.Server = server
+		}
+		if *project != "" {
+			c.Project = *project
+		}
+		if *tokenEnv != "" || *tokenCommand != "" {
+			c.Token, c.TokenEnv, c.TokenCommand = "", *tokenEnv, *tokenCommand
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	verb := "updated"
+	if created {
+		verb = "created"
+	}
+	fmt.Fprintf(g.io.err, "%s context %q\n", verb, name)
+	return nil
+}
+
+// ---- auth token ----
+
+func cmdAuth(g *globals, args []string) error {
+	subs := map[string]func(*globals, []string) error{
+		"create": cmdTokenCreate, "ls": cmdTokenList, "list": cmdTokenList, "revoke": cmdTokenRevoke,
+	}
+	if len(args) < 2 || args[0] != "token" || subs[args[1]] == nil {
+		fmt.Fprint(g.io.err, authUsage)
+		if len(args) > 0 && (args[len(args)-1] == "-h" || args[len(args)-1] == "--help") {
+			return flag.ErrHelp
+		}
+		return usageErrorf("auth: give 'token create', 'token ls' or 'token revoke'")
+	}
+	return subs[args[1]](g, args[2:])
+}
+
+const authUsage = `Usage: helyos auth token SUBCOMMAND
+
+  create NAME [--ttl SECONDS] [--scope SCOPE]   mint a token; its secret is shown once
+  ls (list)                                     list active tokens
+  revoke NAME                                   revoke a token at once
+`
+
+func cmdTokenCreate(g *globals, args []string) error {
+	fs := g.newFlags("auth token create", "NAME [--ttl SECONDS] [--scope SCOPE]", "Mint a named API token. Its secret is printed once, on stdout.")
+	ttl := fs.Int64("ttl", 0, "lifetime in `seconds` (0: no expiry)")
+	scope := fs.String("scope", "", "`scope` to record (default admin)")
+	pos, err := parseFlags(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if *ttl < 0 {
+		return usageErrorf("auth token create: --ttl must be 0 (no expiry) or more seconds")
+	}
+	t, err := g.resolve()
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	body := map[string]any{"name": pos[0], "ttl_secs": *ttl}
+	if *scope != "" {
+		body["scope"] = *scope
+	}
+	if err := t.call("POST", "/api/v1/tokens", body, &raw); err != nil {
+		return fmt.Errorf("create token %q: %w", pos[0], err)
+	}
+	if g.json {
+		return g.printJSON(raw)
+	}
+	var created struct {
+		tokenInfo
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal(raw, &created); err != nil {
+		return fmt.Errorf("decode the created token: %w", err)
+	}
+	fmt.Fprintln(g.io.out, created.Token)
+	login := "helyos login " + t.server
+	if t.ctx != nil && t.ctx.CASHA256 != "" && t.tlsMode == "pinned" {
+		login += " --ca-fingerprint " + t.ctx.CASHA256
+	}
+	fmt.Fprintf(g.io.err, "created token %q (scope %s, expires %s). It is shown this once; save it now.\nTo use it on another machine:\n  %s --token %s\n",
+		created.Name, created.Scope, formatTime(created.ExpiresAt, "never"), login, created.Token)
+	return nil
+}
+
+func cmdTokenList(g *globals, args []string) error {
+	fs := g.newFlags("auth token ls", "", "List the daemon's active API tokens (never their secrets).")
+	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+		return err
+	}
+	t, err := g.resolve()
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	if err := t.call("GET", "/api/v1/tokens", nil, &raw); err != nil {
+		return fmt.Errorf("list tokens: %w", err)
+	}
+	if g.json {
+		return g.printJSON(raw)
+	}
+	var list []tokenInfo
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return fmt.Errorf("decode the token list: %w", err)
+	}
+	tw := g.table()
+	fmt.Fprintln(tw, "NAME\tSCOPE\tCREATED\tEXPIRES\tLAST USED")
+	for _, i := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", i.Name, i.Scope, formatTime(&i.CreatedAt, "-"), formatTime(i.ExpiresAt, "never"), formatTime(i.LastUsedAt, "never"))
+	}
+	return tw.Flush()
+}
+
+func cmdTokenRevoke(g *globals, args []string) error {
+	fs := g.newFlags("auth token revoke", "NAME", "Revoke an API token; it is refused from the very next request.")
+	pos, err := parseFlags(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	t, err := g.resolve()
+	if err != nil {
+		return err
+	}
+	if err := t.call("DELETE", "/api/v1/tokens/"+url.PathEscape(pos[0]), nil, nil); err != nil {
+		return fmt.Errorf("revoke token %q: %w", pos[0], err)
+	}
+	fmt.Fprintf(g.io.err, "revoked token %q\n", pos[0])
+	return nil
+}

@@ -1,0 +1,594 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	tokenStoreFile = "tokens.json"
+	maxBodyBytes   = 1 << 20
+	shutdownGrace  = 10 * time.Second
+)
+
+// The plain-HTTP guardrail's messages, word for word from the security model.
+const (
+	msgPlainHTTP = "refusing to serve a non-loopback address (%s) over plain HTTP; use --tls on, or pass BOTH --tls off and --insecure-http"
+	msgNoToken   = "refusing to expose a non-loopback address with no API token configured; set --api-token / HELYOS_API_TOKEN first"
+)
+
+// daemonConfig is everything the daemon's flags decide.
+type daemonConfig struct {
+	host          string
+	port          int
+	dataDir       string
+	tlsMode       string // auto, on, off
+	insecureHTTP  bool
+	apiToken      string
+	advertiseAddr string
+	tlsSANs       []string
+	tlsCert       string
+	tlsKey        string
+	configPath    string // where the local CLI context goes; "" when there is no home
+}
+
+func defaultDataDir() string {
+	if home, err := os.UserHomeDir(); err == nil && home != "" {
+		return filepath.Join(home, ".helyos", "data")
+	}
+	return "/var/lib/helyos"
+}
+
+func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
+	cfg := &daemonConfig{}
+	fs := flag.NewFlagSet("helyos daemon", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.host, "host", "127.0.0.1", "bind `address`")
+	fs.IntVar(&cfg.port, "port", 6443, "REST API `port` (0 picks a free one)")
+	fs.StringVar(&cfg.dataDir, "data-dir", defaultDataDir(), "`dir`ectory for state, keys and certificates")
+	fs.StringVar(&cfg.tlsMode, "tls", "auto", "`mode`: auto (HTTPS unless bound to loopback), on, off")
+	fs.BoolVar(&cfg.insecureHTTP, "insecure-http", false, "acknowledge plain HTTP on a non-loopback address")
+	fs.StringVar(&cfg.apiToken, "api-token", os.Getenv("HELYOS_API_TOKEN"), "API `token` to accept (default $HELYOS_API_TOKEN)")
+	fs.StringVar(&cfg.advertiseAddr, "advertise-addr", "", "`name` clients dial: added to the certificate and the login hint")
+	fs.Func("tls-san", "extra certificate subject alternative `name` (repeatable)", func(v string) error {
+		cfg.tlsSANs = append(cfg.tlsSANs, v)
+		return nil
+	})
+	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "serve this certificate `file` (PEM) instead of the self-signed one")
+	fs.StringVar(&cfg.tlsKey, "tls-key", "", "private key `file` (PEM) for --tls-cert")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageErrorf("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, usageErrorf("helyos daemon takes no arguments, got %q", fs.Arg(0))
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if p, err := configPath(); err == nil {
+		cfg.configPath = p
+	}
+	return cfg, nil
+}
+
+func (c *daemonConfig) validate() error {
+	switch c.tlsMode {
+	case "auto", "on", "off":
+	default:
+		return usageErrorf("--tls must be auto, on or off, not %q", c.tlsMode)
+	}
+	if c.port < 0 || c.port > 65535 {
+		return usageErrorf("--port must be between 0 and 65535, not %d", c.port)
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return usageErrorf("--tls-cert and --tls-key go together: give both or neither")
+	}
+	if c.tlsCert != "" && c.tlsMode == "off" {
+		return usageErrorf("--tls-cert and --tls-key need TLS, but --tls is off")
+	}
+	if c.apiToken != "" {
+		if _, ok := parseAPIToken(c.apiToken); !ok {
+			return withHint(usageErrorf("the API token from --api-token / HELYOS_API_TOKEN is not nxa-api_ followed by 64 lower-case hex characters"),
+				"make one with: echo nxa-api_$(openssl rand -hex 32)")
+		}
+	}
+	return nil
+}
+
+// useTLS applies --tls: auto means HTTPS unless the bind host is loopback.
+func (c *daemonConfig) useTLS() bool {
+	return c.tlsMode == "on" || (c.tlsMode == "auto" && !isLoopback(c.host))
+}
+
+// checkExposure is the plain-HTTP guardrail. Serving a reachable address in
+// the clear needs --tls off, --insecure-http and a configured token, all
+// three; loopback binds are never refused.
+func checkExposure(host string, useTLS, insecureHTTP, tokenConfigured bool) error {
+	if useTLS || isLoopback(host) {
+		return nil
+	}
+	if !insecureHTTP {
+		return fmt.Errorf(msgPlainHTTP, host)
+	}
+	if !tokenConfigured {
+		return errors.New(msgNoToken)
+	}
+	return nil
+}
+
+// runDaemon is `helyos daemon`. It returns when the daemon stops.
+func runDaemon(args []string, stderr io.Writer) error {
+	cfg, err := parseDaemonFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return cfg.run(ctx, log.New(stderr, "helyos: ", log.LstdFlags), stderr)
+}
+
+// run starts the daemon. Nothing is written to the data dir or the config
+// file until the guardrails have passed and the port is bound.
+func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Writer) error {
+	now := time.Now
+	records, err := readTokenFile(filepath.Join(c.dataDir, tokenStoreFile))
+	if err != nil {
+		return err
+	}
+	store := newTokenStore(filepath.Join(c.dataDir, tokenStoreFile), records, now)
+	var given *tokenRecord
+	if c.apiToken != "" {
+		if given, err = store.findToken(ctx, c.apiToken); err != nil {
+			return fmt.Errorf("check --api-token against the token store: %w", err)
+		}
+	}
+	givenUsable := c.apiToken != "" && (given == nil || given.active(now()))
+	if err := checkExposure(c.host, c.useTLS(), c.insecureHTTP, givenUsable || store.activeCount() > 0); err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(c.port)))
+	if err != nil {
+		return fmt.Errorf("listen on %s port %d: %w", c.host, c.port, err)
+	}
+	defer ln.Close()
+	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.Chmod(c.dataDir, 0o700); err != nil {
+		return fmt.Errorf("restrict data dir to its owner: %w", err)
+	}
+
+	srv := &server{tokens: store, metrics: newMetrics(), logger: logger}
+	var tlsConfig *tls.Config
+	if c.useTLS() {
+		if tlsConfig, srv.ca, err = c.loadTLS(now); err != nil {
+			return err
+		}
+		ln = tls.NewListener(ln, tlsConfig)
+	}
+	plaintext, err := c.bootstrapToken(ctx, store, given, logger)
+	if err != nil {
+		return err
+	}
+
+	port := ln.Addr().(*net.TCPAddr).Port
+	scheme := map[bool]string{true: "https", false: "http"}[tlsConfig != nil]
+	if !isLoopback(c.host) && tlsConfig == nil {
+		logger.Printf("warning: serving %s over plain HTTP: bearer tokens cross the network in the clear", c.host)
+	}
+	if plaintext != "" && c.apiToken == "" {
+		fmt.Fprintf(stderr, "Generated new API token — save this, it will not be shown again:\nHELYOS_API_TOKEN=%s\n", plaintext)
+	}
+	if srv.ca != nil {
+		logger.Printf("CA fingerprint (SHA-256): %s", fingerprint(srv.ca.cert.Raw))
+		logger.Printf("log in from another machine with: helyos login https://%s --ca-fingerprint %s",
+			net.JoinHostPort(c.hintHost(), strconv.Itoa(port)), fingerprint(srv.ca.cert.Raw))
+	}
+	if plaintext != "" {
+		c.writeLocalContext(plaintext, scheme, port, srv.ca, logger)
+	}
+	if n := store.activeCount(); n == 0 {
+		logger.Printf("warning: no active API token; restart with --api-token to add one")
+	}
+	// The last line of start-up: scripts and tests wait for it.
+	logger.Printf("listening on %s://%s", scheme, net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)))
+	return srv.serve(ctx, ln)
+}
+
+// loadTLS returns the serving TLS configuration and, when the certificate is
+// self-signed by the daemon, its CA.
+func (c *daemonConfig) loadTLS(now func() time.Time) (*tls.Config, *certAuthority, error) {
+	if c.tlsCert != "" {
+		pair, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("load --tls-cert and --tls-key: %w", err)
+		}
+		return serverTLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &pair, nil }), nil, nil
+	}
+	ca, err := loadOrCreateCA(c.dataDir, now())
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := newServingCert(ca, c.dataDir, certSANs(c.host, c.advertiseAddr, c.tlsSANs), now)
+	if err != nil {
+		return nil, nil, err
+	}
+	return serverTLSConfig(cert.get), ca, nil
+}
+
+// bootstrapToken makes sure the daemon has a token someone holds, and returns
+// it in plaintext when this start knows it: generated now (an empty store),
+// or given by --api-token. A given token that was revoked or has expired
+// stays refused; a new given token replaces the earlier bootstrap token.
+func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, given *tokenRecord, logger *log.Logger) (string, error) {
+	switch {
+	case c.apiToken != "" && given != nil && !given.active(store.now()):
+		logger.Printf("warning: the token from --api-token / HELYOS_API_TOKEN (%q) was revoked or has expired; it stays refused", given.Name)
+		return "", nil
+	case c.apiToken != "" && given != nil:
+		return c.apiToken, nil
+	case c.apiToken != "":
+		if err := store.revoke(bootstrapName); err == nil {
+			logger.Printf("a new --api-token replaces the earlier %q token, which is now revoked", bootstrapName)
+		} else if !errors.Is(err, errNoSuchToken) {
+			return "", err
+		}
+		if _, err := store.add(ctx, c.apiToken, bootstrapName, defaultScope, 0); err != nil {
+			return "", fmt.Errorf("store --api-token: %w", err)
+		}
+		return c.apiToken, nil
+	case len(store.records) == 0:
+		token, _, err := store.create(ctx, bootstrapName, defaultScope, 0)
+		if err != nil {
+			return "", fmt.Errorf("store the first API token: %w", err)
+		}
+		return token, nil
+	}
+	return "", nil
+}
+
+// hintHost is the name remote clients should dial.
+func (c *daemonConfig) hintHost() string {
+	if c.advertiseAddr != "" {
+		return strings.Trim(c.advertiseAddr, "[]")
+	}
+	if !isWildcard(c.host) {
+		return strings.Trim(c.host, "[]")
+	}
+	if h, err := os.Hostname(); err == nil {
+		return h
+	}
+	return "localhost"
+}
+
+// writeLocalContext gives the CLI on this machine a ready context, once:
+// never when a config file already exists.
+func (c *daemonConfig) writeLocalContext(token, scheme string, port int, ca *certAuthority, logger *log.Logger) {
+	if c.configPath == "" {
+		return
+	}
+	host := "localhost"
+	if !isLoopback(c.host) && !isWildcard(c.host) {
+		host = strings.Trim(c.host, "[]")
+	}
+	errExists := errors.New("config exists")
+	err := updateConfig(c.configPath, func(cfg *Config) error {
+		if _, err := os.Stat(c.configPath); !errors.Is(err, os.ErrNotExist) {
+			return errExists
+		}
+		ctx := &Context{Name: "local", Server: scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port)), Token: token, TokenName: bootstrapName, Project: "default"}
+		if ca != nil {
+			ctx.CA = encodeCA(ca.pem)
+			ctx.CASHA256 = fingerprint(ca.cert.Raw)
+		}
+		cfg.Contexts = append(cfg.Contexts, ctx)
+		cfg.CurrentContext = ctx.Name
+		return nil
+	})
+	switch {
+	case err == nil:
+		logger.Printf("wrote CLI context %q to %s", "local", c.configPath)
+	case !errors.Is(err, errExists):
+		logger.Printf("warning: could not write the local CLI context: %v", err)
+	}
+}
+
+// server is the REST API: built once from the flags, no globals.
+type server struct {
+	tokens  *tokenStore
+	ca      *certAuthority // nil when TLS is off or the certificate is the operator's
+	metrics *metrics
+	logger  *log.Logger
+}
+
+func (s *server) serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          s.logger,
+	}
+	done := make(chan struct{})
+	go s.flushLoop(ctx, done)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.logger.Printf("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	err := hs.Shutdown(sctx)
+	<-done
+	if ferr := s.tokens.flushLastUsed(); ferr != nil {
+		err = errors.Join(err, ferr)
+	}
+	return err
+}
+
+// flushLoop writes last-used times now and then, off the request path.
+func (s *server) flushLoop(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(lastUsedFlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.tokens.flushLastUsed(); err != nil {
+				s.logger.Printf("warning: %v", err)
+			}
+		}
+	}
+}
+
+// routes is the whole route table; compare it with SPEC §2 line by line.
+func (s *server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", s.handleHealth)
+	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	mux.HandleFunc("GET /api/v1/version", s.handleVersion)
+	mux.HandleFunc("GET /api/v1/ca", s.handleCA)
+
+	mux.Handle("GET /api/v1/whoami", s.requireAuth(s.handleWhoami))
+	mux.Handle("POST /api/v1/tokens", s.requireAuth(s.handleCreateToken))
+	mux.Handle("GET /api/v1/tokens", s.requireAuth(s.handleListTokens))
+	mux.Handle("DELETE /api/v1/tokens/{name}", s.requireAuth(s.handleRevokeToken))
+
+	// Unknown API paths need a token before they say "not found", so an
+	// anonymous caller learns nothing about which routes exist.
+	mux.Handle("/api/v1/", s.requireAuth(handleNotFound))
+	mux.Handle("/api/v1", s.requireAuth(handleNotFound))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { writeError(w, http.StatusNotFound, "not found") })
+	return s.observe(mux)
+}
+
+// observe counts and times every request by its route pattern, sets the
+// headers every answer carries, and turns a panic into a 500.
+func (s *server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h := rec.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Cache-Control", "no-store")
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.logger.Printf("error: handler for %s panicked", r.Pattern)
+				if !rec.wrote {
+					writeError(rec, http.StatusInternalServerError, "internal error")
+				}
+			}
+			s.metrics.observe(r.Method, r.Pattern, rec.code, time.Since(start))
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code  int
+	wrote bool
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.code, r.wrote = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	return r.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// authedHandler is a handler that runs only for a verified token.
+type authedHandler func(http.ResponseWriter, *http.Request, *tokenRecord)
+
+// requireAuth admits a request only with a valid bearer token. Every refusal
+// looks the same to the caller; the reason goes to the metrics only.
+func (s *server) requireAuth(next authedHandler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, err := bearerToken(r.Header)
+		var rec *tokenRecord
+		if err == nil {
+			rec, err = s.tokens.verify(r.Context(), token)
+		}
+		if err != nil {
+			s.metrics.authFailure(err)
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
+			return
+		}
+		next(w, r, rec)
+	})
+}
+
+// bearerToken reads "Authorization: Bearer TOKEN", the scheme in any case.
+func bearerToken(h http.Header) (string, error) {
+	values := h.Values("Authorization")
+	switch {
+	case len(values) == 0:
+		return "", errTokenMissing
+	case len(values) > 1:
+		return "", errTokenMalformed
+	}
+	scheme, token, ok := strings.Cut(values[0], " ")
+	token = strings.TrimLeft(token, " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") || token == "" || strings.ContainsAny(token, " \t") {
+		return "", errTokenMalformed
+	}
+	return token, nil
+}
+
+func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, "ok\n")
+}
+
+func (s *server) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	s.metrics.write(w, s.tokens)
+}
+
+func (s *server) handleVersion(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"version": version, "api": "v1"})
+}
+
+func (s *server) handleCA(w http.ResponseWriter, r *http.Request) {
+	if s.ca == nil {
+		writeError(w, http.StatusNotFound, "this daemon has no self-signed CA: TLS is off, or it serves a certificate of its own")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"pem": string(s.ca.pem), "sha256": fingerprint(s.ca.cert.Raw)})
+}
+
+func (s *server) handleWhoami(w http.ResponseWriter, r *http.Request, caller *tokenRecord) {
+	writeJSON(w, http.StatusOK, caller.info())
+}
+
+// createTokenRequest is the body of POST /api/v1/tokens.
+type createTokenRequest struct {
+	Name    string `json:"name"`
+	TTLSecs int64  `json:"ttl_secs"`
+	Scope   string `json:"scope"`
+}
+
+func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+	var req createTokenRequest
+	if code, err := decodeJSON(w, r, &req); err != nil {
+		writeError(w, code, err.Error())
+		return
+	}
+	ttl := time.Duration(min(max(req.TTLSecs, -1), int64(maxTTL/time.Second)+1)) * time.Second
+	if err := validateTokenRequest(req.Name, req.Scope, ttl); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	token, info, err := s.tokens.create(r.Context(), req.Name, req.Scope, ttl)
+	switch {
+	case errors.Is(err, errNameTaken):
+		writeError(w, http.StatusConflict, fmt.Sprintf("an active token named %q already exists; revoke it first or pick another name", req.Name))
+		return
+	case err != nil:
+		s.logger.Printf("error: create token %q: %v", req.Name, err)
+		writeError(w, http.StatusInternalServerError, "could not store the token")
+		return
+	}
+	writeJSON(w, http.StatusCreated, struct {
+		tokenInfo
+		Token string `json:"token"`
+	}{info, token})
+}
+
+func (s *server) handleListTokens(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+	writeJSON(w, http.StatusOK, s.tokens.list())
+}
+
+func (s *server) handleRevokeToken(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+	name := r.PathValue("name")
+	switch err := s.tokens.revoke(name); {
+	case errors.Is(err, errNoSuchToken):
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no active token named %q", name))
+	case err != nil:
+		s.logger.Printf("error: revoke token %q: %v", name, err)
+		writeError(w, http.StatusInternalServerError, "could not revoke the token")
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func handleNotFound(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+	writeError(w, http.StatusNotFound, "not found")
+}
+
+// decodeJSON reads one JSON object of at most maxBodyBytes into v, refusing
+// unknown fields and trailing data. It returns the status to answer with.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) (int, error) {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, next := dec.Token(); !errors.Is(next, io.EOF) {
+			err = errors.New("the body holds more than one JSON value")
+		}
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("request body is larger than %d bytes", maxBodyBytes)
+	case errors.Is(err, io.EOF):
+		return http.StatusBadRequest, errors.New("request body is empty; send a JSON object")
+	case err != nil:
+		return http.StatusBadRequest, fmt.Errorf("invalid JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return 0, nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}

@@ -1,0 +1,145 @@
+// Command helyos is a secure-by-default control plane in one binary:
+// `helyos daemon` serves the REST API, every other subcommand is its client.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// command is one client subcommand; the table below is both the dispatch
+// and the usage text, so the two cannot drift apart.
+type command struct {
+	name, args, summary string
+	run                 func(g *globals, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"login", "SERVER", "log in to a daemon, pin its CA and save it as a context", cmdLogin},
+		{"logout", "[NAME]", "forget the token of a context (default: the active one)", cmdLogout},
+		{"whoami", "", "show the identity of the active token", cmdWhoami},
+		{"context", "ls|use|current|rename|rm|set", "list and manage contexts", cmdContext},
+		{"auth", "token create|ls|revoke", "mint, list and revoke API tokens", cmdAuth},
+		{"status", "", "check the daemon: reachable, version, TLS, identity", cmdStatus},
+		{"version", "", "print the client and daemon versions", cmdVersion},
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args, &stdio{in: os.Stdin, out: os.Stdout, err: os.Stderr}))
+}
+
+// run dispatches argv and turns an error into its exit code: 2 for usage
+// errors, 1 for everything else.
+func run(argv []string, io *stdio) int {
+	args := argv[1:]
+	if strings.TrimSuffix(filepath.Base(argv[0]), ".exe") == "helyosd" {
+		args = append([]string{"daemon"}, args...)
+	}
+	var err error
+	switch {
+	case len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help":
+		usage(io.out)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	case args[0] == "daemon":
+		err = runDaemon(args[1:], io.err)
+	default:
+		err = runClient(args, io)
+	}
+	return report(err, io.err)
+}
+
+func runClient(args []string, io *stdio) error {
+	g, rest, err := parseGlobals(args, io)
+	if err != nil {
+		return err
+	}
+	if len(rest) == 0 {
+		usage(io.err)
+		return usageErrorf("no command given")
+	}
+	for _, c := range commands() {
+		if c.name == rest[0] {
+			return c.run(g, rest[1:])
+		}
+	}
+	return withHint(usageErrorf("unknown command %q", rest[0]), "run 'helyos --help' to see the commands")
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "helyos %s: a secure-by-default control plane\n\nUsage:\n  helyos daemon [flags]   run the REST API server (also: helyosd)\n  helyos COMMAND [flags]  talk to a daemon\n\nCommands:\n", version)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range commands() {
+		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+	}
+	tw.Flush()
+	fmt.Fprint(w, `
+Global flags (before or after the command):
+  --context NAME   use this context for one command (else $HELYOS_CONTEXT, else current-context)
+  --server URL     daemon to talk to (else $HELYOS_SERVER, else the context)
+  --token TOKEN    API token (else $HELYOS_API_TOKEN, else the context)
+  --json           print data as JSON
+
+Run 'helyos COMMAND --help' for a command's flags.
+`)
+}
+
+// usageError marks a mistake in how the command was called (exit code 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, a ...any) error {
+	return &usageError{fmt.Sprintf(format, a...)}
+}
+
+// hintError carries a next step for the user; main prints "helyos: hint: ...".
+// The hint travels with the error so that commands never print in the middle
+// of failing.
+type hintError struct {
+	err  error
+	hint string
+}
+
+func (e *hintError) Error() string { return e.err.Error() }
+func (e *hintError) Unwrap() error { return e.err }
+
+// withHint attaches a hint to err; a nil err stays nil so callers can wrap
+// a result without checking it first.
+func withHint(err error, hint string) error {
+	if err == nil {
+		return nil
+	}
+	return &hintError{err: err, hint: hint}
+}
+
+// report prints err the one way every command's errors are printed and
+// returns the exit code.
+func report(err error, w io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintf(w, "helyos: error: %v\n", err)
+	var h *hintError
+	if errors.As(err, &h) {
+		fmt.Fprintf(w, "helyos: hint: %s\n", h.hint)
+	}
+	var u *usageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	return 1
+}

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// durationBuckets are the latency histogram's upper bounds, in seconds.
+var durationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// knownMethods keeps the method label bounded: anything else counts as
+// "other", so a client cannot grow the metrics without limit.
+var knownMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+// metrics holds the daemon's counters and writes them in the Prometheus
+// text format 0.0.4. Labels are route patterns, never raw paths.
+type metrics struct {
+	mu           sync.Mutex
+	requests     map[requestKey]uint64
+	durations    map[string]*histogram // by route
+	authFailures map[string]uint64     // by reason
+}
+
+type requestKey struct {
+	method, route string
+	code          int
+}
+
+type histogram struct {
+	counts []uint64 // one per bucket, not cumulative
+	sum    float64
+	count  uint64
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		requests:     map[requestKey]uint64{},
+		durations:    map[string]*histogram{},
+		authFailures: map[string]uint64{},
+	}
+}
+
+func routeLabel(pattern string) string {
+	if pattern == "" {
+		return "unmatched"
+	}
+	return pattern
+}
+
+func (m *metrics) observe(method, pattern string, code int, d time.Duration) {
+	if !slices.Contains(knownMethods, method) {
+		method = "other"
+	}
+	route := routeLabel(pattern)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.requests[requestKey{method, route, code}]++
+	h := m.durations[route]
+	if h == nil {
+		h = &histogram{counts: make([]uint64, len(durationBuckets))}
+		m.durations[route] = h
+	}
+	secs := d.Seconds()
+	if i, _ := slices.BinarySearch(durationBuckets, secs); i < len(durationBuckets) {
+		h.counts[i]++
+	}
+	h.sum += secs
+	h.count++
+}
+
+func (m *metrics) authFailure(reason error) {
+	label := "error"
+	for _, r := range authFailureReasons {
+		if errors.Is(reason, r) {
+			label = r.Error()
+		}
+	}
+	m.mu.Lock()
+	m.authFailures[label]++
+	m.mu.Unlock()
+}
+
+// write renders every metric, sorted so the output is stable.
+func (m *metrics) write(out io.Writer, tokens *tokenStore) {
+	w := bufio.NewWriter(out)
+	defer w.Flush()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	family(w, "helyos_http_requests_total", "counter", "HTTP requests answered, by method, route pattern and status code.")
+	keys := make([]requestKey, 0, len(m.requests))
+	for k := range m.requests {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b requestKey) int {
+		return strings.Compare(fmt.Sprint(a.route, a.method, a.code), fmt.Sprint(b.route, b.method, b.code))
+	})
+	for _, k := range keys {
+		sample(w, "helyos_http_requests_total", labels("method", k.method, "route", k.route, "code", strconv.Itoa(k.code)), float64(m.requests[k]))
+	}
+
+	family(w, "helyos_http_request_duration_seconds", "histogram", "Time to answer HTTP requests, by route pattern.")
+	for _, route := range sortedKeys(m.durations) {
+		h := m.durations[route]
+		var cum uint64
+		for i, le := range durationBuckets {
+			cum += h.counts[i]
+			sample(w, "helyos_http_request_duration_seconds_bucket", labels("route", route, "le", formatFloat(le)), float64(cum))
+		}
+		sample(w, "helyos_http_request_duration_seconds_bucket", labels("route", route, "le", "+Inf"), float64(h.count))
+		sample(w, "helyos_http_request_duration_seconds_sum", labels("route", route), h.sum)
+		sample(w, "helyos_http_request_duration_seconds_count", labels("route", route), float64(h.count))
+	}
+
+	family(w, "helyos_auth_failures_total", "counter", "Requests refused for their bearer token, by reason.")
+	for _, r := range authFailureReasons {
+		sample(w, "helyos_auth_failures_total", labels("reason", r.Error()), float64(m.authFailures[r.Error()]))
+	}
+	if n := m.authFailures["error"]; n > 0 {
+		sample(w, "helyos_auth_failures_total", labels("reason", "error"), float64(n))
+	}
+
+	family(w, "helyos_api_tokens_active", "gauge", "API tokens that are neither revoked nor expired.")
+	sample(w, "helyos_api_tokens_active", "", float64(tokens.activeCount()))
+	family(w, "helyos_argon2_runs_total", "counter", "Argon2id hash computations, for verifying and for minting tokens.")
+	sample(w, "helyos_argon2_runs_total", "", float64(tokens.argonRuns.Load()))
+	family(w, "helyos_token_cache_hits_total", "counter", "Token verifications answered from the in-memory cache.")
+	sample(w, "helyos_token_cache_hits_total", "", float64(tokens.cacheHits.Load()))
+	family(w, "helyos_token_cache_misses_total", "counter", "Well-formed tokens not found in the in-memory cache.")
+	sample(w, "helyos_token_cache_misses_total", "", float64(tokens.cacheMisses.Load()))
+
+	family(w, "helyos_build_info", "gauge", "Build information; the value is always 1.")
+	sample(w, "helyos_build_info", labels("version", version, "goversion", runtime.Version()), 1)
+}
+
+func family(w io.Writer, name, kind, help string) {
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
+}
+
+func sample(w io.Writer, name, labels string, v float64) {
+	fmt.Fprintf(w, "%s%s %s\n", name, labels, formatFloat(v))
+}
+
+// labels renders name/value pairs, escaping values as the format requires.
+func labels(pairs ...string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i := 0; i < len(pairs); i += 2 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		v := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(pairs[i+1])
+		fmt.Fprintf(&b, `%s="%s"`, pairs[i], v)
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+func formatFloat(v float64) string {
+	return strconv.FormatFloat(v, 'g', -1, 64)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"unsafe"
+)
+
+// termiosRequests returns the ioctl requests that read and write terminal
+// settings: the one per-OS detail of the client, kept here as values rather
+// than in per-OS files.
+func termiosRequests() (get, set uintptr) {
+	switch runtime.GOOS {
+	case "linux":
+		return 0x5401, 0x5402 // TCGETS, TCSETS
+	case "darwin":
+		return 0x40487413, 0x80487414 // TIOCGETA, TIOCSETA
+	}
+	return 0, 0
+}
+
+func termios(f *os.File, set bool, t *syscall.Termios) error {
+	req, setReq := termiosRequests()
+	if set {
+		req = setReq
+	}
+	if req == 0 {
+		return errors.New("terminals are not supported on " + runtime.GOOS)
+	}
+	if _, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), req, uintptr(unsafe.Pointer(t))); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// isTerminal reports whether f is a terminal (not merely a character
+// device: /dev/null is one of those too).
+func isTerminal(f *os.File) bool {
+	var t syscall.Termios
+	return f != nil && termios(f, false, &t) == nil
+}
+
+// readLine reads one line from r a byte at a time, so nothing after the
+// newline is consumed, and returns it without the line ending.
+func readLine(r io.Reader) (string, error) {
+	var b strings.Builder
+	buf := make([]byte, 1)
+	for b.Len() < 64<<10 {
+		n, err := r.Read(buf)
+		if n == 1 {
+			if buf[0] == '\n' {
+				return strings.TrimSuffix(b.String(), "\r"), nil
+			}
+			b.WriteByte(buf[0])
+		}
+		if err == io.EOF && b.Len() > 0 {
+			return strings.TrimSuffix(b.String(), "\r"), nil
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+	return "", errors.New("line longer than 64 KiB")
+}
+
+// promptYesNo asks question on the terminal; only "y" or "yes" is a yes.
+func promptYesNo(in *os.File, out io.Writer, question string) (bool, error) {
+	fmt.Fprintf(out, "%s [y/N] ", question)
+	answer, err := readLine(in)
+	if err != nil && err != io.EOF {
+		return false, fmt.Errorf("read answer: %w", err)
+	}
+	answer = strings.ToLower(strings.TrimSpace(answer))
+	return answer == "y" || answer == "yes", nil
+}
+
+// promptSecret reads a line from the terminal without echoing it.
+func promptSecret(in *os.File, out io.Writer, prompt string) (string, error) {
+	var saved syscall.Termios
+	if err := termios(in, false, &saved); err != nil {
+		return "", fmt.Errorf("read terminal settings: %w", err)
+	}
+	quiet := saved
+	quiet.Lflag &^= syscall.ECHO
+	if err := termios(in, true, &quiet); err != nil {
+		return "", fmt.Errorf("turn off echo: %w", err)
+	}
+	defer termios(in, true, &saved)
+	fmt.Fprint(out, prompt)
+	line, err := readLine(in)
+	fmt.Fprintln(out)
+	if err != nil {
+		return "", fmt.Errorf("read from terminal: %w", err)
+	}
+	return strings.TrimSpace(line), nil
+}

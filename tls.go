@@ -1,0 +1,343 @@
+package main
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Files under the data dir. Keys are 0600, like every file there.
+const (
+	caCertFile     = "ca.pem"
+	caKeyFile      = "ca-key.pem"
+	serverCertFile = "server.pem"
+	serverKeyFile  = "server-key.pem"
+)
+
+const (
+	caValidity     = 10 * 365 * 24 * time.Hour
+	serverValidity = 365 * 24 * time.Hour
+	// renewBefore is how long before expiry the serving certificate is
+	// re-issued, at start or by a running daemon at its next handshake.
+	renewBefore = 30 * 24 * time.Hour
+)
+
+// fingerprint is the SHA-256 of a certificate's DER bytes as lower-case hex
+// pairs joined by ':', the form `openssl x509 -fingerprint -sha256` prints
+// (in upper case).
+func fingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	h := hex.EncodeToString(sum[:])
+	pairs := make([]string, 0, len(sum))
+	for i := 0; i < len(h); i += 2 {
+		pairs = append(pairs, h[i:i+2])
+	}
+	return strings.Join(pairs, ":")
+}
+
+// normalizeFingerprint accepts the spellings people paste: any case, with or
+// without colons (or spaces), with an optional "sha256:" prefix. It returns
+// 64 lower-case hex characters, or an error.
+func normalizeFingerprint(s string) (string, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	t = strings.TrimPrefix(t, "sha256:")
+	t = strings.NewReplacer(":", "", " ", "").Replace(t)
+	if len(t) != 64 || !isLowerHex(t) {
+		return "", fmt.Errorf("fingerprint %q is not a SHA-256 fingerprint (64 hex digits, colons optional)", s)
+	}
+	return t, nil
+}
+
+// sameFingerprint compares two fingerprints in any accepted spelling.
+func sameFingerprint(a, b string) bool {
+	na, errA := normalizeFingerprint(a)
+	nb, errB := normalizeFingerprint(b)
+	return errA == nil && errB == nil && na == nb
+}
+
+// isLoopback reports whether host names only this machine: "localhost" or
+// an IP address in 127.0.0.0/8 or ::1, with or without IPv6 brackets.
+func isLoopback(host string) bool {
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// isWildcard reports whether host binds every interface.
+func isWildcard(host string) bool {
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	ip := net.ParseIP(host)
+	return host == "" || (ip != nil && ip.IsUnspecified())
+}
+
+// certSANs is the sorted, de-duplicated list of names the serving
+// certificate must carry.
+func certSANs(bindHost, advertise string, extra []string) []string {
+	names := []string{"localhost", "127.0.0.1", "::1"}
+	if !isWildcard(bindHost) {
+		names = append(names, bindHost)
+	}
+	names = append(names, advertise)
+	names = append(names, extra...)
+	if h, err := os.Hostname(); err == nil {
+		names = append(names, h)
+	}
+	var out []string
+	for _, n := range names {
+		n = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(n), "["), "]"))
+		if n != "" {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// certAuthority is the daemon's self-signed CA. Its key is kept so the
+// serving certificate can be re-issued and pinned clients keep working.
+type certAuthority struct {
+	cert *x509.Certificate
+	key  crypto.Signer
+	pem  []byte
+}
+
+// loadOrCreateCA reads the CA from dir, or creates one there.
+func loadOrCreateCA(dir string, now time.Time) (*certAuthority, error) {
+	certPEM, certErr := os.ReadFile(filepath.Join(dir, caCertFile))
+	keyPEM, keyErr := os.ReadFile(filepath.Join(dir, caKeyFile))
+	if errors.Is(certErr, os.ErrNotExist) && errors.Is(keyErr, os.ErrNotExist) {
+		return createCA(dir, now)
+	}
+	if certErr != nil || keyErr != nil {
+		return nil, fmt.Errorf("read CA in %s: %w", dir, errors.Join(certErr, keyErr))
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load CA in %s: %w", dir, err)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("parse CA in %s: %w", dir, err)
+	}
+	signer, ok := pair.PrivateKey.(crypto.Signer)
+	if !ok || !cert.IsCA {
+		return nil, fmt.Errorf("load CA in %s: %s is not a CA certificate with a signing key", dir, caCertFile)
+	}
+	return &certAuthority{cert: cert, key: signer, pem: certPEM}, nil
+}
+
+func createCA(dir string, now time.Time) (*certAuthority, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate CA key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               pkix.Name{CommonName: "helyos CA", Organization: []string{"helyos"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(caValidity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("create CA certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse CA certificate: %w", err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := writeKeyPair(dir, caCertFile, caKeyFile, certPEM, key); err != nil {
+		return nil, err
+	}
+	return &certAuthority{cert: cert, key: key, pem: certPEM}, nil
+}
+
+// writeKeyPair writes the key before the certificate, so a crash between
+// the two never leaves a certificate without its key.
+func writeKeyPair(dir, certName, keyName string, certPEM []byte, key *ecdsa.PrivateKey) error {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("encode key: %w", err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	if err := writeFileAtomic(filepath.Join(dir, keyName), keyPEM); err != nil {
+		return fmt.Errorf("write %s: %w", keyName, err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, certName), certPEM); err != nil {
+		return fmt.Errorf("write %s: %w", certName, err)
+	}
+	return nil
+}
+
+func randomSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return n
+}
+
+// issueServerCert signs a serving certificate for sans and writes it to dir.
+func (ca *certAuthority) issueServerCert(dir string, sans []string, now time.Time) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate serving key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: randomSerial(),
+		Subject:      pkix.Name{CommonName: "helyos daemon", Organization: []string{"helyos"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(serverValidity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, san := range sans {
+		if ip := net.ParseIP(san); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, san)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("sign serving certificate: %w", err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := writeKeyPair(dir, serverCertFile, serverKeyFile, certPEM, key); err != nil {
+		return nil, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse serving certificate: %w", err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// loadServerCert returns the stored serving certificate if it was signed by
+// ca, carries exactly sans and is not near expiry; otherwise nil.
+func (ca *certAuthority) loadServerCert(dir string, sans []string, now time.Time) *tls.Certificate {
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, serverCertFile), filepath.Join(dir, serverKeyFile))
+	if err != nil {
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil || leaf.CheckSignatureFrom(ca.cert) != nil || now.After(leaf.NotAfter.Add(-renewBefore)) {
+		return nil
+	}
+	if !slices.Equal(leafSANs(leaf), sans) {
+		return nil
+	}
+	pair.Leaf = leaf
+	pair.Certificate = [][]byte{pair.Certificate[0], ca.cert.Raw}
+	return &pair
+}
+
+func leafSANs(leaf *x509.Certificate) []string {
+	out := slices.Clone(leaf.DNSNames)
+	for _, ip := range leaf.IPAddresses {
+		out = append(out, ip.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// servingCert hands out the daemon's certificate and re-issues it from the
+// same CA when it nears expiry, so a daemon that runs for years keeps a
+// valid certificate without a restart. Safe for concurrent use.
+type servingCert struct {
+	ca   *certAuthority
+	dir  string
+	sans []string
+	now  func() time.Time
+
+	mu   sync.Mutex
+	cert *tls.Certificate
+}
+
+func newServingCert(ca *certAuthority, dir string, sans []string, now func() time.Time) (*servingCert, error) {
+	s := &servingCert{ca: ca, dir: dir, sans: sans, now: now}
+	s.cert = ca.loadServerCert(dir, sans, now())
+	if s.cert == nil {
+		c, err := ca.issueServerCert(dir, sans, now())
+		if err != nil {
+			return nil, err
+		}
+		s.cert = c
+	}
+	return s, nil
+}
+
+func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now := s.now(); now.After(s.cert.Leaf.NotAfter.Add(-renewBefore)) {
+		c, err := s.ca.issueServerCert(s.dir, s.sans, now)
+		if err != nil {
+			return nil, err
+		}
+		s.cert = c
+	}
+	return s.cert, nil
+}
+
+// serverTLSConfig is the daemon's TLS policy: TLS 1.2 at least.
+func serverTLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: getCert}
+}
+
+// parseCAPEM returns the single CA certificate in pemBytes.
+func parseCAPEM(pemBytes []byte) (*x509.Certificate, error) {
+	block, rest := pem.Decode(pemBytes)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("not a PEM certificate")
+	}
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return nil, errors.New("more than one PEM block; give the CA certificate alone")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse certificate: %w", err)
+	}
+	return cert, nil
+}
+
+// clientTLSConfig is how the CLI dials a daemon: verified against the pinned
+// CA when there is one, against the system roots otherwise, or not at all
+// when the user asked for insecure.
+func clientTLSConfig(pinnedCA *x509.Certificate, insecure bool) *tls.Config {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	switch {
+	case insecure:
+		cfg.InsecureSkipVerify = true
+	case pinnedCA != nil:
+		pool := x509.NewCertPool()
+		pool.AddCert(pinnedCA)
+		cfg.RootCAs = pool
+	}
+	return cfg
+}

@@ -1,0 +1,528 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/argon2"
+)
+
+// Token format. An API token is apiTokenPrefix followed by 64 lower-case hex
+// characters (32 random bytes). The first lookupLen of those hex characters
+// are stored in the clear as the record's lookup key: they narrow a presented
+// token to at most one record, and the remaining 52 hex characters (208 bits)
+// stay secret. Cluster join tokens use joinTokenPrefix and are a different
+// credential; they are never accepted as API tokens.
+const (
+	apiTokenPrefix  = "nxa-api_"
+	joinTokenPrefix = "nxa_"
+	tokenHexLen     = 64
+	lookupLen       = 12
+)
+
+// Argon2id parameters, fixed by the product's security model.
+const (
+	argonMemoryKiB = 19456
+	argonTime      = 2
+	argonThreads   = 1
+	argonSaltLen   = 16
+	argonKeyLen    = 32
+)
+
+const (
+	defaultScope  = "admin"
+	bootstrapName = "bootstrap"
+	maxTTL        = 10 * 366 * 24 * time.Hour
+	// lastUsedFlushInterval bounds how stale last_used_at may be on disk.
+	lastUsedFlushInterval = time.Minute
+)
+
+var tokenNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Reasons a presented token is refused; they label the auth failure metric
+// and are never shown to the caller, who always gets the same 401.
+var (
+	errTokenMissing   = errors.New("missing")
+	errTokenMalformed = errors.New("malformed")
+	errTokenUnknown   = errors.New("unknown")
+	errTokenMismatch  = errors.New("mismatch")
+	errTokenExpired   = errors.New("expired")
+	errTokenRevoked   = errors.New("revoked")
+)
+
+var authFailureReasons = []error{errTokenMissing, errTokenMalformed, errTokenUnknown, errTokenMismatch, errTokenExpired, errTokenRevoked}
+
+// errNameTaken and errNoSuchToken are returned by create and revoke.
+var (
+	errNameTaken   = errors.New("an active token with that name already exists")
+	errNoSuchToken = errors.New("no active token with that name")
+)
+
+// tokenRecord is one stored token. The secret itself is never stored: only
+// its Argon2id hash and its non-secret lookup key.
+type tokenRecord struct {
+	Name       string     `json:"name"`
+	Scope      string     `json:"scope"`
+	Lookup     string     `json:"lookup"`
+	Hash       string     `json:"hash"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
+
+	// lastUsed is the in-memory last use (unix nanoseconds), updated on
+	// every authenticated request without taking the store's lock and
+	// copied into LastUsedAt when the store is written.
+	lastUsed atomic.Int64
+}
+
+// tokenInfo is what the API shows of a token: never the hash or lookup.
+type tokenInfo struct {
+	Name       string     `json:"name"`
+	Scope      string     `json:"scope"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  *time.Time `json:"expires_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+}
+
+type tokenFile struct {
+	Version int            `json:"version"`
+	Tokens  []*tokenRecord `json:"tokens"`
+}
+
+// tokenStore holds the API tokens of one daemon and verifies presented ones.
+//
+// Verification costs one map lookup for a token seen before (the cache is
+// keyed by the SHA-256 of the token, never the token), one map lookup and no
+// Argon2 run for a malformed token or one whose lookup key matches no active
+// record, and one Argon2 run, bounded by argonSlots, otherwise. A token that
+// failed its Argon2 check is not remembered; repeated attempts run Argon2
+// again, which is why the runs are bounded.
+//
+// Revocation and expiry are checked on the record at every verification, so
+// they take effect on the very next request. Every change is written to disk
+// before it is acknowledged.
+type tokenStore struct {
+	path string
+	now  func() time.Time
+
+	mu       sync.RWMutex
+	records  []*tokenRecord          // every record ever stored, revoked ones too
+	byLookup map[string]*tokenRecord // lookup key → record, revoked ones too
+	verified map[[32]byte]*tokenRecord
+
+	argonSlots chan struct{}
+	dirty      atomic.Bool // last-used times not yet on disk
+
+	argonRuns   atomic.Uint64
+	cacheHits   atomic.Uint64
+	cacheMisses atomic.Uint64
+}
+
+// readTokenFile reads a token store file without changing anything, so the
+// daemon's guardrails can look at it before they allow any write. A missing
+// file is an empty store.
+func readTokenFile(path string) ([]*tokenRecord, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read token store: %w", err)
+	}
+	var f tokenFile
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("read token store %s: %w", path, err)
+	}
+	if f.Version != 1 {
+		return nil, fmt.Errorf("read token store %s: unsupported version %d", path, f.Version)
+	}
+	seen := map[string]bool{}
+	for i, r := range f.Tokens {
+		if r == nil || !tokenNamePattern.MatchString(r.Name) || len(r.Lookup) != lookupLen || !isLowerHex(r.Lookup) {
+			return nil, fmt.Errorf("read token store %s: record %d is damaged", path, i)
+		}
+		if _, _, _, err := parsePHC(r.Hash); err != nil {
+			return nil, fmt.Errorf("read token store %s: record %q: %w", path, r.Name, err)
+		}
+		if seen[r.Lookup] {
+			return nil, fmt.Errorf("read token store %s: record %q repeats a lookup key", path, r.Name)
+		}
+		seen[r.Lookup] = true
+		if r.LastUsedAt != nil {
+			r.lastUsed.Store(r.LastUsedAt.UnixNano())
+		}
+	}
+	return f.Tokens, nil
+}
+
+func newTokenStore(path string, records []*tokenRecord, now func() time.Time) *tokenStore {
+	s := &tokenStore{
+		path:       path,
+		now:        now,
+		records:    records,
+		byLookup:   make(map[string]*tokenRecord, len(records)),
+		verified:   make(map[[32]byte]*tokenRecord),
+		argonSlots: make(chan struct{}, min(runtime.NumCPU(), 4)),
+	}
+	for _, r := range records {
+		s.byLookup[r.Lookup] = r
+	}
+	return s
+}
+
+// activeCount is the number of tokens that would be accepted now.
+func (s *tokenStore) activeCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	now := s.now()
+	for _, r := range s.records {
+		if r.active(now) {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *tokenRecord) active(now time.Time) bool {
+	return r.RevokedAt == nil && (r.ExpiresAt == nil || now.Before(*r.ExpiresAt))
+}
+
+// newAPIToken returns a fresh random API token.
+func newAPIToken() string {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("crypto/rand failed: " + err.Error()) // never returns an error on supported platforms
+	}
+	return apiTokenPrefix + hex.EncodeToString(b[:])
+}
+
+// parseAPIToken checks a presented token's shape and returns its lookup key.
+// It is cheap and runs before anything else looks at the token.
+func parseAPIToken(token string) (lookup string, ok bool) {
+	if len(token) != len(apiTokenPrefix)+tokenHexLen || !strings.HasPrefix(token, apiTokenPrefix) {
+		return "", false
+	}
+	body := token[len(apiTokenPrefix):]
+	if !isLowerHex(body) {
+		return "", false
+	}
+	return body[:lookupLen], true
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// hashToken returns the Argon2id PHC string of token with a fresh salt.
+func hashToken(token string) string {
+	salt := make([]byte, argonSaltLen)
+	if _, err := rand.Read(salt); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	key := argon2.IDKey([]byte(token), salt, argonTime, argonMemoryKiB, argonThreads, argonKeyLen)
+	enc := base64.RawStdEncoding
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s",
+		argon2.Version, argonMemoryKiB, argonTime, argonThreads, enc.EncodeToString(salt), enc.EncodeToString(key))
+}
+
+// parsePHC accepts only the exact parameters this product writes, so a
+// tampered store cannot make verification cheaper or absurdly expensive.
+func parsePHC(phc string) (salt, key []byte, params string, err error) {
+	parts := strings.Split(phc, "$")
+	want := fmt.Sprintf("m=%d,t=%d,p=%d", argonMemoryKiB, argonTime, argonThreads)
+	if len(parts) != 6 || parts[0] != "" || parts[1] != "argon2id" || parts[2] != fmt.Sprintf("v=%d", argon2.Version) || parts[3] != want {
+		return nil, nil, "", errors.New("hash is not an argon2id PHC string with the expected parameters")
+	}
+	enc := base64.RawStdEncoding
+	salt, err1 := enc.DecodeString(parts[4])
+	key, err2 := enc.DecodeString(parts[5])
+	if err1 != nil || err2 != nil || len(salt) != argonSaltLen || len(key) != argonKeyLen {
+		return nil, nil, "", errors.New("hash has a malformed salt or key")
+	}
+	return salt, key, parts[3], nil
+}
+
+// checkHash runs Argon2id on token and compares in constant time. At most
+// cap(s.argonSlots) runs happen at once; a caller waits for a slot until ctx
+// ends.
+func (s *tokenStore) checkHash(ctx context.Context, token, phc string) (bool, error) {
+	salt, want, _, err := parsePHC(phc)
+	if err != nil {
+		return false, err
+	}
+	select {
+	case s.argonSlots <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	defer func() { <-s.argonSlots }()
+	s.argonRuns.Add(1)
+	got := argon2.IDKey([]byte(token), salt, argonTime, argonMemoryKiB, argonThreads, argonKeyLen)
+	return subtle.ConstantTimeCompare(got, want) == 1, nil
+}
+
+// verify returns the active record that token belongs to, or one of the
+// errToken* reasons. It records the use in memory only.
+func (s *tokenStore) verify(ctx context.Context, token string) (*tokenRecord, error) {
+	lookup, ok := parseAPIToken(token)
+	if !ok {
+		return nil, errTokenMalformed
+	}
+	key := sha256.Sum256([]byte(token))
+	now := s.now()
+
+	s.mu.RLock()
+	rec, cached := s.verified[key]
+	if !cached {
+		rec = s.byLookup[lookup]
+	}
+	var state error
+	if rec != nil {
+		state = rec.state(now)
+	}
+	s.mu.RUnlock()
+
+	if cached {
+		s.cacheHits.Add(1)
+	} else {
+		s.cacheMisses.Add(1)
+	}
+	if rec == nil {
+		return nil, errTokenUnknown
+	}
+	if state != nil {
+		// Revoked or expired: refused without an Argon2 run.
+		return nil, state
+	}
+	if !cached {
+		match, err := s.checkHash(ctx, token, rec.Hash)
+		if err != nil {
+			return nil, err
+		}
+		if !match {
+			return nil, errTokenMismatch
+		}
+		s.mu.Lock()
+		// Re-check under the write lock: the record may have been revoked
+		// while Argon2 ran, and revocation must win.
+		if err := rec.state(s.now()); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.verified[key] = rec
+		s.mu.Unlock()
+	}
+	rec.lastUsed.Store(now.UnixNano())
+	s.dirty.Store(true)
+	return rec, nil
+}
+
+func (r *tokenRecord) state(now time.Time) error {
+	switch {
+	case r.RevokedAt != nil:
+		return errTokenRevoked
+	case r.ExpiresAt != nil && !now.Before(*r.ExpiresAt):
+		return errTokenExpired
+	}
+	return nil
+}
+
+// create mints a new token, stores its hash and returns the secret, which is
+// shown to the caller once and kept nowhere. ttl 0 means no expiry.
+func (s *tokenStore) create(ctx context.Context, name, scope string, ttl time.Duration) (string, tokenInfo, error) {
+	token := newAPIToken()
+	info, err := s.add(ctx, token, name, scope, ttl)
+	return token, info, err
+}
+
+// add stores a given token under name. It fails if name is taken by an
+// active token or the token's lookup key is already in use.
+func (s *tokenStore) add(ctx context.Context, token, name, scope string, ttl time.Duration) (tokenInfo, error) {
+	lookup, ok := parseAPIToken(token)
+	if !ok {
+		return tokenInfo{}, errors.New("token is not nxa-api_ followed by 64 lower-case hex characters")
+	}
+	if err := validateTokenRequest(name, scope, ttl); err != nil {
+		return tokenInfo{}, err
+	}
+	if scope == "" {
+		scope = defaultScope
+	}
+	select { // hashing costs what verifying does, so it shares the bound
+	case s.argonSlots <- struct{}{}:
+	case <-ctx.Done():
+		return tokenInfo{}, ctx.Err()
+	}
+	hash := hashToken(token)
+	<-s.argonSlots
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now().UTC().Truncate(time.Second)
+	if s.activeNamedLocked(name, now) != nil {
+		return tokenInfo{}, errNameTaken
+	}
+	if s.byLookup[lookup] != nil {
+		return tokenInfo{}, errors.New("token lookup key collides with a stored token; mint another")
+	}
+	rec := &tokenRecord{Name: name, Scope: scope, Lookup: lookup, Hash: hash, CreatedAt: now}
+	if ttl > 0 {
+		exp := now.Add(ttl)
+		rec.ExpiresAt = &exp
+	}
+	s.records = append(s.records, rec)
+	s.byLookup[lookup] = rec
+	if err := s.saveLocked(); err != nil {
+		s.records = s.records[:len(s.records)-1]
+		delete(s.byLookup, lookup)
+		return tokenInfo{}, err
+	}
+	return rec.info(), nil
+}
+
+func validateTokenRequest(name, scope string, ttl time.Duration) error {
+	if !tokenNamePattern.MatchString(name) {
+		return fmt.Errorf("token name %q is invalid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+	}
+	if scope != "" && !tokenNamePattern.MatchString(scope) {
+		return fmt.Errorf("scope %q is invalid: use letters, digits, '.', '_' or '-'", scope)
+	}
+	if ttl < 0 || ttl > maxTTL {
+		return fmt.Errorf("ttl_secs (--ttl) must be between 0 (no expiry) and %d seconds", int64(maxTTL/time.Second))
+	}
+	return nil
+}
+
+func (s *tokenStore) activeNamedLocked(name string, now time.Time) *tokenRecord {
+	for _, r := range s.records {
+		if r.Name == name && r.active(now) {
+			return r
+		}
+	}
+	return nil
+}
+
+// revoke marks the active token called name as revoked. It is on disk, and
+// the token refused, before revoke returns.
+func (s *tokenStore) revoke(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now().UTC().Truncate(time.Second)
+	rec := s.activeNamedLocked(name, now)
+	if rec == nil {
+		return errNoSuchToken
+	}
+	rec.RevokedAt = &now
+	if err := s.saveLocked(); err != nil {
+		rec.RevokedAt = nil
+		return err
+	}
+	for k, r := range s.verified {
+		if r == rec {
+			delete(s.verified, k)
+		}
+	}
+	return nil
+}
+
+// findToken reports the stored record a token belongs to, active or not, by
+// one Argon2 run. The daemon uses it at start for --api-token.
+func (s *tokenStore) findToken(ctx context.Context, token string) (*tokenRecord, error) {
+	lookup, ok := parseAPIToken(token)
+	if !ok {
+		return nil, errTokenMalformed
+	}
+	s.mu.RLock()
+	rec := s.byLookup[lookup]
+	s.mu.RUnlock()
+	if rec == nil {
+		return nil, nil
+	}
+	match, err := s.checkHash(ctx, token, rec.Hash)
+	if err != nil {
+		return nil, err
+	}
+	if !match {
+		return nil, errors.New("the given API token shares its lookup key with a different stored token; choose another token")
+	}
+	return rec, nil
+}
+
+// list returns the active tokens in creation order.
+func (s *tokenStore) list() []tokenInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	now := s.now()
+	out := []tokenInfo{}
+	for _, r := range s.records {
+		if r.active(now) {
+			out = append(out, r.info())
+		}
+	}
+	return out
+}
+
+func (r *tokenRecord) info() tokenInfo {
+	info := tokenInfo{Name: r.Name, Scope: r.Scope, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt}
+	if ns := r.lastUsed.Load(); ns != 0 {
+		t := time.Unix(0, ns).UTC().Truncate(time.Second)
+		info.LastUsedAt = &t
+	}
+	return info
+}
+
+// flushLastUsed writes last-used times to disk if any changed since the last
+// write. It never runs on the request path.
+func (s *tokenStore) flushLastUsed() error {
+	if !s.dirty.Load() {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.saveLocked()
+}
+
+// saveLocked writes every record to disk. The caller holds s.mu.
+func (s *tokenStore) saveLocked() error {
+	s.dirty.Store(false)
+	for _, r := range s.records {
+		if ns := r.lastUsed.Load(); ns != 0 {
+			t := time.Unix(0, ns).UTC().Truncate(time.Second)
+			r.LastUsedAt = &t
+		}
+	}
+	data, err := json.MarshalIndent(tokenFile{Version: 1, Tokens: s.records}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode token store: %w", err)
+	}
+	if err := writeFileAtomic(s.path, append(data, '\n')); err != nil {
+		s.dirty.Store(true)
+		return fmt.Errorf("write token store: %w", err)
+	}
+	return nil
+}
