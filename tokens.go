@@ -378,6 +378,7 @@ func (s *tokenStore) add(ctx context.Context, token, name, scope string, ttl tim
 	case <-ctx.Done():
 		return tokenInfo{}, ctx.Err()
 	}
+	s.argonRuns.Add(1)
 	hash := hashToken(token)
 	<-s.argonSlots
 

@@ -1,0 +1,903 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+const unauthorizedBody = `{"error": "missing or invalid bearer token"}`
+
+// filesUnder lists every file and folder below dir (relative paths).
+func filesUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && path != dir {
+			rel, _ := filepath.Rel(dir, path)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	return out
+}
+
+// jsonEqual compares a JSON body with the expected JSON, ignoring layout.
+func jsonEqual(t *testing.T, got, want string) {
+	t.Helper()
+	var g, w any
+	if err := json.Unmarshal([]byte(got), &g); err != nil {
+		t.Fatalf("body %q is not JSON: %v", got, err)
+	}
+	if err := json.Unmarshal([]byte(want), &w); err != nil {
+		t.Fatal(err)
+	}
+	gb, _ := json.Marshal(g)
+	wb, _ := json.Marshal(w)
+	if string(gb) != string(wb) {
+		t.Errorf("body = %s, want %s", gb, wb)
+	}
+}
+
+// TestGuardrails runs every cell of host × --tls × --insecure-http × token.
+func TestGuardrails(t *testing.T) {
+	const given = "nxa-api_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+	type row struct {
+		host, tls string
+		insecure  bool
+		token     bool
+	}
+	var rows []row
+	for _, host := range []string{"127.0.0.1", "0.0.0.0"} {
+		for _, mode := range []string{"auto", "on", "off"} {
+			for _, insecure := range []bool{false, true} {
+				for _, token := range []bool{false, true} {
+					rows = append(rows, row{host, mode, insecure, token})
+				}
+			}
+		}
+	}
+	for _, r := range rows {
+		name := r.host + "/tls=" + r.tls
+		if r.insecure {
+			name += "/insecure-http"
+		}
+		if r.token {
+			name += "/token"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			home := t.TempDir()
+			args := []string{"daemon", "--port", "0", "--host", r.host, "--tls", r.tls}
+			if r.insecure {
+				args = append(args, "--insecure-http")
+			}
+			var env []string
+			if r.token {
+				env = append(env, "HELYOS_API_TOKEN="+given)
+			}
+			wantScheme := "https"
+			wantErr := ""
+			switch {
+			case r.tls == "off" && r.host == "0.0.0.0" && !r.insecure:
+				wantErr = "refusing to serve a non-loopback address (0.0.0.0) over plain HTTP; use --tls on, or pass BOTH --tls off and --insecure-http"
+			case r.tls == "off" && r.host == "0.0.0.0" && !r.token:
+				wantErr = "refusing to expose a non-loopback address with no API token configured; set --api-token / HELYOS_API_TOKEN first"
+			case r.tls == "off" || (r.tls == "auto" && r.host == "127.0.0.1"):
+				wantScheme = "http"
+			}
+			if wantErr != "" {
+				res := runHelyos(t, home, "", env, args...)
+				if res.code != 1 || !strings.Contains(res.stderr, "helyos: error: "+wantErr+"\n") {
+					t.Fatalf("exit %d, stderr %q; want exit 1 and %q", res.code, res.stderr, wantErr)
+				}
+				if files := filesUnder(t, home); len(files) != 0 {
+					t.Errorf("a refused start wrote %v", files)
+				}
+				return
+			}
+			d := startDaemon(t, home, args[3:], env...)
+			if !strings.HasPrefix(d.url, wantScheme+"://") {
+				t.Fatalf("daemon serves %s, want %s", d.url, wantScheme)
+			}
+			if code, _, body := d.do(t, "GET", "/health", "", ""); code != 200 || body != "ok\n" {
+				t.Errorf("GET /health = %d %q", code, body)
+			}
+		})
+	}
+}
+
+// TestGuardrailCountsStoredAndRevokedTokens: a token from an earlier run
+// counts as configured; a given token that was revoked does not.
+func TestGuardrailCountsStoredAndRevokedTokens(t *testing.T) {
+	t.Parallel()
+	plain := []string{"--host", "0.0.0.0", "--tls", "off", "--insecure-http"}
+
+	stored := t.TempDir()
+	first := startDaemon(t, stored, nil)
+	first.stop(t)
+	d := startDaemon(t, stored, plain)
+	if code, _, _ := d.do(t, "GET", "/api/v1/whoami", first.token, ""); code != 200 {
+		t.Errorf("stored token after restart on 0.0.0.0: %d", code)
+	}
+
+	revoked := t.TempDir()
+	const given = "nxa-api_ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"
+	env := "HELYOS_API_TOKEN=" + given
+	d = startDaemon(t, revoked, nil, env)
+	if code, _, _ := d.do(t, "DELETE", "/api/v1/tokens/bootstrap", given, ""); code != 204 {
+		t.Fatalf("revoke bootstrap: %d", code)
+	}
+	d.stop(t)
+	res := runHelyos(t, revoked, "", []string{env}, append([]string{"daemon", "--port", "0"}, plain...)...)
+	if res.code != 1 || !strings.Contains(res.stderr, "with no API token configured") {
+		t.Fatalf("revoked given token passed the guardrail: exit %d %s", res.code, res.stderr)
+	}
+}
+
+func TestDaemonUsageErrors(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"bad tls mode", []string{"--tls", "maybe"}, nil, `--tls must be auto, on or off, not "maybe"`},
+		{"cert without key", []string{"--tls-cert", "c.pem"}, nil, "--tls-cert and --tls-key go together: give both or neither"},
+		{"key without cert", []string{"--tls-key", "k.pem"}, nil, "--tls-cert and --tls-key go together: give both or neither"},
+		{"cert with tls off", []string{"--tls", "off", "--tls-cert", "c.pem", "--tls-key", "k.pem"}, nil, "--tls-cert and --tls-key need TLS, but --tls is off"},
+		{"port too big", []string{"--port", "70000"}, nil, "--port must be between 0 and 65535, not 70000"},
+		{"port negative", []string{"--port", "-1"}, nil, "--port must be between 0 and 65535, not -1"},
+		{"port not a number", []string{"--port", "http"}, nil, `invalid value "http" for flag -port`},
+		{"unknown flag", []string{"--colour"}, nil, "flag provided but not defined: -colour"},
+		{"stray argument", []string{"now"}, nil, `helyos daemon takes no arguments, got "now"`},
+		{"malformed api token flag", []string{"--api-token", "secret"}, nil, "is not nxa-api_ followed by 64 lower-case hex characters"},
+		{"malformed api token env", nil, []string{"HELYOS_API_TOKEN=nxa-api_ABC"}, "is not nxa-api_ followed by 64 lower-case hex characters"},
+		{"join token as api token", []string{"--api-token", "nxa_" + strings.Repeat("a", 64)}, nil, "is not nxa-api_ followed by 64 lower-case hex characters"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			home := t.TempDir()
+			res := runHelyos(t, home, "", c.env, append([]string{"daemon"}, c.args...)...)
+			if res.code != 2 || !strings.Contains(res.stderr, c.want) {
+				t.Fatalf("exit %d, stderr %q; want exit 2 and %q", res.code, res.stderr, c.want)
+			}
+			if strings.Contains(res.stderr, "secret") && c.name == "malformed api token flag" {
+				t.Error("the error repeats the rejected token")
+			}
+			if files := filesUnder(t, home); len(files) != 0 {
+				t.Errorf("a usage error wrote %v", files)
+			}
+		})
+	}
+}
+
+func TestHelyosdName(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	link := filepath.Join(dir, "helyosd")
+	if err := os.Symlink(helyosBin, link); err != nil {
+		t.Fatal(err)
+	}
+	res := runHelyos(t, dir, "", nil, "--help")
+	if res.code != 0 || !strings.Contains(res.stdout, "helyos daemon") {
+		t.Fatalf("helyos --help: %d %q", res.code, res.stdout)
+	}
+	cmd := exec.Command(link, "--tls", "bogus")
+	cmd.Env = testEnv(dir)
+	out, _ := cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "--tls must be auto, on or off") {
+		t.Fatalf("helyosd did not run the daemon's flag parsing: %d %s", cmd.ProcessState.ExitCode(), out)
+	}
+}
+
+// TestTLSCertificate checks the served chain with a client that trusts only
+// the daemon's CA, the SANs, and that other names and CAs are refused.
+func TestTLSCertificate(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), []string{"--tls", "on", "--advertise-addr", "helyos.test", "--tls-san", "10.1.2.3", "--tls-san", "Extra.Test"})
+	other := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	hostname, _ := os.Hostname()
+
+	dial := func(serverName string, roots *x509.CertPool) (*tls.ConnectionState, error) {
+		conn, err := tls.Dial("tcp", "127.0.0.1:"+d.port, &tls.Config{ServerName: serverName, RootCAs: roots})
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		st := conn.ConnectionState()
+		return &st, nil
+	}
+	st, err := dial("helyos.test", d.caPool(t))
+	if err != nil {
+		t.Fatalf("pinned client refused the daemon: %v", err)
+	}
+	leaf := st.PeerCertificates[0]
+	wantDNS := []string{"extra.test", "helyos.test", "localhost", strings.ToLower(hostname)}
+	for _, n := range wantDNS {
+		if !slices.Contains(leaf.DNSNames, n) {
+			t.Errorf("SANs %v lack %q", leaf.DNSNames, n)
+		}
+	}
+	var ips []string
+	for _, ip := range leaf.IPAddresses {
+		ips = append(ips, ip.String())
+	}
+	for _, ip := range []string{"127.0.0.1", "::1", "10.1.2.3"} {
+		if !slices.Contains(ips, ip) {
+			t.Errorf("IP SANs %v lack %s", ips, ip)
+		}
+	}
+	if st.Version < tls.VersionTLS12 {
+		t.Errorf("negotiated TLS version %x", st.Version)
+	}
+	for _, name := range []string{"localhost", "127.0.0.1", "extra.test"} {
+		if _, err := dial(name, d.caPool(t)); err != nil {
+			t.Errorf("name %s refused: %v", name, err)
+		}
+	}
+	var hostErr x509.HostnameError
+	if _, err := dial("not-mine.test", d.caPool(t)); !errors.As(err, &hostErr) {
+		t.Errorf("a name outside the SANs: err = %v, want a hostname error", err)
+	}
+	var unknown x509.UnknownAuthorityError
+	if _, err := dial("localhost", other.caPool(t)); !errors.As(err, &unknown) {
+		t.Errorf("another daemon's CA: err = %v, want unknown authority", err)
+	}
+	if _, err := tls.Dial("tcp", "127.0.0.1:"+d.port, &tls.Config{RootCAs: d.caPool(t), ServerName: "localhost", MaxVersion: tls.VersionTLS11}); err == nil {
+		t.Error("TLS 1.1 was accepted")
+	}
+}
+
+func TestCAEndpointAndFingerprint(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	code, _, body := d.do(t, "GET", "/api/v1/ca", "", "")
+	if code != 200 {
+		t.Fatalf("GET /api/v1/ca = %d %s", code, body)
+	}
+	var ca struct{ PEM, SHA256 string }
+	if err := json.Unmarshal([]byte(body), &ca); err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode([]byte(ca.PEM))
+	if block == nil {
+		t.Fatalf("pem field holds no PEM: %q", ca.PEM)
+	}
+	sum := sha256.Sum256(block.Bytes)
+	want := hex.EncodeToString(sum[:])
+	if strings.ReplaceAll(ca.SHA256, ":", "") != want || len(ca.SHA256) != 95 {
+		t.Errorf("sha256 = %s, want colon pairs of %s", ca.SHA256, want)
+	}
+	if d.fp != ca.SHA256 {
+		t.Errorf("login hint fingerprint %s differs from /api/v1/ca %s", d.fp, ca.SHA256)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil || !cert.IsCA || cert.Subject.CommonName != "helyos CA" {
+		t.Fatalf("CA certificate: %v %+v", err, cert)
+	}
+	if years := cert.NotAfter.Sub(cert.NotBefore).Hours() / 24 / 365; years < 9.9 || years > 10.1 {
+		t.Errorf("CA validity %.1f years, want about 10", years)
+	}
+	if key, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || key.Curve != elliptic.P256() {
+		t.Errorf("CA key is %T, want ECDSA P-256", cert.PublicKey)
+	}
+	if !strings.Contains(d.out.String(), "helyos login https://") || !strings.Contains(d.out.String(), "--ca-fingerprint "+ca.SHA256) {
+		t.Errorf("no pasteable login hint in the daemon's output:\n%s", d.out.String())
+	}
+	if out, err := exec.Command("openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", filepath.Join(d.dataDir, caCertFile)).Output(); err == nil {
+		got := strings.TrimSpace(string(out))
+		if !strings.EqualFold(got, "sha256 Fingerprint="+ca.SHA256) {
+			t.Errorf("openssl says %q, we say %s", got, ca.SHA256)
+		}
+	} else if os.Getenv("CI") != "" {
+		t.Errorf("openssl is needed in CI: %v", err)
+	}
+
+	plain := startDaemon(t, t.TempDir(), nil)
+	code, _, body = plain.do(t, "GET", "/api/v1/ca", "", "")
+	if code != 404 || !strings.Contains(body, `"error"`) {
+		t.Errorf("GET /api/v1/ca with TLS off = %d %s, want 404 with an error", code, body)
+	}
+}
+
+func TestLoginHintHost(t *testing.T) {
+	t.Parallel()
+	hostname, _ := os.Hostname()
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"advertise wins", []string{"--host", "0.0.0.0", "--advertise-addr", "cluster.test"}, "helyos login https://cluster.test:"},
+		{"bind host", []string{"--host", "127.0.0.1", "--tls", "on"}, "helyos login https://127.0.0.1:"},
+		{"wildcard uses the hostname", []string{"--host", "0.0.0.0"}, "helyos login https://" + hostname + ":"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			d := startDaemon(t, t.TempDir(), c.args)
+			if !strings.Contains(d.out.String(), c.want+d.port+" --ca-fingerprint "+d.fp) {
+				t.Errorf("output lacks %q:\n%s", c.want+d.port, d.out.String())
+			}
+		})
+	}
+}
+
+func TestBringYourOwnCertificate(t *testing.T) {
+	t.Parallel()
+	// A CA and leaf made by our own code, standing in for an operator's.
+	dir := t.TempDir()
+	ca, err := createCA(dir, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.issueServerCert(dir, []string{"127.0.0.1", "localhost"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	d := startDaemon(t, home, []string{"--tls-cert", filepath.Join(dir, serverCertFile), "--tls-key", filepath.Join(dir, serverKeyFile)})
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := client.Get(d.url + "/api/v1/ca")
+	if err != nil {
+		t.Fatalf("the operator's certificate was not served: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Errorf("GET /api/v1/ca with an operator certificate = %d, want 404", resp.StatusCode)
+	}
+	if _, err := os.Stat(filepath.Join(d.dataDir, caCertFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a self-signed CA was made although the operator brought a certificate")
+	}
+}
+
+// TestRestartKeepsState: the CA, the tokens and the revocations survive a
+// restart, and no token is printed the second time.
+func TestRestartKeepsState(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	d := startDaemon(t, home, []string{"--tls", "on"})
+	alice := d.createToken(t, d.token, "alice", 0)
+	bob := d.createToken(t, d.token, "bob", 0)
+	if code, _, _ := d.do(t, "DELETE", "/api/v1/tokens/bob", d.token, ""); code != 204 {
+		t.Fatal("revoke bob")
+	}
+	if code, _, _ := d.do(t, "GET", "/api/v1/whoami", alice, ""); code != 200 {
+		t.Fatal("alice refused")
+	}
+	d.stop(t)
+	serving, _ := os.ReadFile(filepath.Join(d.dataDir, serverCertFile))
+
+	d2 := startDaemon(t, home, []string{"--tls", "on"})
+	if d2.fp != d.fp {
+		t.Errorf("CA changed across restart: %s then %s", d.fp, d2.fp)
+	}
+	if strings.Contains(d2.out.String(), "HELYOS_API_TOKEN=") {
+		t.Errorf("second start printed a token:\n%s", d2.out.String())
+	}
+	if again, _ := os.ReadFile(filepath.Join(d.dataDir, serverCertFile)); string(again) != string(serving) {
+		t.Error("serving certificate re-issued although nothing changed")
+	}
+	for _, c := range []struct {
+		who   string
+		token string
+		want  int
+	}{{"bootstrap", d.token, 200}, {"alice", alice, 200}, {"revoked bob", bob, 401}} {
+		if code, _, _ := d2.do(t, "GET", "/api/v1/whoami", c.token, ""); code != c.want {
+			t.Errorf("%s after restart: %d, want %d", c.who, code, c.want)
+		}
+	}
+	var stored tokenFile
+	data, _ := os.ReadFile(filepath.Join(d.dataDir, tokenStoreFile))
+	if err := json.Unmarshal(data, &stored); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range stored.Tokens {
+		if r.Name == "alice" && r.LastUsedAt == nil {
+			t.Error("last_used_at of alice was not flushed at shutdown")
+		}
+	}
+}
+
+// TestAdvertiseAddrReissuesUnderSameCA: a pinned client keeps working.
+func TestAdvertiseAddrReissuesUnderSameCA(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	d := startDaemon(t, home, []string{"--tls", "on"})
+	pool := d.caPool(t)
+	d.stop(t)
+	d2 := startDaemon(t, home, []string{"--tls", "on", "--advertise-addr", "moved.test"})
+	if d2.fp != d.fp {
+		t.Fatalf("CA changed: %s then %s", d.fp, d2.fp)
+	}
+	conn, err := tls.Dial("tcp", "127.0.0.1:"+d2.port, &tls.Config{ServerName: "moved.test", RootCAs: pool})
+	if err != nil {
+		t.Fatalf("client pinned before the change refused the re-issued certificate: %v", err)
+	}
+	conn.Close()
+}
+
+func TestTokenLifecycleOverHTTP(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	code, _, body := d.do(t, "POST", "/api/v1/tokens", d.token, `{"name":"ci","ttl_secs":3600,"scope":"admin"}`)
+	if code != 201 {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	var created map[string]any
+	json.Unmarshal([]byte(body), &created)
+	for _, k := range []string{"name", "scope", "created_at", "expires_at", "last_used_at", "token"} {
+		if _, ok := created[k]; !ok {
+			t.Errorf("created record lacks %q: %s", k, body)
+		}
+	}
+	secret, _ := created["token"].(string)
+	if _, ok := parseAPIToken(secret); !ok {
+		t.Fatalf("secret %q is not an API token", secret)
+	}
+	exp, err := time.Parse(time.RFC3339, created["expires_at"].(string))
+	if err != nil || time.Until(exp) < 59*time.Minute || exp.Location() != time.UTC {
+		t.Errorf("expires_at = %v (%v)", created["expires_at"], err)
+	}
+
+	if code, _, body := d.do(t, "POST", "/api/v1/tokens", d.token, `{"name":"ci"}`); code != 409 || !strings.Contains(body, `already exists`) {
+		t.Errorf("duplicate name: %d %s", code, body)
+	}
+	code, _, body = d.do(t, "GET", "/api/v1/whoami", secret, "")
+	if code != 200 {
+		t.Fatalf("whoami with new token: %d %s", code, body)
+	}
+	var who map[string]any
+	json.Unmarshal([]byte(body), &who)
+	if who["name"] != "ci" || who["scope"] != "admin" || who["last_used_at"] == nil {
+		t.Errorf("whoami = %s", body)
+	}
+	code, _, body = d.do(t, "GET", "/api/v1/tokens", d.token, "")
+	if code != 200 || strings.Contains(body, "argon2") || strings.Contains(body, "lookup") || strings.Contains(body, "nxa-api_") {
+		t.Errorf("list: %d %s", code, body)
+	}
+	var list []map[string]any
+	json.Unmarshal([]byte(body), &list)
+	if len(list) != 2 || list[0]["name"] != "bootstrap" || list[1]["name"] != "ci" {
+		t.Errorf("list = %s", body)
+	}
+	if code, _, _ := d.do(t, "DELETE", "/api/v1/tokens/ci", d.token, ""); code != 204 {
+		t.Errorf("revoke: %d", code)
+	}
+	if code, hdr, body := d.do(t, "GET", "/api/v1/whoami", secret, ""); code != 401 || hdr.Get("WWW-Authenticate") != "Bearer" {
+		t.Errorf("revoked token on the next request: %d %s", code, body)
+	} else {
+		jsonEqual(t, body, unauthorizedBody)
+	}
+	if code, _, body := d.do(t, "DELETE", "/api/v1/tokens/ci", d.token, ""); code != 404 || !strings.Contains(body, `no active token named \"ci\"`) {
+		t.Errorf("second revoke: %d %s", code, body)
+	}
+	if code, _, body := d.do(t, "POST", "/api/v1/tokens", d.token, `{"name":"ci"}`); code != 201 {
+		t.Errorf("a revoked token's name is free again: %d %s", code, body)
+	}
+
+	short := d.createToken(t, d.token, "short", 1)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, _, _ := d.do(t, "GET", "/api/v1/whoami", short, "")
+		if code == 401 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a token with ttl_secs 1 was still accepted after 10s")
+		}
+		time.Sleep(50 * time.Millisecond) // polling for expiry, not waiting for a fixed time
+	}
+}
+
+// TestBearerHeaderTable: every malformed or wrong credential gets the same
+// 401; the scheme matches without regard to case.
+func TestBearerHeaderTable(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	valid := d.token
+	cases := []struct {
+		name    string
+		headers []string
+		want    int
+	}{
+		{"no header", nil, 401},
+		{"empty", []string{""}, 401},
+		{"scheme only", []string{"Bearer"}, 401},
+		{"scheme and space", []string{"Bearer "}, 401},
+		{"basic scheme", []string{"Basic " + valid}, 401},
+		{"token without scheme", []string{valid}, 401},
+		{"lower-case scheme", []string{"bearer " + valid}, 200},
+		{"upper-case scheme", []string{"BEARER " + valid}, 200},
+		{"two spaces", []string{"Bearer  " + valid}, 200},
+		{"trailing junk", []string{"Bearer " + valid + " x"}, 401},
+		{"tab inside", []string{"Bearer " + valid + "\tx"}, 401},
+		{"token too long", []string{"Bearer " + valid + "0"}, 401},
+		{"token too short", []string{"Bearer " + valid[:len(valid)-1]}, 401},
+		{"upper-case hex", []string{"Bearer " + strings.ToUpper(valid[:8]) + strings.ToUpper(valid[8:])}, 401},
+		{"join token prefix", []string{"Bearer nxa_" + valid[8:]}, 401},
+		{"unknown token", []string{"Bearer nxa-api_" + strings.Repeat("0", 64)}, 401},
+		{"right prefix wrong secret", []string{"Bearer " + valid[:20] + strings.Repeat("0", len(valid)-20)}, 401},
+		{"two headers", []string{"Bearer " + valid, "Bearer " + valid}, 401},
+	}
+	client := d.client(t)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", d.url+"/api/v1/whoami", nil)
+			for _, h := range c.headers {
+				req.Header.Add("Authorization", h)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body bytes.Buffer
+			if _, err := body.ReadFrom(resp.Body); err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != c.want {
+				t.Fatalf("status %d, want %d (%s)", resp.StatusCode, c.want, body.String())
+			}
+			if c.want == 401 {
+				if resp.Header.Get("WWW-Authenticate") != "Bearer" {
+					t.Errorf("WWW-Authenticate = %q", resp.Header.Get("WWW-Authenticate"))
+				}
+				jsonEqual(t, body.String(), unauthorizedBody)
+			}
+		})
+	}
+}
+
+func TestRequestBodyTable(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), nil)
+	big := `{"name":"` + strings.Repeat("a", maxBodyBytes) + `"}`
+	cases := []struct {
+		name, body string
+		want       int
+		msg        string
+	}{
+		{"empty", "", 400, "request body is empty"},
+		{"broken JSON", `{"name":`, 400, "invalid JSON body"},
+		{"not an object", `["a"]`, 400, "invalid JSON body"},
+		{"unknown field", `{"name":"x","admin":true}`, 400, `unknown field \"admin\"`},
+		{"wrong type", `{"name":5}`, 400, "invalid JSON body"},
+		{"fractional ttl", `{"name":"x","ttl_secs":1.5}`, 400, "invalid JSON body"},
+		{"two values", `{"name":"x"} {"name":"y"}`, 400, "more than one JSON value"},
+		{"trailing garbage", `{"name":"x"} x`, 400, "more than one JSON value"},
+		{"negative ttl", `{"name":"x","ttl_secs":-1}`, 400, "ttl_secs (--ttl) must be between 0"},
+		{"huge ttl", `{"name":"x","ttl_secs":9223372036854775807}`, 400, "ttl_secs (--ttl) must be between 0"},
+		{"bad name", `{"name":"a b"}`, 400, `token name \"a b\" is invalid`},
+		{"empty name", `{}`, 400, `token name \"\" is invalid`},
+		{"bad scope", `{"name":"x","scope":"a/b"}`, 400, `scope \"a/b\" is invalid`},
+		{"too large", big, 413, "request body is larger than 1048576 bytes"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			code, _, body := d.do(t, "POST", "/api/v1/tokens", d.token, c.body)
+			if code != c.want || !strings.Contains(body, c.msg) {
+				t.Fatalf("%d %s; want %d with %q", code, body, c.want, c.msg)
+			}
+			var e struct{ Error string }
+			if json.Unmarshal([]byte(body), &e) != nil || e.Error == "" {
+				t.Errorf("error body is not {\"error\": ...}: %s", body)
+			}
+		})
+	}
+}
+
+func TestRoutes(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), nil)
+	cases := []struct {
+		name, method, path string
+		auth               bool
+		want               int
+		body               string
+	}{
+		{"health", "GET", "/health", false, 200, "ok\n"},
+		{"version", "GET", "/api/v1/version", false, 200, `{"version":"` + version + `","api":"v1"}`},
+		{"whoami anonymous", "GET", "/api/v1/whoami", false, 401, unauthorizedBody},
+		{"tokens anonymous", "GET", "/api/v1/tokens", false, 401, unauthorizedBody},
+		{"create anonymous", "POST", "/api/v1/tokens", false, 401, unauthorizedBody},
+		{"revoke anonymous", "DELETE", "/api/v1/tokens/bootstrap", false, 401, unauthorizedBody},
+		{"unknown api path anonymous", "GET", "/api/v1/deployments", false, 401, unauthorizedBody},
+		{"api root anonymous", "GET", "/api/v1", false, 401, unauthorizedBody},
+		{"unknown api path authenticated", "GET", "/api/v1/deployments", true, 404, `{"error":"not found"}`},
+		{"wrong method authenticated", "PUT", "/api/v1/whoami", true, 404, `{"error":"not found"}`},
+		{"unknown path", "GET", "/admin", false, 404, `{"error":"not found"}`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			token := ""
+			if c.auth {
+				token = d.token
+			}
+			code, hdr, body := d.do(t, c.method, c.path, token, "")
+			if code != c.want {
+				t.Fatalf("%s %s = %d %s, want %d", c.method, c.path, code, body, c.want)
+			}
+			if strings.HasPrefix(c.body, "{") {
+				jsonEqual(t, body, c.body)
+				if hdr.Get("Content-Type") != "application/json" {
+					t.Errorf("Content-Type = %q", hdr.Get("Content-Type"))
+				}
+			} else if body != c.body {
+				t.Errorf("body = %q, want %q", body, c.body)
+			}
+		})
+	}
+}
+
+// TestAPITokenFlag: a given token is accepted, a new one replaces the old
+// bootstrap token, a revoked one stays revoked.
+func TestAPITokenFlag(t *testing.T) {
+	t.Parallel()
+	const first = "nxa-api_1111111111111111111111111111111111111111111111111111111111111111"
+	const second = "nxa-api_2222222222222222222222222222222222222222222222222222222222222222"
+	home := t.TempDir()
+	d := startDaemon(t, home, []string{"--api-token", first})
+	if d.token != "" || strings.Contains(d.out.String(), first) {
+		t.Errorf("a given token was printed:\n%s", d.out.String())
+	}
+	if code, _, _ := d.do(t, "GET", "/api/v1/whoami", first, ""); code != 200 {
+		t.Fatalf("given token refused: %d", code)
+	}
+	d.stop(t)
+
+	d = startDaemon(t, home, nil, "HELYOS_API_TOKEN="+second)
+	if code, _, _ := d.do(t, "GET", "/api/v1/whoami", second, ""); code != 200 {
+		t.Errorf("new given token refused: %d", code)
+	}
+	if code, _, _ := d.do(t, "GET", "/api/v1/whoami", first, ""); code != 401 {
+		t.Errorf("replaced bootstrap token still accepted: %d", code)
+	}
+	if code, _, _ := d.do(t, "DELETE", "/api/v1/tokens/bootstrap", second, ""); code != 204 {
+		t.Fatalf("revoke: %d", code)
+	}
+	d.stop(t)
+
+	d = startDaemon(t, home, []string{"--api-token", second})
+	if !strings.Contains(d.out.String(), "was revoked or has expired; it stays refused") {
+		t.Errorf("no warning for a revoked given token:\n%s", d.out.String())
+	}
+	if code, _, _ := d.do(t, "GET", "/api/v1/whoami", second, ""); code != 401 {
+		t.Errorf("revoked given token accepted again: %d", code)
+	}
+}
+
+// TestNoSecretsInOutput: the daemon prints the first-run token once and no
+// other secret, ever; the data dir holds no secret at all.
+func TestNoSecretsInOutput(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	d := startDaemon(t, home, []string{"--tls", "on"})
+	if n := strings.Count(d.out.String(), d.token); n != 1 {
+		t.Fatalf("first-run token printed %d times", n)
+	}
+	secrets := []string{d.token}
+	for _, name := range []string{"a", "b", "c"} {
+		secrets = append(secrets, d.createToken(t, d.token, name, 0))
+	}
+	d.do(t, "DELETE", "/api/v1/tokens/b", d.token, "")
+	for _, s := range secrets {
+		d.do(t, "GET", "/api/v1/whoami", s, "")
+		d.do(t, "GET", "/api/v1/whoami", s[:len(s)-1]+"0", "")
+		d.do(t, "POST", "/api/v1/tokens", s, `{"name":"`+s+`"}`)
+	}
+	d.stop(t)
+	d2 := startDaemon(t, home, []string{"--tls", "on"})
+	d2.stop(t)
+	out := d.out.String()
+	out = strings.Replace(out, "HELYOS_API_TOKEN="+d.token, "", 1)
+	for _, s := range secrets {
+		if strings.Contains(out, s[8:]) || strings.Contains(d2.out.String(), s[8:]) {
+			t.Errorf("a token secret reached the daemon's output")
+		}
+		for _, f := range filesUnder(t, d.dataDir) {
+			data, _ := os.ReadFile(filepath.Join(d.dataDir, f))
+			if strings.Contains(string(data), s[8:]) {
+				t.Errorf("%s holds a token secret", f)
+			}
+		}
+	}
+}
+
+func TestFileModes(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	d := startDaemon(t, home, []string{"--tls", "on"})
+	d.createToken(t, d.token, "x", 0)
+	if m := permOf(t, d.dataDir); m != 0o700 {
+		t.Errorf("data dir mode %o", m)
+	}
+	if m := permOf(t, filepath.Join(home, ".helyos")); m != 0o700 {
+		t.Errorf("~/.helyos mode %o", m)
+	}
+	files := filesUnder(t, d.dataDir)
+	for _, want := range []string{caCertFile, caKeyFile, serverCertFile, serverKeyFile, tokenStoreFile} {
+		if !slices.Contains(files, want) {
+			t.Errorf("data dir lacks %s: %v", want, files)
+		}
+	}
+	for _, f := range files {
+		if m := permOf(t, filepath.Join(d.dataDir, f)); m != 0o600 {
+			t.Errorf("%s mode %o, want 600", f, m)
+		}
+	}
+	if m := permOf(t, filepath.Join(home, ".helyos", "config.toml")); m != 0o600 {
+		t.Errorf("config.toml mode %o", m)
+	}
+	// A data dir made too open by hand is closed again at start.
+	d.stop(t)
+	os.Chmod(d.dataDir, 0o755)
+	startDaemon(t, home, []string{"--tls", "on"})
+	if m := permOf(t, d.dataDir); m != 0o700 {
+		t.Errorf("data dir mode after restart %o", m)
+	}
+}
+
+// TestLocalContextNeverOverwritten: the daemon writes the local context only
+// when there is no config file.
+func TestLocalContextNeverOverwritten(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	path := filepath.Join(home, ".helyos", "config.toml")
+	os.MkdirAll(filepath.Dir(path), 0o700)
+	const mine = "# mine\ncurrent-context = \"prod\"\n\n[context.prod]\nserver = \"https://prod.test:6443\"\n"
+	os.WriteFile(path, []byte(mine), 0o600)
+	d := startDaemon(t, home, nil)
+	if d.token == "" {
+		t.Fatal("no first-run token")
+	}
+	if got, _ := os.ReadFile(path); string(got) != mine {
+		t.Errorf("config file changed:\n%s", got)
+	}
+
+	other := t.TempDir()
+	cfgPath := filepath.Join(other, "elsewhere.toml")
+	d = startDaemon(t, other, []string{"--tls", "on"}, "HELYOS_CONFIG="+cfgPath)
+	cfg, err := loadConfig(cfgPath)
+	if err != nil || cfg.CurrentContext != "local" || len(cfg.Contexts) != 1 {
+		t.Fatalf("local context at $HELYOS_CONFIG: %v %+v", err, cfg)
+	}
+	c := cfg.Contexts[0]
+	if c.Server != "https://localhost:"+d.port || c.Token != d.token || c.Project != "default" || c.CASHA256 != d.fp || c.CA == "" {
+		t.Errorf("local context = %+v", c)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), nil)
+	d.do(t, "GET", "/health", "", "")
+	d.do(t, "GET", "/api/v1/whoami", d.token, "")
+	d.do(t, "GET", "/api/v1/whoami", "nxa-api_"+strings.Repeat("ab", 32), "")
+	d.do(t, "GET", "/api/v1/whoami", "garbage", "")
+	d.do(t, "DELETE", "/api/v1/tokens/no-such-token-xyz", d.token, "")
+	d.do(t, "GET", "/secret-path-abc", "", "")
+	code, hdr, body := d.do(t, "GET", "/metrics", "", "")
+	if code != 200 || !strings.HasPrefix(hdr.Get("Content-Type"), "text/plain; version=0.0.4") {
+		t.Fatalf("GET /metrics = %d %q", code, hdr.Get("Content-Type"))
+	}
+	for _, want := range []string{
+		`helyos_http_requests_total{method="GET",route="GET /health",code="200"} 1`,
+		`helyos_http_requests_total{method="DELETE",route="DELETE /api/v1/tokens/{name}",code="404"} 1`,
+		`helyos_http_request_duration_seconds_bucket{route="GET /api/v1/whoami",le="+Inf"} 3`,
+		`helyos_auth_failures_total{reason="malformed"} 1`,
+		`helyos_auth_failures_total{reason="unknown"} 1`,
+		`helyos_api_tokens_active 1`,
+		`helyos_build_info{version="` + version + `"`,
+		`helyos_argon2_runs_total `,
+		`helyos_token_cache_misses_total `,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	for _, raw := range []string{"no-such-token-xyz", "secret-path-abc"} {
+		if strings.Contains(body, raw) {
+			t.Errorf("metrics carry the raw path %q", raw)
+		}
+	}
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("promtool is needed in CI (Debian package prometheus)")
+		}
+		t.Skip("promtool not installed")
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s\n%s", err, out, body)
+	}
+}
+
+// TestUnmatchedMethodsStayBounded: odd methods do not grow the metrics.
+func TestUnmatchedMethodsStayBounded(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), nil)
+	for _, m := range []string{"BREW", "WHEN", "FOO"} {
+		d.do(t, m, "/health", "", "")
+	}
+	_, _, body := d.do(t, "GET", "/metrics", "", "")
+	if strings.Contains(body, "BREW") || !strings.Contains(body, `method="other"`) {
+		t.Errorf("unknown methods are not folded into \"other\":\n%s", body)
+	}
+}
+
+// TestServerTimeouts: a client that sends its headers too slowly is cut off.
+func TestSlowHeadersCutOff(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the read-header timeout")
+	}
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), nil)
+	conn, err := net.Dial("tcp", "127.0.0.1:"+d.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write([]byte("GET /health HTTP/1.1\r\nHost: x\r\n"))
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 512)
+	start := time.Now()
+	_, err = conn.Read(buf)
+	if err == nil {
+		t.Log("server answered the incomplete request with an error status")
+	}
+	if time.Since(start) > 25*time.Second {
+		t.Errorf("connection held for %v; the read-header timeout did not fire", time.Since(start))
+	}
+}
+
+// benchmarkRoute measures one route over TLS with a keep-alive connection
+// against a real daemon.
+func benchmarkRoute(b *testing.B, path string, withToken bool) {
+	d := startDaemon(b, b.TempDir(), []string{"--tls", "on"})
+	client := d.client(b)
+	req, _ := http.NewRequest("GET", d.url+path, nil)
+	if withToken {
+		req.Header.Set("Authorization", "Bearer "+d.token)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var sink bytes.Buffer
+		sink.ReadFrom(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+}
+
+func BenchmarkWhoamiTLS(b *testing.B) { benchmarkRoute(b, "/api/v1/whoami", true) }
+func BenchmarkHealthTLS(b *testing.B) { benchmarkRoute(b, "/health", false) }

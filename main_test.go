@@ -1,0 +1,248 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// helyosBin is the binary every black-box test runs, built once by TestMain.
+var helyosBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "helyos-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	helyosBin = filepath.Join(dir, "helyos")
+	if out, err := exec.Command("go", "build", "-o", helyosBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build helyos: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer collects a process's output while tests read it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// testEnv is a clean environment: no HELYOS_* from the developer's shell.
+func testEnv(home string, extra ...string) []string {
+	return append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "LANG=C"}, extra...)
+}
+
+// testDaemon is a real daemon process on a loopback port.
+type testDaemon struct {
+	home    string
+	dataDir string
+	url     string // scheme://127.0.0.1:PORT, whatever address it bound
+	port    string
+	token   string // the first-run token, when this start printed one
+	fp      string // the CA fingerprint from the login hint, when TLS is on
+	cmd     *exec.Cmd
+	out     *syncBuffer
+	exited  chan struct{}
+}
+
+var (
+	listeningRE = regexp.MustCompile(`listening on (https?)://\S+:(\d+)\n`)
+	tokenLineRE = regexp.MustCompile(`(?m)^HELYOS_API_TOKEN=(nxa-api_[0-9a-f]{64})$`)
+	hintRE      = regexp.MustCompile(`helyos login (\S+) --ca-fingerprint ([0-9a-f:]{95})`)
+)
+
+// startDaemon runs `helyos daemon --port 0` with HOME=home and the data dir
+// inside it, waits until it listens, and stops it when the test ends.
+func startDaemon(t testing.TB, home string, args []string, env ...string) *testDaemon {
+	t.Helper()
+	d := &testDaemon{home: home, dataDir: filepath.Join(home, ".helyos", "data"), out: &syncBuffer{}, exited: make(chan struct{})}
+	all := append([]string{"daemon", "--port", "0"}, args...)
+	d.cmd = exec.Command(helyosBin, all...)
+	d.cmd.Env = testEnv(home, env...)
+	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("start daemon: %v", err)
+	}
+	go func() { d.cmd.Wait(); close(d.exited) }()
+	t.Cleanup(func() { d.stop(t) })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if m := listeningRE.FindStringSubmatch(d.out.String()); m != nil {
+			d.url, d.port = m[1]+"://127.0.0.1:"+m[2], m[2]
+			break
+		}
+		select {
+		case <-d.exited:
+			t.Fatalf("daemon %v exited before listening:\n%s", args, d.out.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon %v did not listen within 20s:\n%s", args, d.out.String())
+		}
+	}
+	if m := tokenLineRE.FindStringSubmatch(d.out.String()); m != nil {
+		d.token = m[1]
+	}
+	if m := hintRE.FindStringSubmatch(d.out.String()); m != nil {
+		d.fp = m[2]
+	}
+	return d
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (d *testDaemon) stop(t testing.TB) {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+		t.Errorf("daemon did not stop within 15s of SIGTERM:\n%s", d.out.String())
+	}
+}
+
+// caPool trusts only this daemon's CA, read from its data dir.
+func (d *testDaemon) caPool(t testing.TB) *x509.CertPool {
+	t.Helper()
+	pemBytes, err := os.ReadFile(filepath.Join(d.dataDir, caCertFile))
+	if err != nil {
+		t.Fatalf("read CA: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemBytes) {
+		t.Fatal("CA file holds no certificate")
+	}
+	return pool
+}
+
+// client is a plain net/http client that trusts only this daemon's CA.
+func (d *testDaemon) client(t testing.TB) *http.Client {
+	t.Helper()
+	tr := &http.Transport{}
+	if strings.HasPrefix(d.url, "https://") {
+		tr.TLSClientConfig = &tls.Config{RootCAs: d.caPool(t)}
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// do sends one request with token (if any) and returns status, headers, body.
+func (d *testDaemon) do(t testing.TB, method, path, token, body string) (int, http.Header, string) {
+	t.Helper()
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, d.url+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := d.client(t).Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(data)
+}
+
+// createToken mints a token through the API and returns its secret.
+func (d *testDaemon) createToken(t testing.TB, adminToken, name string, ttl int) string {
+	t.Helper()
+	code, _, body := d.do(t, "POST", "/api/v1/tokens", adminToken, fmt.Sprintf(`{"name":%q,"ttl_secs":%d}`, name, ttl))
+	if code != http.StatusCreated {
+		t.Fatalf("create token %q: %d %s", name, code, body)
+	}
+	var created struct{ Token string }
+	if err := json.Unmarshal([]byte(body), &created); err != nil || created.Token == "" {
+		t.Fatalf("create token %q: bad answer %s", name, body)
+	}
+	return created.Token
+}
+
+// cliResult is what one run of the client printed.
+type cliResult struct {
+	stdout, stderr string
+	code           int
+}
+
+// runHelyos runs the binary once with HOME=home, the given stdin and extra
+// environment, and returns what it printed and its exit code.
+func runHelyos(t testing.TB, home, stdin string, env []string, args ...string) cliResult {
+	t.Helper()
+	cmd := exec.Command(helyosBin, args...)
+	cmd.Env = testEnv(home, env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("run helyos %v: %v", args, err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("helyos %v did not finish within 60s", args)
+	}
+	return cliResult{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
+}
+
+// mustRun runs the client and fails the test on a non-zero exit.
+func mustRun(t testing.TB, home string, env []string, args ...string) cliResult {
+	t.Helper()
+	r := runHelyos(t, home, "", env, args...)
+	if r.code != 0 {
+		t.Fatalf("helyos %v: exit %d\nstdout: %s\nstderr: %s", args, r.code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+// fileMode returns the permission bits of path.
+func permOf(t testing.TB, path string) os.FileMode {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Mode().Perm()
+}

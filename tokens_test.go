@@ -1,0 +1,357 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock is the only fake in the tests: time moves when the test says.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func newTestStore(t testing.TB) (*tokenStore, *fakeClock) {
+	t.Helper()
+	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	return newTokenStore(filepath.Join(t.TempDir(), tokenStoreFile), nil, clock.now), clock
+}
+
+func TestTokenFormat(t *testing.T) {
+	seen := map[string]bool{}
+	for range 100 {
+		tok := newAPIToken()
+		if _, ok := parseAPIToken(tok); !ok || len(tok) != 72 || !strings.HasPrefix(tok, "nxa-api_") || seen[tok] {
+			t.Fatalf("bad or repeated token %q", tok)
+		}
+		seen[tok] = true
+	}
+	cases := []struct {
+		token string
+		ok    bool
+	}{
+		{"nxa-api_" + strings.Repeat("0a", 32), true},
+		{"nxa-api_" + strings.Repeat("0A", 32), false},
+		{"nxa_" + strings.Repeat("0a", 32), false},
+		{"nxa-api_" + strings.Repeat("0a", 31), false},
+		{"nxa-api_" + strings.Repeat("0a", 32) + "0", false},
+		{"nxa-api_" + strings.Repeat("g", 64), false},
+		{"", false},
+		{"nxa-api_", false},
+	}
+	for _, c := range cases {
+		if _, ok := parseAPIToken(c.token); ok != c.ok {
+			t.Errorf("parseAPIToken(%q) = %v, want %v", c.token, ok, c.ok)
+		}
+	}
+}
+
+func TestHashIsArgon2idPHC(t *testing.T) {
+	h := hashToken(newAPIToken())
+	if !strings.HasPrefix(h, "$argon2id$v=19$m=19456,t=2,p=1$") {
+		t.Errorf("hash %q", h)
+	}
+	salt, key, _, err := parsePHC(h)
+	if err != nil || len(salt) != 16 || len(key) != 32 {
+		t.Errorf("parsePHC: %v salt %d key %d", err, len(salt), len(key))
+	}
+	for _, bad := range []string{
+		strings.Replace(h, "m=19456", "m=8", 1),
+		strings.Replace(h, "argon2id", "argon2i", 1),
+		strings.Replace(h, "t=2", "t=1", 1),
+		h[:len(h)-4],
+		"",
+		"$$$$$",
+	} {
+		if _, _, _, err := parsePHC(bad); err == nil {
+			t.Errorf("parsePHC accepted %q", bad)
+		}
+	}
+}
+
+func TestVerifyAndCache(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	tok, _, err := s.create(ctx, "alice", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := s.argonRuns.Load() // the create itself is not counted as a verification run
+	rec, err := s.verify(ctx, tok)
+	if err != nil || rec.Name != "alice" || rec.Scope != "admin" {
+		t.Fatalf("verify: %v %+v", err, rec)
+	}
+	if s.argonRuns.Load() != runs+1 {
+		t.Errorf("first verification ran Argon2 %d times", s.argonRuns.Load()-runs)
+	}
+	for range 10 {
+		if _, err := s.verify(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.argonRuns.Load() != runs+1 || s.cacheHits.Load() != 10 {
+		t.Errorf("remembered token: %d Argon2 runs, %d hits", s.argonRuns.Load()-runs, s.cacheHits.Load())
+	}
+	if rec.info().LastUsedAt == nil {
+		t.Error("last use not recorded")
+	}
+}
+
+// TestCheapRefusals: malformed tokens and unknown lookup keys never reach
+// Argon2; only a token that matches a record's lookup key does.
+func TestCheapRefusals(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	tok, _, _ := s.create(ctx, "alice", "", 0)
+	runs := s.argonRuns.Load()
+	cases := []struct {
+		name, token string
+		want        error
+	}{
+		{"empty", "", errTokenMalformed},
+		{"garbage", "hello", errTokenMalformed},
+		{"upper case", strings.ToUpper(tok), errTokenMalformed},
+		{"join token", "nxa_" + tok[8:], errTokenMalformed},
+		{"unknown lookup", "nxa-api_" + strings.Repeat("f", 64), errTokenUnknown},
+	}
+	for _, c := range cases {
+		if _, err := s.verify(ctx, c.token); !errors.Is(err, c.want) {
+			t.Errorf("%s: err = %v, want %v", c.name, err, c.want)
+		}
+	}
+	if s.argonRuns.Load() != runs {
+		t.Errorf("cheap refusals ran Argon2 %d times", s.argonRuns.Load()-runs)
+	}
+	wrong := tok[:8+lookupLen] + strings.Repeat("0", 64-lookupLen)
+	if _, err := s.verify(ctx, wrong); !errors.Is(err, errTokenMismatch) {
+		t.Errorf("right lookup, wrong secret: %v", err)
+	}
+	if s.argonRuns.Load() != runs+1 {
+		t.Errorf("a known lookup key should cost exactly one Argon2 run, got %d", s.argonRuns.Load()-runs)
+	}
+}
+
+func TestRevokeTakesEffectAtOnce(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	tok, _, _ := s.create(ctx, "alice", "", 0)
+	if _, err := s.verify(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.revoke("alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.verify(ctx, tok); !errors.Is(err, errTokenRevoked) {
+		t.Errorf("remembered token after revoke: %v", err)
+	}
+	if err := s.revoke("alice"); !errors.Is(err, errNoSuchToken) {
+		t.Errorf("second revoke: %v", err)
+	}
+	// The revocation is on disk before revoke returned.
+	records, err := readTokenFile(s.path)
+	if err != nil || len(records) != 1 || records[0].RevokedAt == nil {
+		t.Errorf("stored records after revoke: %v %+v", err, records)
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	s, clock := newTestStore(t)
+	ctx := context.Background()
+	tok, info, err := s.create(ctx, "ci", "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ExpiresAt == nil || !info.ExpiresAt.Equal(clock.now().Add(time.Hour)) {
+		t.Errorf("expires_at = %v", info.ExpiresAt)
+	}
+	if _, err := s.verify(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Hour - time.Second)
+	if _, err := s.verify(ctx, tok); err != nil {
+		t.Errorf("a second before expiry: %v", err)
+	}
+	clock.advance(time.Second)
+	if _, err := s.verify(ctx, tok); !errors.Is(err, errTokenExpired) {
+		t.Errorf("at expiry: %v", err)
+	}
+	if len(s.list()) != 0 || s.activeCount() != 0 {
+		t.Error("an expired token is still listed as active")
+	}
+	if _, _, err := s.create(ctx, "ci", "", 0); err != nil {
+		t.Errorf("the name of an expired token is free again: %v", err)
+	}
+}
+
+func TestCreateValidation(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	cases := []struct {
+		name, scope string
+		ttl         time.Duration
+		ok          bool
+	}{
+		{"alice", "", 0, true},
+		{"a.b_c-9", "read", time.Second, true},
+		{"", "", 0, false},
+		{"-lead", "", 0, false},
+		{"has space", "", 0, false},
+		{strings.Repeat("x", 65), "", 0, false},
+		{"ok", "bad scope", 0, false},
+		{"neg", "", -time.Second, false},
+		{"long", "", maxTTL + time.Second, false},
+	}
+	for _, c := range cases {
+		_, _, err := s.create(ctx, c.name, c.scope, c.ttl)
+		if (err == nil) != c.ok {
+			t.Errorf("create(%q, %q, %v) err = %v, want ok=%v", c.name, c.scope, c.ttl, err, c.ok)
+		}
+	}
+	if _, _, err := s.create(ctx, "alice", "", 0); !errors.Is(err, errNameTaken) {
+		t.Errorf("duplicate name: %v", err)
+	}
+}
+
+// TestStoreWriteFailureChangesNothing: a change that cannot be written is
+// not acknowledged and not kept in memory.
+func TestStoreWriteFailureChangesNothing(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	tok, _, _ := s.create(ctx, "alice", "", 0)
+	s.path = filepath.Join(s.path, "not-a-dir", tokenStoreFile) // parent is a file: every write fails
+	if _, _, err := s.create(ctx, "bob", "", 0); err == nil {
+		t.Fatal("create succeeded although the store could not be written")
+	}
+	if len(s.list()) != 1 {
+		t.Errorf("the failed create left a record in memory: %+v", s.list())
+	}
+	if err := s.revoke("alice"); err == nil {
+		t.Fatal("revoke succeeded although the store could not be written")
+	}
+	if _, err := s.verify(ctx, tok); err != nil {
+		t.Errorf("a revoke that was not written took effect: %v", err)
+	}
+}
+
+func TestReadTokenFileRejectsDamage(t *testing.T) {
+	dir := t.TempDir()
+	good := `{"version":1,"tokens":[{"name":"a","scope":"admin","lookup":"0123456789ab","hash":"` + hashToken(newAPIToken()) + `","created_at":"2026-01-01T00:00:00Z"}]}`
+	cases := map[string]string{
+		"not json":        "{",
+		"wrong version":   `{"version":2,"tokens":[]}`,
+		"unknown field":   `{"version":1,"tokens":[],"extra":1}`,
+		"bad lookup":      strings.Replace(good, "0123456789ab", "XYZ", 1),
+		"bad hash":        strings.Replace(good, "argon2id", "md5", 1),
+		"bad name":        strings.Replace(good, `"name":"a"`, `"name":"a b"`, 1),
+		"null record":     `{"version":1,"tokens":[null]}`,
+		"repeated lookup": strings.Replace(good, "}]}", "},"+good[strings.Index(good, "[")+1:len(good)-2]+"]}", 1),
+	}
+	for name, content := range cases {
+		path := filepath.Join(dir, name+".json")
+		os.WriteFile(path, []byte(content), 0o600)
+		if _, err := readTokenFile(path); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	path := filepath.Join(dir, "good.json")
+	os.WriteFile(path, []byte(good), 0o600)
+	if recs, err := readTokenFile(path); err != nil || len(recs) != 1 {
+		t.Errorf("good file: %v", err)
+	}
+	if recs, err := readTokenFile(filepath.Join(dir, "missing.json")); err != nil || recs != nil {
+		t.Errorf("missing file: %v %v", recs, err)
+	}
+}
+
+// TestArgonRunsBounded: with every Argon2 slot taken, a token that needs
+// Argon2 waits (until its request ends) while cheap refusals still answer.
+func TestArgonRunsBounded(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	tok, _, _ := s.create(ctx, "alice", "", 0)
+	wrong := tok[:8+lookupLen] + strings.Repeat("0", 64-lookupLen)
+	if c := cap(s.argonSlots); c < 1 || c > 4 {
+		t.Fatalf("Argon2 bound is %d", c)
+	}
+	for range cap(s.argonSlots) {
+		s.argonSlots <- struct{}{}
+	}
+	runs := s.argonRuns.Load()
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.verify(short, wrong); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("with every slot taken: err = %v, want the request's deadline", err)
+	}
+	if _, err := s.verify(ctx, "nxa-api_"+strings.Repeat("e", 64)); !errors.Is(err, errTokenUnknown) {
+		t.Errorf("unknown token while slots are full: %v", err)
+	}
+	if s.argonRuns.Load() != runs {
+		t.Error("Argon2 ran without a slot")
+	}
+	for range cap(s.argonSlots) {
+		<-s.argonSlots
+	}
+	if _, err := s.verify(ctx, tok); err != nil {
+		t.Errorf("after the slots were freed: %v", err)
+	}
+}
+
+func BenchmarkVerifyRemembered(b *testing.B) {
+	s, _ := newTestStore(b)
+	ctx := context.Background()
+	tok, _, _ := s.create(ctx, "alice", "", 0)
+	s.verify(ctx, tok)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := s.verify(ctx, tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerifyFirst(b *testing.B) {
+	s, _ := newTestStore(b)
+	ctx := context.Background()
+	tok, _, _ := s.create(ctx, "alice", "", 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		s.mu.Lock()
+		clear(s.verified)
+		s.mu.Unlock()
+		if _, err := s.verify(ctx, tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerifyUnknown(b *testing.B) {
+	s, _ := newTestStore(b)
+	ctx := context.Background()
+	s.create(ctx, "alice", "", 0)
+	random := newAPIToken()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.verify(ctx, random); err == nil {
+			b.Fatal("random token accepted")
+		}
+	}
+}
