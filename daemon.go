@@ -581,12 +581,17 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) (int, error) {
 	return 0, nil
 }
 
+// writeJSON answers with v as compact JSON; the CLI indents for people.
 func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
+	data, err := json.Marshal(v)
+	if err != nil {
+		code, data = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(data)+1))
 	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	w.Write(append(data, '\n'))
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {

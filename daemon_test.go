@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -901,3 +903,70 @@ func benchmarkRoute(b *testing.B, path string, withToken bool) {
 
 func BenchmarkWhoamiTLS(b *testing.B) { benchmarkRoute(b, "/api/v1/whoami", true) }
 func BenchmarkHealthTLS(b *testing.B) { benchmarkRoute(b, "/health", false) }
+
+// loadRun sends requests to path from conns keep-alive connections for d
+// and returns the requests per second and the latencies seen.
+func loadRun(b *testing.B, url, token string, pool *x509.CertPool, conns int, d time.Duration) (float64, []time.Duration) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	stop := time.Now().Add(d)
+	start := time.Now()
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 1}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr}
+			var mine []time.Duration
+			for time.Now().Before(stop) {
+				req, _ := http.NewRequest("GET", url, nil)
+				if token != "" {
+					req.Header.Set("Authorization", "Bearer "+token)
+				}
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return float64(len(lat)) / time.Since(start).Seconds(), lat
+}
+
+func percentile(lat []time.Duration, p float64) time.Duration {
+	if len(lat) == 0 {
+		return 0
+	}
+	s := slices.Clone(lat)
+	slices.Sort(s)
+	return s[int(float64(len(s)-1)*p)]
+}
+
+// BenchmarkAuthVsPublic loads one daemon over HTTPS with keep-alive
+// connections, alternating GET /health and an authenticated GET
+// /api/v1/whoami, and reports both rates and their ratio (target ≥ 0.95).
+func BenchmarkAuthVsPublic(b *testing.B) {
+	d := startDaemon(b, b.TempDir(), []string{"--tls", "on"})
+	pool := d.caPool(b)
+	var health, whoami float64
+	for b.Loop() {
+		h, _ := loadRun(b, d.url+"/health", "", pool, 16, 500*time.Millisecond)
+		w, _ := loadRun(b, d.url+"/api/v1/whoami", d.token, pool, 16, 500*time.Millisecond)
+		health += h
+		whoami += w
+	}
+	b.ReportMetric(health/float64(b.N), "health-req/s")
+	b.ReportMetric(whoami/float64(b.N), "whoami-req/s")
+	b.ReportMetric(whoami/health, "ratio")
+}
