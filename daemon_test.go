@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -19,8 +20,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -969,4 +972,116 @@ func BenchmarkAuthVsPublic(b *testing.B) {
 	b.ReportMetric(health/float64(b.N), "health-req/s")
 	b.ReportMetric(whoami/float64(b.N), "whoami-req/s")
 	b.ReportMetric(whoami/health, "ratio")
+}
+
+// metricValue reads one unlabelled sample from the daemon's /metrics.
+func metricValue(tb testing.TB, d *testDaemon, name string) float64 {
+	tb.Helper()
+	_, _, body := d.do(tb, "GET", "/metrics", "", "")
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return f
+		}
+	}
+	tb.Fatalf("metric %s not found", name)
+	return 0
+}
+
+// peakRSS is the daemon's peak resident memory in bytes (Linux).
+func peakRSS(tb testing.TB, d *testDaemon) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		tb.Skip("no /proc")
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// floodWith sends GET /api/v1/whoami with tokens from next on conns
+// connections until stop closes, and returns how many requests it sent.
+func floodWith(d *testDaemon, pool *x509.CertPool, conns int, next func() string, stop <-chan struct{}) *atomic.Int64 {
+	var sent atomic.Int64
+	for range conns {
+		go func() {
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				req, _ := http.NewRequest("GET", d.url+"/api/v1/whoami", nil)
+				req.Header.Set("Authorization", "Bearer "+next())
+				if resp, err := client.Do(req); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					sent.Add(1)
+				}
+			}
+		}()
+	}
+	return &sent
+}
+
+// BenchmarkRandomTokenFlood: 16 connections of random well-formed tokens.
+// Reports the flood's rate, the Argon2 runs it caused (target 0), and a
+// valid client's p99 with and without the flood (target ratio ≤ 2).
+func BenchmarkRandomTokenFlood(b *testing.B) {
+	d := startDaemon(b, b.TempDir(), []string{"--tls", "on"})
+	pool := d.caPool(b)
+	for b.Loop() {
+		_, quiet := loadRun(b, d.url+"/api/v1/whoami", d.token, pool, 1, time.Second)
+		runs := metricValue(b, d, "helyos_argon2_runs_total")
+		stop := make(chan struct{})
+		start := time.Now()
+		sent := floodWith(d, pool, 16, newAPIToken, stop)
+		_, loud := loadRun(b, d.url+"/api/v1/whoami", d.token, pool, 1, time.Second)
+		close(stop)
+		b.ReportMetric(float64(sent.Load())/time.Since(start).Seconds(), "flood-req/s")
+		b.ReportMetric(metricValue(b, d, "helyos_argon2_runs_total")-runs, "argon2-runs")
+		b.ReportMetric(float64(percentile(quiet, 0.99).Microseconds()), "p99-quiet-µs")
+		b.ReportMetric(float64(percentile(loud, 0.99).Microseconds()), "p99-flood-µs")
+		b.ReportMetric(float64(percentile(loud, 0.99))/float64(percentile(quiet, 0.99)), "p99-ratio")
+	}
+}
+
+// BenchmarkKnownPrefixFlood is the worst case: the attacker knows the
+// lookup keys of 50 real tokens, so every request costs an Argon2 run.
+// Reports the daemon's peak memory and that a remembered valid token is
+// still answered.
+func BenchmarkKnownPrefixFlood(b *testing.B) {
+	d := startDaemon(b, b.TempDir(), []string{"--tls", "on"})
+	pool := d.caPool(b)
+	var prefixes []string
+	for i := range 50 {
+		prefixes = append(prefixes, d.createToken(b, d.token, fmt.Sprintf("t%d", i), 0)[:8+lookupLen])
+	}
+	var n atomic.Int64
+	next := func() string {
+		return prefixes[n.Add(1)%int64(len(prefixes))] + newAPIToken()[8+lookupLen:]
+	}
+	for b.Loop() {
+		runs := metricValue(b, d, "helyos_argon2_runs_total")
+		stop := make(chan struct{})
+		start := time.Now()
+		sent := floodWith(d, pool, 16, next, stop)
+		_, valid := loadRun(b, d.url+"/api/v1/whoami", d.token, pool, 1, 3*time.Second)
+		close(stop)
+		elapsed := time.Since(start).Seconds()
+		b.ReportMetric(float64(sent.Load())/elapsed, "flood-req/s")
+		b.ReportMetric((metricValue(b, d, "helyos_argon2_runs_total")-runs)/elapsed, "argon2-runs/s")
+		b.ReportMetric(float64(percentile(valid, 0.99).Microseconds()), "p99-valid-µs")
+		b.ReportMetric(peakRSS(b, d)/(1<<20), "peak-RSS-MiB")
+	}
 }

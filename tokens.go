@@ -173,6 +173,13 @@ func readTokenFile(path string) ([]*tokenRecord, error) {
 	return f.Tokens, nil
 }
 
+// argonConcurrency bounds simultaneous Argon2 runs: half the CPUs (at
+// least one, at most four), so a flood of tokens that need Argon2 leaves
+// CPU for everything else and holds at most 4 × 19 MiB.
+func argonConcurrency() int {
+	return max(1, min(runtime.NumCPU()/2, 4))
+}
+
 func newTokenStore(path string, records []*tokenRecord, now func() time.Time) *tokenStore {
 	s := &tokenStore{
 		path:       path,
@@ -180,7 +187,7 @@ func newTokenStore(path string, records []*tokenRecord, now func() time.Time) *t
 		records:    records,
 		byLookup:   make(map[string]*tokenRecord, len(records)),
 		verified:   make(map[[32]byte]*tokenRecord),
-		argonSlots: make(chan struct{}, min(runtime.NumCPU(), 4)),
+		argonSlots: make(chan struct{}, argonConcurrency()),
 	}
 	for _, r := range records {
 		s.byLookup[r.Lookup] = r
