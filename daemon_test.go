@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -1084,4 +1085,50 @@ func BenchmarkKnownPrefixFlood(b *testing.B) {
 		b.ReportMetric(float64(percentile(valid, 0.99).Microseconds()), "p99-valid-µs")
 		b.ReportMetric(peakRSS(b, d)/(1<<20), "peak-RSS-MiB")
 	}
+}
+
+// FuzzBearerToken: the header parser never panics, and what it returns has
+// no spaces and came from a header that starts with the Bearer scheme.
+func FuzzBearerToken(f *testing.F) {
+	for _, s := range []string{"", "Bearer", "Bearer x", "bearer  x", "Basic x", "Bearer x y", "BEARER\tx"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, value string) {
+		tok, err := bearerToken(http.Header{"Authorization": {value}})
+		if err != nil {
+			return
+		}
+		if tok == "" || strings.ContainsAny(tok, " \t") || !strings.EqualFold(value[:6], "bearer") {
+			t.Fatalf("%q gave token %q", value, tok)
+		}
+	})
+}
+
+// FuzzDecodeCreateToken: the request decoder never panics, answers 400 or
+// 413 for what it refuses, and refuses unknown fields and trailing data.
+func FuzzDecodeCreateToken(f *testing.F) {
+	for _, s := range []string{`{"name":"a"}`, `{"name":"a","ttl_secs":5,"scope":"admin"}`, `{"x":1}`, `{} {}`, `[`, ``, `{"name":"a"}x`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/api/v1/tokens", strings.NewReader(body))
+		var v createTokenRequest
+		code, err := decodeJSON(rec, req, &v)
+		if err == nil {
+			var check map[string]json.RawMessage
+			if json.Unmarshal([]byte(body), &check) != nil {
+				t.Fatalf("accepted a body that is not one JSON object: %q", body)
+			}
+			for k := range check {
+				if !slices.Contains([]string{"name", "ttl_secs", "scope"}, strings.ToLower(k)) {
+					t.Fatalf("accepted unknown field %q", k)
+				}
+			}
+			return
+		}
+		if code != 400 && code != 413 {
+			t.Fatalf("refused with status %d", code)
+		}
+	})
 }

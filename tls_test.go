@@ -123,3 +123,23 @@ func TestServingCertRenewal(t *testing.T) {
 		t.Errorf("CA not reloaded as it was: %v", err)
 	}
 }
+
+// FuzzNormalizeFingerprint: never panics; whatever it accepts is 64
+// lower-case hex characters and normalises to itself.
+func FuzzNormalizeFingerprint(f *testing.F) {
+	for _, s := range []string{"", "sha256:", fingerprint([]byte("x")), "SHA256:AB:CD", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := normalizeFingerprint(s)
+		if err != nil {
+			return
+		}
+		if len(n) != 64 || !isLowerHex(n) {
+			t.Fatalf("accepted %q as %q", s, n)
+		}
+		if again, err := normalizeFingerprint(n); err != nil || again != n {
+			t.Fatalf("not idempotent: %q → %q → %q, %v", s, n, again, err)
+		}
+	})
+}
