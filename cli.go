@@ -95,14 +95,16 @@ func parseGlobals(args []string, io *stdio) (*globals, []string, error) {
 // path instead of being printed by the flag package.
 func (g *globals) newFlags(name, argsUsage, about string) *flag.FlagSet {
 	fs := flag.NewFlagSet("helyos "+name, flag.ContinueOnError)
-	fs.SetOutput(g.io.err)
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
 		fmt.Fprintf(g.io.err, "Usage: helyos %s %s\n\n%s\n", name, argsUsage, about)
 		n := 0
 		fs.VisitAll(func(*flag.Flag) { n++ })
 		if n > 0 {
 			fmt.Fprintf(g.io.err, "\nFlags:\n")
+			fs.SetOutput(g.io.err)
 			fs.PrintDefaults()
+			fs.SetOutput(io.Discard)
 		}
 		fmt.Fprintf(g.io.err, "\nGlobal flags: --context NAME, --server URL, --token TOKEN, --json\n")
 	}
@@ -113,12 +115,16 @@ func (g *globals) newFlags(name, argsUsage, about string) *flag.FlagSet {
 // (`auth token create ci --ttl 3600`), and checks how many positional
 // arguments there are. It returns them.
 func parseFlags(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
+	// The flag package calls Usage on every parse error; print the help
+	// only when it was asked for.
+	help := fs.Usage
+	fs.Usage = func() {}
+	defer func() { fs.Usage = help }()
 	var positional []string
 	for {
-		fs.SetOutput(io.Discard)
 		err := fs.Parse(args)
 		if errors.Is(err, flag.ErrHelp) {
-			fs.Usage()
+			help()
 			return nil, err
 		}
 		if err != nil {
@@ -648,8 +654,10 @@ func cmdVersion(g *globals, args []string) error {
 			fmt.Fprintf(g.io.out, "server: %s\n", v.Server)
 		}
 	}
+	// The client's version is the answer; a daemon that cannot be reached
+	// is worth a warning, not a failure.
 	if err != nil {
-		return fmt.Errorf("daemon version: %w", err)
+		fmt.Fprintf(g.io.err, "helyos: warning: no server version: %v\n", err)
 	}
 	return nil
 }

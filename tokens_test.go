@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -409,4 +410,80 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("accepted %q", presented)
 		}
 	})
+}
+
+// scaledStore returns a store holding n active records plus one real token
+// ("probe") whose secret it returns. The n records share one precomputed
+// hash: building 10,000 of them with an Argon2 run each would take minutes
+// and measure nothing the benchmark is about.
+func scaledStore(b *testing.B, n int) (*tokenStore, string) {
+	b.Helper()
+	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	hash := hashToken(newAPIToken())
+	records := make([]*tokenRecord, n)
+	for i := range records {
+		records[i] = &tokenRecord{Name: fmt.Sprintf("t%d", i), Scope: defaultScope, Lookup: fmt.Sprintf("%012x", i), Hash: hash, CreatedAt: clock.t}
+	}
+	s := newTokenStore(filepath.Join(b.TempDir(), tokenStoreFile), records, clock.now)
+	probe, _, err := s.create(context.Background(), "probe", "", 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, probe
+}
+
+// BenchmarkStoreScale shows the costs the tokenStore comment promises, at
+// 100 and 10,000 stored tokens: verify O(1), save (the durable part of create
+// and revoke) O(n), create one Argon2 run plus that save, list O(n).
+func BenchmarkStoreScale(b *testing.B) {
+	ctx := context.Background()
+	for _, n := range []int{100, 10_000} {
+		b.Run(fmt.Sprintf("verify/n=%d", n), func(b *testing.B) {
+			s, probe := scaledStore(b, n)
+			s.verify(ctx, probe)
+			for b.Loop() {
+				if _, err := s.verify(ctx, probe); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("verify-unknown/n=%d", n), func(b *testing.B) {
+			s, _ := scaledStore(b, n)
+			random := newAPIToken()
+			for b.Loop() {
+				if _, err := s.verify(ctx, random); err == nil {
+					b.Fatal("random token accepted")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("save/n=%d", n), func(b *testing.B) {
+			s, _ := scaledStore(b, n)
+			for b.Loop() {
+				s.mu.Lock()
+				err := s.saveLocked()
+				s.mu.Unlock()
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("create/n=%d", n), func(b *testing.B) {
+			s, _ := scaledStore(b, n)
+			i := 0
+			for b.Loop() {
+				if _, _, err := s.create(ctx, fmt.Sprintf("new%d", i), "", 0); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+		b.Run(fmt.Sprintf("list/n=%d", n), func(b *testing.B) {
+			s, _ := scaledStore(b, n)
+			for b.Loop() {
+				if got := s.list(); len(got) != n+1 {
+					b.Fatalf("listed %d tokens, want %d", len(got), n+1)
+				}
+			}
+		})
+	}
 }
