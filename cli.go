@@ -302,10 +302,16 @@ func (g *globals) resolve() (*target, error) {
 	if err := t.setTrust(); err != nil {
 		return nil, err
 	}
-	if t.tlsMode == "http" && !isLoopback(hostOf(server)) {
+	g.warnPlainHTTP(server)
+	return t, nil
+}
+
+// warnPlainHTTP warns when server is plain HTTP and not on loopback: the
+// token would cross the network in the clear.
+func (g *globals) warnPlainHTTP(server string) {
+	if strings.HasPrefix(server, "http://") && !isLoopback(hostOf(server)) {
 		fmt.Fprintf(g.io.err, "helyos: warning: %s is plain HTTP: the token and every answer cross the network unencrypted\n", server)
 	}
-	return t, nil
 }
 
 func hostOf(server string) string {
@@ -505,7 +511,10 @@ func (t *target) transportError(err error) error {
 	case errors.As(err, &hostErr):
 		return withHint(fmt.Errorf("certificate problem talking to %s: %w", t.server, err),
 			"dial a name the certificate carries, or restart the daemon with --advertise-addr / --tls-san for this name")
-	case errors.As(err, &recordErr):
+	case errors.As(err, &recordErr),
+		// net/http turns the record header error into an unexported error
+		// of its own when the answer is plain HTTP.
+		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
 		return withHint(fmt.Errorf("%s does not speak TLS: %w", t.server, err), "the daemon serves plain HTTP: use http:// in the server address")
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return withHint(fmt.Errorf("cannot reach %s: connection refused", t.server), "is the daemon running? start one with 'helyos daemon'")
@@ -699,6 +708,7 @@ func cmdLogin(g *globals, args []string) error {
 	if err := checkLoginFlags(g, server, *tokenStdin, *tokenEnv, *tokenCommand, *caFile, *caFingerprint, *insecure); err != nil {
 		return err
 	}
+	g.warnPlainHTTP(server)
 	if *name != "" {
 		if err := checkContextName(*name); err != nil {
 			return err

@@ -48,11 +48,11 @@ func run(argv []string, io *stdio) int {
 	}
 	var err error
 	switch {
-	case len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help":
+	case len(args) == 0:
+		usage(io.err)
+		return 2
+	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		usage(io.out)
-		if len(args) == 0 {
-			return 2
-		}
 		return 0
 	case args[0] == "daemon":
 		err = runDaemon(args[1:], io.err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime"
 	"strings"
 	"syscall"
@@ -91,6 +92,22 @@ func promptSecret(in *os.File, out io.Writer, prompt string) (string, error) {
 		return "", fmt.Errorf("turn off echo: %w", err)
 	}
 	defer termios(in, true, &saved)
+	// A Ctrl-C (or a hang-up) at the prompt must not leave the terminal
+	// without echo: restore it, then die of the signal as before.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	done := make(chan struct{})
+	defer func() { signal.Stop(sigs); close(done) }()
+	go func() {
+		select {
+		case sig := <-sigs:
+			termios(in, true, &saved)
+			fmt.Fprintln(out)
+			signal.Reset(sig)
+			syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+		case <-done:
+		}
+	}()
 	fmt.Fprint(out, prompt)
 	line, err := readLine(in)
 	fmt.Fprintln(out)

@@ -1,0 +1,1312 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+// Black-box tests of the client: the real binary against real daemons on
+// loopback, each in its own temporary HOME. They only ever dial 127.0.0.1 or
+// localhost.
+
+// cliConfigPath is where the client keeps its config under home.
+func cliConfigPath(home string) string { return filepath.Join(home, ".helyos", "config.toml") }
+
+// readCLIConfig parses the client's config under home.
+func readCLIConfig(t *testing.T, home string) *Config {
+	t.Helper()
+	cfg, err := loadConfig(cliConfigPath(home))
+	if err != nil {
+		t.Fatalf("read client config: %v", err)
+	}
+	return cfg
+}
+
+// mustContext returns the named context from home's config or fails.
+func mustContext(t *testing.T, home, name string) *Context {
+	t.Helper()
+	cfg := readCLIConfig(t, home)
+	c := cfg.Context(name)
+	if c == nil {
+		t.Fatalf("no context %q; have %v", name, cfg.Names())
+	}
+	return c
+}
+
+// tlsDaemon starts a daemon that serves HTTPS on loopback (--tls on) in a
+// home of its own, and checks it printed a token and a fingerprint.
+func tlsDaemon(t *testing.T) *testDaemon {
+	t.Helper()
+	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	if d.token == "" || d.fp == "" || !strings.HasPrefix(d.url, "https://") {
+		t.Fatalf("daemon printed no token, fingerprint or https address:\n%s", d.out.String())
+	}
+	return d
+}
+
+// httpDaemon starts a plain-HTTP daemon on loopback (the default there).
+func httpDaemon(t *testing.T) *testDaemon {
+	t.Helper()
+	d := startDaemon(t, t.TempDir(), nil)
+	if d.token == "" || !strings.HasPrefix(d.url, "http://") {
+		t.Fatalf("daemon printed no token or http address:\n%s", d.out.String())
+	}
+	return d
+}
+
+// wantFail checks a run failed with code and that stderr names every want.
+func wantFail(t *testing.T, r cliResult, code int, wants ...string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, code, r.stdout, r.stderr)
+	}
+	for _, w := range wants {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("stderr does not say %q:\n%s", w, r.stderr)
+		}
+	}
+}
+
+// decodeOutput unmarshals a command's --json output or fails.
+func decodeOutput(t *testing.T, r cliResult, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(r.stdout), v); err != nil {
+		t.Fatalf("stdout is not the JSON expected: %v\n%s", err, r.stdout)
+	}
+}
+
+// whoamiName runs `whoami --json` and returns the token name.
+func whoamiName(t *testing.T, home string, env []string, args ...string) string {
+	t.Helper()
+	var who struct{ Name string }
+	decodeOutput(t, mustRun(t, home, env, append(args, "whoami", "--json")...), &who)
+	return who.Name
+}
+
+// ---- pseudo-terminal ----
+
+// ptyProc is the client running with a pseudo-terminal as its controlling
+// terminal and all three standard streams; the test plays the person at the
+// keyboard through the master side.
+type ptyProc struct {
+	master   *os.File
+	out      syncBuffer
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	readDone chan struct{}
+}
+
+func ptyIoctl(f *os.File, req uintptr, arg unsafe.Pointer) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, req, uintptr(arg))
+	}); err != nil {
+		return err
+	}
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// startOnPty runs the client on a fresh pseudo-terminal (Linux ioctls).
+func startOnPty(t *testing.T, home string, env []string, args ...string) *ptyProc {
+	t.Helper()
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals here: %v", err)
+	}
+	t.Cleanup(func() { master.Close() })
+	unlock := int32(0)
+	if err := ptyIoctl(master, 0x40045431, unsafe.Pointer(&unlock)); err != nil { // TIOCSPTLCK
+		t.Skipf("unlock pty: %v", err)
+	}
+	var n uint32
+	if err := ptyIoctl(master, 0x80045430, unsafe.Pointer(&n)); err != nil { // TIOCGPTN
+		t.Skipf("pty number: %v", err)
+	}
+	slave, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("open pty slave: %v", err)
+	}
+	p := &ptyProc{master: master, exited: make(chan struct{}), readDone: make(chan struct{})}
+	p.cmd = exec.Command(helyosBin, args...)
+	p.cmd.Env = testEnv(home, env...)
+	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = slave, slave, slave
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	err = p.cmd.Start()
+	slave.Close() // the child holds it now; the master reads EIO once it exits
+	if err != nil {
+		t.Fatalf("start helyos on a pty: %v", err)
+	}
+	go func() { io.Copy(&p.out, master); close(p.readDone) }()
+	go func() { p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	return p
+}
+
+// waitFor polls the terminal output until it holds s.
+func (p *ptyProc) waitFor(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.out.String(), s) {
+		select {
+		case <-p.readDone:
+			if !strings.Contains(p.out.String(), s) {
+				t.Fatalf("terminal closed without showing %q:\n%s", s, p.out.String())
+			}
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("terminal did not show %q within 30s:\n%s", s, p.out.String())
+		}
+	}
+}
+
+// typeLine types s and Enter.
+func (p *ptyProc) typeLine(t *testing.T, s string) {
+	t.Helper()
+	if _, err := p.master.Write([]byte(s + "\n")); err != nil {
+		t.Fatalf("type on the terminal: %v", err)
+	}
+}
+
+// wait returns the exit code and everything the terminal showed.
+func (p *ptyProc) wait(t *testing.T) (int, string) {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("helyos on the pty did not finish within 60s:\n%s", p.out.String())
+	}
+	select {
+	case <-p.readDone:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("pty output did not end:\n%s", p.out.String())
+	}
+	return p.cmd.ProcessState.ExitCode(), p.out.String()
+}
+
+// ---- tests ----
+
+// TestCLIFirstStartWhoami: the daemon's first start writes the "local"
+// context, so whoami in the same HOME works with no set-up, over HTTP and
+// over HTTPS with the CA pinned.
+func TestCLIFirstStartWhoami(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, tls string
+		args      []string
+	}{
+		{"http", "http", nil},
+		{"https", "pinned", []string{"--tls", "on"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			home := t.TempDir()
+			startDaemon(t, home, tc.args)
+			r := mustRun(t, home, nil, "whoami")
+			for _, w := range []string{"name:", "bootstrap", "scope:", "admin", "expires:", "never", "last used:"} {
+				if !strings.Contains(r.stdout, w) {
+					t.Errorf("whoami output lacks %q:\n%s", w, r.stdout)
+				}
+			}
+			if r.stderr != "" {
+				t.Errorf("whoami wrote to stderr: %s", r.stderr)
+			}
+			var views []contextView
+			decodeOutput(t, mustRun(t, home, nil, "context", "ls", "--json"), &views)
+			if len(views) != 1 || views[0].Name != "local" || !views[0].Active || views[0].TLS != tc.tls || views[0].Project != "default" {
+				t.Errorf("contexts after first start = %+v", views)
+			}
+		})
+	}
+}
+
+// TestCLILoginFingerprint: every accepted spelling of the fingerprint, and
+// --ca-file alone or with a matching fingerprint, pins the daemon's CA;
+// the server address is normalised.
+func TestCLILoginFingerprint(t *testing.T) {
+	t.Parallel()
+	d := tlsDaemon(t)
+	caFile := filepath.Join(d.dataDir, caCertFile)
+	bare := strings.ReplaceAll(d.fp, ":", "")
+	for _, tc := range []struct {
+		name   string
+		server string
+		flags  []string
+		stdin  string
+		env    []string
+	}{
+		{"colons lower-case", d.url, []string{"--ca-fingerprint", d.fp}, "", nil},
+		{"colons upper-case", d.url, []string{"--ca-fingerprint", strings.ToUpper(d.fp)}, "", nil},
+		{"no colons", d.url, []string{"--ca-fingerprint", bare}, "", nil},
+		{"no colons upper-case", d.url, []string{"--ca-fingerprint", strings.ToUpper(bare)}, "", nil},
+		{"spaces", d.url, []string{"--ca-fingerprint", strings.ReplaceAll(d.fp, ":", " ")}, "", nil},
+		{"sha256 prefix", d.url, []string{"--ca-fingerprint", "sha256:" + d.fp}, "", nil},
+		{"SHA256 prefix upper-case", d.url, []string{"--ca-fingerprint", "SHA256:" + strings.ToUpper(bare)}, "", nil},
+		{"surrounding blanks", d.url, []string{"--ca-fingerprint", "  " + d.fp + "\t"}, "", nil},
+		{"flag=value", d.url, []string{"--ca-fingerprint=" + d.fp}, "", nil},
+		{"no scheme gets https", "127.0.0.1:" + d.port, []string{"--ca-fingerprint", d.fp}, "", nil},
+		{"trailing slash", d.url + "/", []string{"--ca-fingerprint", d.fp}, "", nil},
+		{"ca-file", d.url, []string{"--ca-file", caFile}, "", nil},
+		{"ca-file with matching fingerprint", d.url, []string{"--ca-file", caFile, "--ca-fingerprint", strings.ToUpper(bare)}, "", nil},
+		{"token from stdin", d.url, []string{"--ca-fingerprint", d.fp, "--token-stdin"}, d.token + "\n", nil},
+		{"token from $HELYOS_API_TOKEN", d.url, []string{"--ca-fingerprint", d.fp}, "", []string{"HELYOS_API_TOKEN=" + d.token}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			home := t.TempDir()
+			args := append([]string{"login", tc.server}, tc.flags...)
+			if tc.stdin == "" && tc.env == nil {
+				args = append(args, "--token", d.token)
+			}
+			r := runHelyos(t, home, tc.stdin, tc.env, args...)
+			if r.code != 0 {
+				t.Fatalf("helyos %v: exit %d\n%s", args, r.code, r.stderr)
+			}
+			if !strings.Contains(r.stderr, `saved as context "127-0-0-1"`) {
+				t.Errorf("login did not report the context:\n%s", r.stderr)
+			}
+			cfg := readCLIConfig(t, home)
+			c := cfg.Context("127-0-0-1")
+			if cfg.CurrentContext != "127-0-0-1" || c == nil || len(cfg.Contexts) != 1 {
+				t.Fatalf("config after login: current %q, contexts %v", cfg.CurrentContext, cfg.Names())
+			}
+			if c.Server != d.url || c.Token != d.token || c.TokenName != "bootstrap" || c.CASHA256 != d.fp || c.Insecure {
+				t.Errorf("context = %+v", c)
+			}
+			pemBytes, err := c.decodeCA()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := os.ReadFile(caFile)
+			if !bytes.Equal(bytes.TrimSpace(pemBytes), bytes.TrimSpace(want)) {
+				t.Errorf("pinned CA is not the daemon's CA")
+			}
+			if got := whoamiName(t, home, nil); got != "bootstrap" {
+				t.Errorf("whoami after login = %q", got)
+			}
+		})
+	}
+}
+
+// TestCLILoginOnTerminal answers the trust prompt on a real pseudo-terminal
+// with yes and with no, and types the token at a prompt that must not echo.
+func TestCLILoginOnTerminal(t *testing.T) {
+	t.Parallel()
+	d := tlsDaemon(t)
+	secret := strings.TrimPrefix(d.token, "nxa-api_")
+
+	t.Run("yes, token typed", func(t *testing.T) {
+		t.Parallel()
+		home := t.TempDir()
+		p := startOnPty(t, home, nil, "login", d.url)
+		p.waitFor(t, "Trust and pin this CA? [y/N]")
+		if !strings.Contains(p.out.String(), "SHA-256: "+d.fp) {
+			t.Errorf("prompt does not show the fingerprint:\n%s", p.out.String())
+		}
+		p.typeLine(t, "y")
+		p.waitFor(t, "API token: ")
+		p.typeLine(t, d.token)
+		code, out := p.wait(t)
+		if code != 0 {
+			t.Fatalf("login exit %d:\n%s", code, out)
+		}
+		if strings.Contains(out, secret) {
+			t.Errorf("the token was echoed on the terminal:\n%s", out)
+		}
+		if c := mustContext(t, home, "127-0-0-1"); c.CASHA256 != d.fp || c.Token != d.token {
+			t.Errorf("context = %+v", c)
+		}
+	})
+
+	t.Run("no", func(t *testing.T) {
+		t.Parallel()
+		home := t.TempDir()
+		p := startOnPty(t, home, nil, "login", d.url, "--token", d.token)
+		p.waitFor(t, "Trust and pin this CA? [y/N]")
+		if !strings.Contains(p.out.String(), "SHA-256: "+d.fp) {
+			t.Errorf("prompt does not show the fingerprint:\n%s", p.out.String())
+		}
+		p.typeLine(t, "n")
+		code, out := p.wait(t)
+		if code != 1 || !strings.Contains(out, "the CA was not trusted; nothing was saved") {
+			t.Fatalf("login exit %d, want 1 and a refusal:\n%s", code, out)
+		}
+		if _, err := os.Stat(filepath.Dir(cliConfigPath(home))); !os.IsNotExist(err) {
+			t.Errorf("a refused login wrote %v", filesUnder(t, home))
+		}
+	})
+
+	t.Run("token prompt does not echo", func(t *testing.T) {
+		t.Parallel()
+		home := t.TempDir()
+		p := startOnPty(t, home, nil, "login", d.url, "--ca-fingerprint", d.fp)
+		p.waitFor(t, "API token: ")
+		p.typeLine(t, d.token)
+		code, out := p.wait(t)
+		if code != 0 {
+			t.Fatalf("login exit %d:\n%s", code, out)
+		}
+		if strings.Contains(out, secret) || strings.Contains(out, secret[:16]) {
+			t.Errorf("the token was echoed on the terminal:\n%s", out)
+		}
+		if strings.Contains(out, "Trust and pin") {
+			t.Errorf("asked to trust a CA the fingerprint already vouched for:\n%s", out)
+		}
+		if got := whoamiName(t, home, nil); got != "bootstrap" {
+			t.Errorf("whoami = %q", got)
+		}
+	})
+}
+
+// TestCLILoginRefusals: each refusal exits non-zero, says why, and saves
+// nothing: no config appears in a fresh HOME, and an existing one keeps
+// its bytes and gets no backup.
+func TestCLILoginRefusals(t *testing.T) {
+	t.Parallel()
+	d := tlsDaemon(t)
+	garbage := filepath.Join(t.TempDir(), "garbage.pem")
+	os.WriteFile(garbage, []byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"), 0o600)
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	os.WriteFile(notPEM, []byte("hello\n"), 0o600)
+	caFile := filepath.Join(d.dataDir, caCertFile)
+	otherFP := strings.TrimSuffix(strings.Repeat("00:", 32), ":")
+	badToken := "nxa-api_" + strings.Repeat("0", 64)
+	const existing = "# mine\ncurrent-context = \"other\"\n\n[context.other]\nserver = \"https://other.invalid:6443\"\ntoken = \"nxa-api_other\"\n"
+
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		code  int
+		wants []string
+	}{
+		{"no fingerprint off a terminal", []string{"--token", d.token}, 1,
+			[]string{"not a terminal", d.fp, "--ca-fingerprint " + d.fp, "--ca-file"}},
+		{"wrong fingerprint", []string{"--token", d.token, "--ca-fingerprint", otherFP}, 1,
+			[]string{"has fingerprint " + d.fp, otherFP, "man-in-the-middle", "nothing was saved"}},
+		{"bad token", []string{"--token", badToken, "--ca-fingerprint", d.fp}, 1,
+			[]string{"nothing was saved", "refused", "missing or invalid bearer token"}},
+		{"no token off a terminal", []string{"--ca-fingerprint", d.fp}, 1,
+			[]string{"no API token given", "--token-stdin"}},
+		{"garbage ca-file", []string{"--token", d.token, "--ca-file", garbage}, 1,
+			[]string{"--ca-file " + garbage, "parse certificate"}},
+		{"ca-file not PEM", []string{"--token", d.token, "--ca-file", notPEM}, 1,
+			[]string{"not a PEM certificate"}},
+		{"ca-file missing", []string{"--token", d.token, "--ca-file", filepath.Join(t.TempDir(), "nope.pem")}, 1,
+			[]string{"read --ca-file", "no such file"}},
+		{"ca-file with another fingerprint", []string{"--token", d.token, "--ca-file", caFile, "--ca-fingerprint", otherFP}, 1,
+			[]string{"has fingerprint " + d.fp, "not the " + otherFP}},
+		{"malformed fingerprint", []string{"--token", d.token, "--ca-fingerprint", "abc"}, 2,
+			[]string{"not a SHA-256 fingerprint"}},
+		{"insecure with fingerprint", []string{"--token", d.token, "--insecure-skip-tls-verify", "--ca-fingerprint", d.fp}, 2,
+			[]string{"cannot be combined"}},
+		{"two token sources", []string{"--token", d.token, "--token-stdin", "--ca-fingerprint", d.fp}, 2,
+			[]string{"one way only"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			fresh := t.TempDir()
+			wantFail(t, runHelyos(t, fresh, "", nil, append([]string{"login", d.url}, tc.args...)...), tc.code, tc.wants...)
+			if files := filesUnder(t, fresh); len(files) != 0 {
+				t.Errorf("a refused login in a fresh HOME wrote %v", files)
+			}
+
+			home := t.TempDir()
+			path := cliConfigPath(home)
+			os.MkdirAll(filepath.Dir(path), 0o700)
+			os.WriteFile(path, []byte(existing), 0o600)
+			wantFail(t, runHelyos(t, home, "", nil, append([]string{"login", d.url}, tc.args...)...), tc.code)
+			if got, _ := os.ReadFile(path); string(got) != existing {
+				t.Errorf("a refused login changed the config:\n%s", got)
+			}
+			if _, err := os.Stat(path + ".bak"); !os.IsNotExist(err) {
+				t.Errorf("a refused login wrote a backup")
+			}
+		})
+	}
+}
+
+// TestCLICertificateRefusals: a context pinned to daemon A refuses daemon
+// B's certificate, and a context with no pin (system trust) refuses the
+// self-signed daemon; both say it is a certificate problem and point at
+// helyos login.
+func TestCLICertificateRefusals(t *testing.T) {
+	t.Parallel()
+	a, b := tlsDaemon(t), tlsDaemon(t)
+	home := t.TempDir()
+	mustRun(t, home, nil, "login", a.url, "--ca-fingerprint", a.fp, "--token", a.token, "--name", "pinned")
+	mustRun(t, home, nil, "context", "set", "system", "--server", a.url) // created here: system trust
+	// "moved" keeps A's pin after its server is pointed at B.
+	mustRun(t, home, nil, "login", a.url, "--ca-fingerprint", a.fp, "--token", a.token, "--name", "moved")
+	mustRun(t, home, nil, "context", "set", "moved", "--server", b.url)
+	if c := mustContext(t, home, "moved"); c.CASHA256 != a.fp || c.Server != b.url {
+		t.Fatalf("context moved = %+v", c)
+	}
+	if c := mustContext(t, home, "system"); c.CA != "" {
+		t.Fatalf("context set pinned a CA: %+v", c)
+	}
+	mustRun(t, home, nil, "login", b.url, "--insecure-skip-tls-verify", "--token", b.token, "--name", "insec", "--no-set-current")
+	if c := mustContext(t, home, "insec"); !c.Insecure || c.CA != "" {
+		t.Fatalf("context insec = %+v", c)
+	}
+	if got := whoamiName(t, home, nil, "--context", "insec"); got != "bootstrap" {
+		t.Errorf("whoami through an insecure context = %q", got)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		wants []string
+	}{
+		{"pinned to A, dialling B", []string{"--context", "moved", "whoami"},
+			[]string{"certificate problem talking to " + b.url, "(pinned trust)", "helyos: hint:", "helyos login " + b.url}},
+		{"system trust, self-signed daemon", []string{"--context", "system", "whoami", "--token", a.token},
+			[]string{"certificate problem talking to " + a.url, "(system trust)", "helyos login " + a.url}},
+		{"--server elsewhere drops the pin", []string{"--context", "pinned", "--server", b.url, "--token", b.token, "whoami"},
+			[]string{"certificate problem talking to " + b.url, "(system trust)", "helyos login " + b.url}},
+		{"--server elsewhere drops insecure", []string{"--context", "insec", "--server", a.url, "--token", a.token, "whoami"},
+			[]string{"certificate problem talking to " + a.url, "(system trust)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := runHelyos(t, home, "", nil, tc.args...)
+			wantFail(t, r, 1, tc.wants...)
+			for _, tok := range []string{a.token, b.token} {
+				if strings.Contains(r.stderr, tok) {
+					t.Errorf("error shows a token: %s", r.stderr)
+				}
+			}
+		})
+	}
+	// The pin still works against its own daemon.
+	if got := whoamiName(t, home, nil, "--context", "pinned"); got != "bootstrap" {
+		t.Errorf("whoami through the pin = %q", got)
+	}
+}
+
+// TestCLIContextCommands walks every context subcommand, text and JSON,
+// and the errors for unknown names.
+func TestCLIContextCommands(t *testing.T) {
+	t.Parallel()
+	d := httpDaemon(t)
+	home := t.TempDir()
+	ls := func() []contextView {
+		t.Helper()
+		var v []contextView
+		decodeOutput(t, mustRun(t, home, nil, "context", "ls", "--json"), &v)
+		return v
+	}
+
+	if v := ls(); len(v) != 0 {
+		t.Fatalf("fresh HOME has contexts %+v", v)
+	}
+	if r := mustRun(t, home, nil, "context", "ls", "--json"); strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("empty ls --json = %q, want []", r.stdout)
+	}
+	wantFail(t, runHelyos(t, home, "", nil, "context", "current"), 1, "there are no contexts", "helyos login")
+
+	mustRun(t, home, nil, "login", d.url, "--token", d.token, "--name", "a", "--project", "pa")
+	r := mustRun(t, home, nil, "context", "set", "b", "--server", "b.invalid", "--project", "pb")
+	if !strings.Contains(r.stderr, `created context "b"`) {
+		t.Errorf("context set said %q", r.stderr)
+	}
+	want := []contextView{
+		{Name: "a", Server: d.url, Project: "pa", TLS: "http", TokenSource: "token", Active: true},
+		{Name: "b", Server: "https://b.invalid:6443", Project: "pb", TLS: "system", TokenSource: "-"},
+	}
+	if got := ls(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("context ls --json =\n%+v\nwant\n%+v", got, want)
+	}
+	text := mustRun(t, home, nil, "context", "list").stdout
+	lines := strings.Split(strings.TrimSpace(text), "\n")
+	if len(lines) != 3 || !regexp.MustCompile(`^CURRENT\s+NAME\s+SERVER\s+PROJECT\s+TLS\s+TOKEN$`).MatchString(lines[0]) ||
+		!regexp.MustCompile(`^\*\s+a\s+`+regexp.QuoteMeta(d.url)+`\s+pa\s+http\s+token$`).MatchString(lines[1]) ||
+		!regexp.MustCompile(`^\s+b\s+https://b\.invalid:6443\s+pb\s+system\s+-$`).MatchString(lines[2]) {
+		t.Errorf("context list:\n%s", text)
+	}
+	if strings.Contains(text, d.token) {
+		t.Errorf("context ls shows the token")
+	}
+
+	if got := mustRun(t, home, nil, "context", "current").stdout; got != "a\n" {
+		t.Errorf("context current = %q", got)
+	}
+	var cur contextView
+	decodeOutput(t, mustRun(t, home, nil, "context", "current", "--json"), &cur)
+	if cur != want[0] {
+		t.Errorf("context current --json = %+v", cur)
+	}
+
+	mustRun(t, home, nil, "context", "use", "b")
+	if got := mustRun(t, home, nil, "context", "current").stdout; got != "b\n" {
+		t.Errorf("after use b: current = %q", got)
+	}
+	wantFail(t, runHelyos(t, home, "", nil, "context", "use", "nope"), 1, `context "nope" does not exist`, "helyos context ls")
+
+	mustRun(t, home, nil, "context", "rename", "b", "c")
+	if cfg := readCLIConfig(t, home); cfg.CurrentContext != "c" || cfg.Context("b") != nil || cfg.Context("c") == nil {
+		t.Errorf("after rename: current %q, contexts %v", cfg.CurrentContext, cfg.Names())
+	}
+	wantFail(t, runHelyos(t, home, "", nil, "context", "rename", "c", "a"), 1, `context "a" already exists`)
+	wantFail(t, runHelyos(t, home, "", nil, "context", "rename", "nope", "x"), 1, `context "nope" does not exist`)
+	wantFail(t, runHelyos(t, home, "", nil, "context", "rename", "c", "bad name"), 2, `context name "bad name" is invalid`)
+
+	mustRun(t, home, nil, "context", "set", "c", "--project", "pc2")
+	if c := mustContext(t, home, "c"); c.Project != "pc2" || c.Server != "https://b.invalid:6443" {
+		t.Errorf("after set --project: %+v", c)
+	}
+	mustRun(t, home, nil, "context", "set", "a", "--server", d.url+"/") // same server, normalised
+	wantFail(t, runHelyos(t, home, "", nil, "context", "set", "nope", "--project", "x"), 1, `context "nope" does not exist`, "--server")
+	wantFail(t, runHelyos(t, home, "", nil, "context", "set", "a", "--server", "ftp://x"), 2, "scheme must be https or http")
+	wantFail(t, runHelyos(t, home, "", nil, "context", "set", "a", "--token", d.token), 2, "does not store --token")
+
+	mustRun(t, home, nil, "context", "rm", "c")
+	cfg := readCLIConfig(t, home)
+	if cfg.CurrentContext != "" || cfg.Names()[0] != "a" || len(cfg.Contexts) != 1 {
+		t.Errorf("after rm: current %q, contexts %v", cfg.CurrentContext, cfg.Names())
+	}
+	// One context left and none current: that one is active.
+	if got := mustRun(t, home, nil, "context", "current").stdout; got != "a\n" {
+		t.Errorf("single context not active: current = %q", got)
+	}
+	if got := whoamiName(t, home, nil); got != "bootstrap" {
+		t.Errorf("whoami through the only context = %q", got)
+	}
+	wantFail(t, runHelyos(t, home, "", nil, "context", "rm", "nope"), 1, `context "nope" does not exist`)
+	wantFail(t, runHelyos(t, home, "", nil, "context"), 2, "give a subcommand")
+	wantFail(t, runHelyos(t, home, "", nil, "context", "bogus"), 2, "give a subcommand")
+	wantFail(t, runHelyos(t, home, "", nil, "context", "use"), 2, "wrong number of arguments")
+}
+
+// TestCLIResolution: server, token and context precedence, and global flags
+// before or after the command.
+func TestCLIResolution(t *testing.T) {
+	t.Parallel()
+	a, b := httpDaemon(t), httpDaemon(t)
+	tok := map[string]string{}
+	for _, n := range []string{"a-ctx", "a-flag", "a-env"} {
+		tok[n] = a.createToken(t, a.token, n, 0)
+	}
+	for _, n := range []string{"b-ctx", "b-flag", "b-env"} {
+		tok[n] = b.createToken(t, b.token, n, 0)
+	}
+	home := t.TempDir()
+	mustRun(t, home, nil, "login", a.url, "--token", tok["a-ctx"], "--name", "ca")
+	mustRun(t, home, nil, "login", b.url, "--token", tok["b-ctx"], "--name", "cb")
+
+	type status struct {
+		Server, Context, Auth string
+		Whoami                *struct{ Name string }
+	}
+	for _, tc := range []struct {
+		name                   string
+		env, args              []string
+		server, context, whoIs string // whoIs "": no token was sent
+	}{
+		{"context alone", nil, nil, b.url, "cb", "b-ctx"},
+		{"--server beats $HELYOS_SERVER and context", []string{"HELYOS_SERVER=" + b.url}, []string{"--server", a.url, "--token", tok["a-flag"]}, a.url, "", "a-flag"},
+		{"$HELYOS_SERVER beats context", []string{"HELYOS_SERVER=" + a.url, "HELYOS_API_TOKEN=" + tok["a-env"]}, nil, a.url, "", "a-env"},
+		{"another server drops the context's token", nil, []string{"--server", a.url}, a.url, "", ""},
+		{"--server naming the context's own server keeps it", nil, []string{"--server", b.url + "/"}, b.url, "cb", "b-ctx"},
+		{"--token beats $HELYOS_API_TOKEN and context", []string{"HELYOS_API_TOKEN=" + tok["b-env"]}, []string{"--token", tok["b-flag"]}, b.url, "cb", "b-flag"},
+		{"$HELYOS_API_TOKEN beats context", []string{"HELYOS_API_TOKEN=" + tok["b-env"]}, nil, b.url, "cb", "b-env"},
+		{"$HELYOS_CONTEXT beats current-context", []string{"HELYOS_CONTEXT=ca"}, nil, a.url, "ca", "a-ctx"},
+		{"--context beats $HELYOS_CONTEXT", []string{"HELYOS_CONTEXT=ca"}, []string{"--context", "cb"}, b.url, "cb", "b-ctx"},
+		{"--context with $HELYOS_API_TOKEN", []string{"HELYOS_API_TOKEN=" + tok["a-env"]}, []string{"--context", "ca"}, a.url, "ca", "a-env"},
+		{"global flags after the command", nil, []string{"status", "--json", "--context", "ca"}, a.url, "ca", "a-ctx"},
+		{"global flags with =", nil, []string{"status", "--context=ca", "--json=true"}, a.url, "ca", "a-ctx"},
+		{"--json before the command", nil, []string{"--json", "--context", "ca", "status"}, a.url, "ca", "a-ctx"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			args := tc.args
+			if !strings.Contains(strings.Join(args, " "), "status") {
+				args = append(append([]string{}, args...), "status", "--json")
+			}
+			r := runHelyos(t, home, "", tc.env, args...)
+			if r.code != 0 {
+				t.Fatalf("helyos %v: exit %d\n%s", args, r.code, r.stderr)
+			}
+			var st status
+			decodeOutput(t, r, &st)
+			got := ""
+			if st.Whoami != nil {
+				got = st.Whoami.Name
+			}
+			if st.Server != tc.server || st.Context != tc.context || got != tc.whoIs {
+				t.Errorf("server %s, context %q, token %q; want %s, %q, %q (auth %s)", st.Server, st.Context, got, tc.server, tc.context, tc.whoIs, st.Auth)
+			}
+			if tc.whoIs == "" && st.Auth != "no token" {
+				t.Errorf("auth = %q, want no token", st.Auth)
+			}
+			if strings.Contains(r.stderr, "warning") {
+				t.Errorf("loopback HTTP gave a warning: %s", r.stderr)
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		name      string
+		env, args []string
+		wants     []string
+	}{
+		{"unknown --context", []string{"HELYOS_CONTEXT=ca"}, []string{"--context", "nope", "whoami"}, []string{`context "nope" (from --context) does not exist`}},
+		{"unknown $HELYOS_CONTEXT", []string{"HELYOS_CONTEXT=nope"}, []string{"whoami"}, []string{`context "nope" (from $HELYOS_CONTEXT) does not exist`}},
+		{"--context needs a value", nil, []string{"whoami", "--context"}, []string{"flag --context needs a value"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			code := 1
+			if strings.Contains(tc.name, "needs a value") {
+				code = 2
+			}
+			wantFail(t, runHelyos(t, home, "", tc.env, tc.args...), code, tc.wants...)
+		})
+	}
+
+	t.Run("several contexts, none current", func(t *testing.T) {
+		t.Parallel()
+		other := t.TempDir()
+		mustRun(t, other, nil, "login", a.url, "--token", tok["a-ctx"], "--name", "ca", "--no-set-current")
+		mustRun(t, other, nil, "login", b.url, "--token", tok["b-ctx"], "--name", "cb", "--no-set-current")
+		if cfg := readCLIConfig(t, other); cfg.CurrentContext != "" {
+			t.Fatalf("--no-set-current set %q", cfg.CurrentContext)
+		}
+		wantFail(t, runHelyos(t, other, "", nil, "whoami"), 1, "several contexts exist and none is current: ca, cb", "helyos context use")
+		// Server and token both given: no context is needed.
+		if got := whoamiName(t, other, nil, "--server", a.url, "--token", tok["a-flag"]); got != "a-flag" {
+			t.Errorf("whoami = %q", got)
+		}
+	})
+
+	t.Run("built-in default server", func(t *testing.T) {
+		t.Parallel()
+		// Dials localhost:6443; whatever answers, the address is named.
+		r := runHelyos(t, t.TempDir(), "", nil, "status")
+		if !strings.Contains(r.stdout+r.stderr, "http://localhost:6443") {
+			t.Errorf("status with no config does not name http://localhost:6443:\n%s%s", r.stdout, r.stderr)
+		}
+	})
+}
+
+// TestCLILoginContextNames: derived names get -2, -3 when another server
+// holds the name; logging in again to a server a context pins reuses that
+// context and pin without a prompt; --name, --project, --no-set-current.
+func TestCLILoginContextNames(t *testing.T) {
+	t.Parallel()
+	a, b, c := tlsDaemon(t), tlsDaemon(t), tlsDaemon(t)
+	home := t.TempDir()
+	mustRun(t, home, nil, "login", a.url, "--ca-fingerprint", a.fp, "--token", a.token)
+	mustRun(t, home, nil, "login", b.url, "--ca-fingerprint", b.fp, "--token", b.token)
+	mustRun(t, home, nil, "login", c.url, "--ca-fingerprint", c.fp, "--token", c.token, "--no-set-current")
+	cfg := readCLIConfig(t, home)
+	if got := strings.Join(cfg.Names(), ","); got != "127-0-0-1,127-0-0-1-2,127-0-0-1-3" {
+		t.Fatalf("derived names = %s", got)
+	}
+	if cfg.CurrentContext != "127-0-0-1-2" {
+		t.Errorf("current after --no-set-current = %q", cfg.CurrentContext)
+	}
+	for name, d := range map[string]*testDaemon{"127-0-0-1": a, "127-0-0-1-2": b, "127-0-0-1-3": c} {
+		if ctx := cfg.Context(name); ctx.Server != d.url || ctx.CASHA256 != d.fp {
+			t.Errorf("context %s = %+v", name, ctx)
+		}
+	}
+
+	// Logging in again to B, with a new token and no fingerprint, off a
+	// terminal: the pin of 127-0-0-1-2 is reused, nothing is added.
+	before := mustContext(t, home, "127-0-0-1-2")
+	newTok := b.createToken(t, b.token, "again", 0)
+	r := mustRun(t, home, nil, "login", "127.0.0.1:"+b.port, "--token", newTok, "--project", "web")
+	if strings.Contains(r.stderr, "Trust") || !strings.Contains(r.stderr, `saved as context "127-0-0-1-2"`) {
+		t.Errorf("re-login:\n%s", r.stderr)
+	}
+	cfg = readCLIConfig(t, home)
+	after := cfg.Context("127-0-0-1-2")
+	if len(cfg.Contexts) != 3 || after.CA != before.CA || after.CASHA256 != b.fp || after.Token != newTok || after.TokenName != "again" || after.Project != "web" {
+		t.Errorf("after re-login: %v, %+v", cfg.Names(), after)
+	}
+
+	// --name for a new context, with --project and --no-set-current.
+	mustRun(t, home, nil, "login", a.url, "--ca-fingerprint", a.fp, "--token", a.token, "--name", "prod", "--project", "shop", "--no-set-current")
+	cfg = readCLIConfig(t, home)
+	if p := cfg.Context("prod"); p == nil || p.Server != a.url || p.Project != "shop" || p.CASHA256 != a.fp || cfg.CurrentContext != "127-0-0-1-2" {
+		t.Fatalf("--name prod: current %q, %+v", cfg.CurrentContext, p)
+	}
+	// --name of a context for the same server: reused with its pin, no prompt.
+	r = mustRun(t, home, nil, "login", a.url, "--token", a.token, "--name", "prod")
+	if p := mustContext(t, home, "prod"); p.Project != "shop" || p.CASHA256 != a.fp || strings.Contains(r.stderr, "Trust") {
+		t.Errorf("--name prod again: %+v\n%s", p, r.stderr)
+	}
+	// --name of a context for another server: replaced once C's CA is pinned.
+	wantFail(t, runHelyos(t, home, "", nil, "login", c.url, "--token", c.token, "--name", "prod"), 1, "not a terminal")
+	if p := mustContext(t, home, "prod"); p.Server != a.url {
+		t.Errorf("a refused login replaced prod: %+v", p)
+	}
+	mustRun(t, home, nil, "login", c.url, "--ca-fingerprint", c.fp, "--token", c.token, "--name", "prod")
+	cfg = readCLIConfig(t, home)
+	if p := cfg.Context("prod"); p.Server != c.url || p.CASHA256 != c.fp || p.Project != "" || cfg.CurrentContext != "prod" || len(cfg.Contexts) != 4 {
+		t.Errorf("prod replaced: current %q, %v, %+v", cfg.CurrentContext, cfg.Names(), p)
+	}
+	wantFail(t, runHelyos(t, home, "", nil, "login", a.url, "--token", a.token, "--name", "-bad"), 2, "is invalid")
+}
+
+// TestCLILogoutAndSinglePasteLogin: the line `auth token create` prints logs
+// in on a fresh machine with no prompt; logout drops only the token; logging
+// in again reuses the pin.
+func TestCLILogoutAndSinglePasteLogin(t *testing.T) {
+	t.Parallel()
+	d := tlsDaemon(t)
+	r := mustRun(t, d.home, nil, "auth", "token", "create", "laptop")
+	secret := strings.TrimSpace(r.stdout)
+	m := regexp.MustCompile(`(?m)^\s*helyos (login \S+ --ca-fingerprint \S+ --token \S+)$`).FindStringSubmatch(r.stderr)
+	if m == nil || !strings.HasSuffix(m[1], "--token "+secret) || !strings.Contains(m[1], d.fp) {
+		t.Fatalf("no paste-able login line for %q:\n%s", secret, r.stderr)
+	}
+	paste := strings.Fields(m[1])
+
+	laptop := t.TempDir()
+	r = mustRun(t, laptop, nil, paste...)
+	if strings.Contains(r.stderr, "Trust") {
+		t.Errorf("pasted login prompted:\n%s", r.stderr)
+	}
+	if got := whoamiName(t, laptop, nil); got != "laptop" {
+		t.Fatalf("whoami after pasted login = %q", got)
+	}
+	before := mustContext(t, laptop, "localhost")
+
+	r = mustRun(t, laptop, nil, "logout")
+	if !strings.Contains(r.stderr, `logged out of context "localhost"`) {
+		t.Errorf("logout said %q", r.stderr)
+	}
+	after := mustContext(t, laptop, "localhost")
+	if after.Token != "" || after.TokenName != "" || after.Server != before.Server || after.CA != before.CA || after.CASHA256 != before.CASHA256 || after.Project != before.Project {
+		t.Errorf("after logout: %+v", after)
+	}
+	wantFail(t, runHelyos(t, laptop, "", nil, "whoami"), 1, "no API token for "+before.Server, "helyos login")
+	wantFail(t, runHelyos(t, laptop, "", nil, "logout", "nope"), 1, `context "nope" does not exist`)
+
+	// Log in again: same server, no fingerprint, off a terminal: the kept pin.
+	r = mustRun(t, laptop, nil, "login", strings.TrimPrefix(before.Server, "https://"), "--token", secret)
+	if !strings.Contains(r.stderr, `saved as context "localhost"`) || strings.Contains(r.stderr, "Trust") {
+		t.Errorf("re-login:\n%s", r.stderr)
+	}
+	if got := whoamiName(t, laptop, nil); got != "laptop" {
+		t.Errorf("whoami after re-login = %q", got)
+	}
+	mustRun(t, laptop, nil, "logout", "localhost")
+	mustRun(t, laptop, nil, paste...)
+	if cfg := readCLIConfig(t, laptop); len(cfg.Contexts) != 1 || cfg.Contexts[0].Token != secret {
+		t.Errorf("pasting again: %v", cfg.Names())
+	}
+}
+
+// TestCLIAuthTokens: create (with --ttl and --scope), ls/list in text and
+// JSON, revoke, and the revoked token refused at once.
+func TestCLIAuthTokens(t *testing.T) {
+	t.Parallel()
+	d := httpDaemon(t)
+	home := d.home // the local context the daemon wrote
+
+	r := mustRun(t, home, nil, "auth", "token", "create", "ci", "--ttl", "3600", "--scope", "deploy")
+	secret := strings.TrimSpace(r.stdout)
+	if !tokenLineRE.MatchString("HELYOS_API_TOKEN=" + secret) {
+		t.Fatalf("create printed %q on stdout, want the token alone", r.stdout)
+	}
+	if !strings.Contains(r.stderr, `created token "ci" (scope deploy, expires 2`) || !strings.Contains(r.stderr, "helyos login "+strings.Replace(d.url, "127.0.0.1", "localhost", 1)+" --token "+secret) {
+		t.Errorf("create said:\n%s", r.stderr)
+	}
+	if strings.Contains(r.stderr, "--ca-fingerprint") {
+		t.Errorf("a plain-HTTP context printed a fingerprint:\n%s", r.stderr)
+	}
+	var created struct {
+		Name, Scope, Token string
+		ExpiresAt          *string `json:"expires_at"`
+	}
+	decodeOutput(t, mustRun(t, home, nil, "auth", "token", "create", "--json", "forever"), &created)
+	if created.Name != "forever" || created.Scope != "admin" || created.ExpiresAt != nil || !strings.HasPrefix(created.Token, "nxa-api_") {
+		t.Errorf("create --json = %+v", created)
+	}
+
+	text := mustRun(t, home, nil, "auth", "token", "ls").stdout
+	if !regexp.MustCompile(`^NAME\s+SCOPE\s+CREATED\s+EXPIRES\s+LAST USED\n`).MatchString(text) ||
+		!regexp.MustCompile(`(?m)^ci\s+deploy\s+\S+Z\s+\S+Z\s+never$`).MatchString(text) ||
+		!regexp.MustCompile(`(?m)^forever\s+admin\s+\S+Z\s+never\s+`).MatchString(text) {
+		t.Errorf("auth token ls:\n%s", text)
+	}
+	for _, s := range []string{secret, created.Token, d.token, "argon2"} {
+		if strings.Contains(text, s) {
+			t.Errorf("token list shows a secret or hash")
+		}
+	}
+	var list []struct{ Name, Scope string }
+	decodeOutput(t, mustRun(t, home, nil, "auth", "token", "list", "--json"), &list)
+	names := []string{}
+	for _, i := range list {
+		names = append(names, i.Name+"/"+i.Scope)
+	}
+	if got := strings.Join(names, ","); got != "bootstrap/admin,ci/deploy,forever/admin" {
+		t.Errorf("auth token list --json names = %s", got)
+	}
+
+	if got := whoamiName(t, home, nil, "--token", secret); got != "ci" {
+		t.Fatalf("whoami with the new token = %q", got)
+	}
+	r = mustRun(t, home, nil, "auth", "token", "revoke", "ci")
+	if !strings.Contains(r.stderr, `revoked token "ci"`) {
+		t.Errorf("revoke said %q", r.stderr)
+	}
+	wantFail(t, runHelyos(t, home, "", nil, "whoami", "--token", secret), 1, "the token from --token was refused", "revoked or expired")
+	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "revoke", "ci"), 1, `revoke token "ci"`, "HTTP 404")
+	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create"), 2, "wrong number of arguments")
+	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "x", "--ttl", "-1"), 2, "--ttl")
+	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "forever"), 1, `create token "forever"`)
+	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "bogus"), 2, "give 'token create'")
+}
+
+// TestCLIPinnedCAUndecodable: a pin that cannot be read fails closed with an
+// error naming the context, never a fall back to the system roots.
+func TestCLIPinnedCAUndecodable(t *testing.T) {
+	t.Parallel()
+	d := tlsDaemon(t)
+	notCert := encodeCA([]byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"))
+	for _, tc := range []struct{ name, ca, want string }{
+		{"not base64", "!!!not base64!!!", "pinned CA is not valid base64"},
+		{"not PEM", encodeCA([]byte("hello")), "pinned CA is not a PEM certificate"},
+		{"not a certificate", notCert, "pinned CA cannot be parsed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			home := t.TempDir()
+			path := cliConfigPath(home)
+			os.MkdirAll(filepath.Dir(path), 0o700)
+			body := fmt.Sprintf("current-context = \"damaged\"\n\n[context.damaged]\nserver = %q\ntoken = %q\nca = %q\nca-sha256 = %q\n", d.url, d.token, tc.ca, d.fp)
+			os.WriteFile(path, []byte(body), 0o600)
+			for _, args := range [][]string{{"whoami"}, {"status"}, {"login", d.url, "--token", d.token, "--name", "damaged"}} {
+				r := runHelyos(t, home, "", nil, args...)
+				wantFail(t, r, 1, `context "damaged"`, tc.want)
+				if strings.Contains(r.stderr, "certificate problem") {
+					t.Errorf("%v dialled the daemon without the pin:\n%s", args, r.stderr)
+				}
+			}
+			if got, _ := os.ReadFile(path); string(got) != body {
+				t.Errorf("config changed")
+			}
+		})
+	}
+}
+
+// TestCLIConfigFile: a broken file is reported with its line, a hand-edited
+// file with comments works, hostile values round-trip through the CLI, file
+// modes and the backup after a save, and concurrent saves lose nothing.
+func TestCLIConfigFile(t *testing.T) {
+	t.Parallel()
+	d := httpDaemon(t)
+
+	t.Run("broken file", func(t *testing.T) {
+		t.Parallel()
+		home := t.TempDir()
+		path := cliConfigPath(home)
+		os.MkdirAll(filepath.Dir(path), 0o700)
+		body := "current-context = \"a\"\n\n[context.a]\nserver = \"http://127.0.0.1:1\"\nproject = web\n"
+		os.WriteFile(path, []byte(body), 0o600)
+		for _, args := range [][]string{{"whoami"}, {"context", "ls"}, {"context", "use", "a"}, {"login", d.url, "--token", d.token}} {
+			wantFail(t, runHelyos(t, home, "", nil, args...), 1, "config "+path+": line 5: invalid value", "helyos: hint:", path+".bak")
+		}
+		if got, _ := os.ReadFile(path); string(got) != body {
+			t.Errorf("a broken config was overwritten")
+		}
+	})
+
+	t.Run("hand-edited with comments", func(t *testing.T) {
+		t.Parallel()
+		home := t.TempDir()
+		path := cliConfigPath(home)
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		body := "# my laptop\r\n\n" +
+			"current-context = 'mine'   # inline comment\n" +
+			"\n" +
+			"  [context.mine]   # the local daemon\n" +
+			"\tserver = '" + d.url + "'\n" +
+			"token = \"" + d.token + "\" # secret\n" +
+			"project=\"a \\\"quoted\\\" #not-a-comment\"\n" +
+			"insecure = false\n" +
+			"\n[context.\"other one\"]\nserver = \"https://other.invalid:6443\"\n"
+		os.WriteFile(path, []byte(body), 0o644)
+		r := mustRun(t, home, nil, "whoami")
+		if !strings.Contains(r.stdout, "bootstrap") {
+			t.Errorf("whoami: %s", r.stdout)
+		}
+		if !strings.Contains(r.stderr, "readable by others (mode 0644)") {
+			t.Errorf("no warning about a 0644 config:\n%s", r.stderr)
+		}
+		var views []contextView
+		decodeOutput(t, mustRun(t, home, nil, "context", "ls", "--json"), &views)
+		if len(views) != 2 || views[0].Project != `a "quoted" #not-a-comment` || !views[0].Active || views[1].Name != "other one" {
+			t.Errorf("hand-edited contexts = %+v", views)
+		}
+
+		mustRun(t, home, nil, "context", "set", "mine", "--project", "p2")
+		if m := permOf(t, path); m != 0o600 {
+			t.Errorf("config mode after a save = %o, want 600", m)
+		}
+		if m := permOf(t, path+".bak"); m != 0o600 {
+			t.Errorf("backup mode = %o, want 600", m)
+		}
+		if got, _ := os.ReadFile(path + ".bak"); string(got) != body {
+			t.Errorf("backup is not the previous file:\n%s", got)
+		}
+		if c := mustContext(t, home, "mine"); c.Project != "p2" || c.Token != d.token || c.Server != d.url {
+			t.Errorf("after save: %+v", c)
+		}
+		if c := mustContext(t, home, "other one"); c.Server != "https://other.invalid:6443" {
+			t.Errorf("other one after save: %+v", c)
+		}
+	})
+
+	t.Run("hostile values and modes", func(t *testing.T) {
+		t.Parallel()
+		home := t.TempDir()
+		hostile := "a\"b\\c#d\ne\tf ü 日本 'q' ]x[ = \x7f"
+		mustRun(t, home, nil, "context", "set", "h", "--server", d.url, "--project", hostile)
+		dir := filepath.Dir(cliConfigPath(home))
+		if m := permOf(t, dir); m != 0o700 {
+			t.Errorf("config folder mode %o, want 700", m)
+		}
+		if m := permOf(t, cliConfigPath(home)); m != 0o600 {
+			t.Errorf("config mode %o, want 600", m)
+		}
+		if _, err := os.Stat(cliConfigPath(home) + ".bak"); !os.IsNotExist(err) {
+			t.Errorf("first save wrote a backup")
+		}
+		mustRun(t, home, nil, "context", "set", "h", "--project", hostile+"2")
+		if m := permOf(t, cliConfigPath(home)+".bak"); m != 0o600 {
+			t.Errorf("backup mode %o, want 600", m)
+		}
+		var cur contextView
+		decodeOutput(t, mustRun(t, home, nil, "context", "current", "--json"), &cur)
+		if cur.Project != hostile+"2" {
+			t.Errorf("project read back as %q, want %q", cur.Project, hostile+"2")
+		}
+		if py, err := exec.LookPath("python3"); err == nil {
+			out, err := exec.Command(py, "-c", `import sys, tomllib, json; print(json.dumps(tomllib.load(open(sys.argv[1], "rb"))["context"]["h"]["project"]))`, cliConfigPath(home)).CombinedOutput()
+			var got string
+			if err == nil {
+				err = json.Unmarshal(out, &got)
+			}
+			if err == nil && got != hostile+"2" {
+				t.Errorf("tomllib reads the project as %q", got)
+			} else if err != nil && !strings.Contains(string(out), "No module named") {
+				t.Errorf("tomllib: %v\n%s", err, out)
+			}
+		}
+	})
+
+	t.Run("concurrent saves", func(t *testing.T) {
+		t.Parallel()
+		home := t.TempDir()
+		const n = 8
+		var wg sync.WaitGroup
+		results := make([]cliResult, n)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[i] = runHelyos(t, home, "", nil, "context", "set", fmt.Sprintf("c%d", i), "--server", fmt.Sprintf("https://c%d.invalid", i))
+			}()
+		}
+		wg.Wait()
+		for i, r := range results {
+			if r.code != 0 {
+				t.Errorf("save %d: exit %d: %s", i, r.code, r.stderr)
+			}
+		}
+		cfg := readCLIConfig(t, home)
+		if len(cfg.Contexts) != n {
+			t.Errorf("after %d concurrent saves the config holds %v", n, cfg.Names())
+		}
+	})
+}
+
+// TestCLIExitCodes: --help exits 0 on every command, usage errors exit 2,
+// runtime errors exit 1.
+func TestCLIExitCodes(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	refused := "http://127.0.0.1:1" // nothing listens on loopback port 1
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string // in stdout+stderr
+	}{
+		{[]string{"--help"}, 0, "Commands:"},
+		{[]string{"help"}, 0, "Commands:"},
+		{[]string{"-h"}, 0, "Commands:"},
+		{[]string{"login", "--help"}, 0, "ca-fingerprint"},
+		{[]string{"logout", "--help"}, 0, "Usage: helyos logout"},
+		{[]string{"whoami", "--help"}, 0, "Usage: helyos whoami"},
+		{[]string{"status", "-h"}, 0, "Usage: helyos status"},
+		{[]string{"version", "--help"}, 0, "Usage: helyos version"},
+		{[]string{"context", "--help"}, 0, "Usage: helyos context"},
+		{[]string{"context", "ls", "--help"}, 0, "Usage: helyos context ls"},
+		{[]string{"context", "list", "--help"}, 0, "Usage: helyos context ls"},
+		{[]string{"context", "use", "--help"}, 0, "Usage: helyos context use"},
+		{[]string{"context", "current", "--help"}, 0, "Usage: helyos context current"},
+		{[]string{"context", "rename", "--help"}, 0, "Usage: helyos context rename"},
+		{[]string{"context", "rm", "--help"}, 0, "Usage: helyos context rm"},
+		{[]string{"context", "set", "--help"}, 0, "project"},
+		{[]string{"auth", "--help"}, 0, "Usage: helyos auth token"},
+		{[]string{"auth", "token", "--help"}, 0, "Usage: helyos auth token"},
+		{[]string{"auth", "token", "create", "--help"}, 0, "ttl"},
+		{[]string{"auth", "token", "ls", "--help"}, 0, "Usage: helyos auth token ls"},
+		{[]string{"auth", "token", "list", "--help"}, 0, "Usage: helyos auth token ls"},
+		{[]string{"auth", "token", "revoke", "--help"}, 0, "Usage: helyos auth token revoke"},
+		{[]string{"--context", "x", "whoami", "--help"}, 0, "Usage: helyos whoami"},
+		{[]string{"daemon", "--help"}, 0, "tls"},
+
+		{nil, 2, "Commands:"},
+		{[]string{"bogus"}, 2, `unknown command "bogus"`},
+		{[]string{"login"}, 2, "wrong number of arguments"},
+		{[]string{"login", "a", "b"}, 2, "wrong number of arguments"},
+		{[]string{"login", "ftp://x"}, 2, "scheme must be https or http"},
+		{[]string{"login", "https://x:99999"}, 2, "invalid port"},
+		{[]string{"whoami", "extra"}, 2, "wrong number of arguments"},
+		{[]string{"whoami", "--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"--json=maybe", "whoami"}, 2, "--json takes no value"},
+		{[]string{"whoami", "--server"}, 2, "flag --server needs a value"},
+		{[]string{"auth"}, 2, "give 'token create'"},
+		{[]string{"context", "rm"}, 2, "wrong number of arguments"},
+		{[]string{"daemon", "--tls", "maybe"}, 2, ""},
+
+		{[]string{"--server", refused, "whoami", "--token", "nxa-api_x"}, 1, "cannot reach " + refused + ": connection refused"},
+		{[]string{"--server", refused, "status"}, 1, "is the daemon running?"},
+		{[]string{"--server", "https://127.0.0.1:1", "auth", "token", "ls", "--token", "x"}, 1, "connection refused"},
+		{[]string{"context", "use", "nope"}, 1, `context "nope" does not exist`},
+		{[]string{"logout"}, 1, "there are no contexts"},
+		{[]string{"--server", refused, "version"}, 0, "no server version"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			t.Parallel()
+			r := runHelyos(t, home, "", nil, tc.args...)
+			if r.code != tc.code {
+				t.Errorf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, tc.code, r.stdout, r.stderr)
+			}
+			if !strings.Contains(r.stdout+r.stderr, tc.want) {
+				t.Errorf("output lacks %q\nstdout: %s\nstderr: %s", tc.want, r.stdout, r.stderr)
+			}
+			if tc.code == 1 && !strings.HasPrefix(r.stderr, "helyos: error: ") && !strings.Contains(r.stderr, "\nhelyos: error: ") {
+				t.Errorf("runtime error not in the one error format:\n%s", r.stderr)
+			}
+			if tc.code != 0 && r.stdout != "" {
+				t.Errorf("a failure wrote to stdout: %s", r.stdout)
+			}
+		})
+	}
+	if _, err := os.Stat(cliConfigPath(home)); !os.IsNotExist(err) {
+		t.Errorf("help and failing commands wrote a config: %v", filesUnder(t, home))
+	}
+}
+
+// TestCLIPlainHTTPWarning: resolving a plain-HTTP server that is not on
+// loopback warns on stderr; loopback does not. The target is only built,
+// never dialled, so this test needs no network.
+func TestCLIPlainHTTPWarning(t *testing.T) {
+	t.Setenv("HELYOS_CONFIG", filepath.Join(t.TempDir(), "config.toml"))
+	t.Setenv("HELYOS_CONTEXT", "")
+	t.Setenv("HELYOS_SERVER", "")
+	t.Setenv("HELYOS_API_TOKEN", "")
+	for _, tc := range []struct {
+		server string
+		warn   bool
+	}{
+		{"http://192.0.2.1:6443", true},
+		{"http://helyos.example.com", true},
+		{"http://127.0.0.1:6443", false},
+		{"http://127.0.0.2:6443", false},
+		{"http://localhost:6443", false},
+		{"http://[::1]:6443", false},
+		{"https://192.0.2.1:6443", false},
+	} {
+		var stderr bytes.Buffer
+		g := &globals{server: tc.server, token: "nxa-api_x", io: &stdio{in: os.Stdin, out: io.Discard, err: &stderr}}
+		tgt, err := g.resolve()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.server, err)
+		}
+		warned := strings.Contains(stderr.String(), "helyos: warning: "+tgt.server+" is plain HTTP")
+		if warned != tc.warn {
+			t.Errorf("%s: warned %v, want %v: %q", tc.server, warned, tc.warn, stderr.String())
+		}
+	}
+	// login warns too. With no token and no terminal it stops before it
+	// dials anything.
+	wantFail(t, runHelyos(t, t.TempDir(), "", nil, "login", "http://192.0.2.1"), 1,
+		"helyos: warning: http://192.0.2.1:6443 is plain HTTP", "no API token given")
+	if r := runHelyos(t, t.TempDir(), "", nil, "login", "http://127.0.0.1:1"); strings.Contains(r.stderr, "warning") {
+		t.Errorf("login to loopback HTTP warned: %s", r.stderr)
+	}
+}
+
+// TestCLIVersionStatus: version and status against a daemon, text and JSON.
+func TestCLIVersionStatus(t *testing.T) {
+	t.Parallel()
+	d := tlsDaemon(t)
+	r := mustRun(t, d.home, nil, "version")
+	if r.stdout != "client: "+version+"\nserver: "+version+"\n" {
+		t.Errorf("version = %q", r.stdout)
+	}
+	var v struct{ Client, Server string }
+	decodeOutput(t, mustRun(t, d.home, nil, "version", "--json"), &v)
+	if v.Client != version || v.Server != version {
+		t.Errorf("version --json = %+v", v)
+	}
+
+	text := mustRun(t, d.home, nil, "status").stdout
+	for _, re := range []string{
+		`(?m)^server:\s+https://localhost:` + d.port + `$`,
+		`(?m)^context:\s+local$`,
+		`(?m)^version:\s+` + regexp.QuoteMeta(version) + ` \(api v1\)$`,
+		`(?m)^tls:\s+pinned$`,
+		`(?m)^auth:\s+ok, as "bootstrap" \(scope admin\)$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(text) {
+			t.Errorf("status lacks %s:\n%s", re, text)
+		}
+	}
+	var st struct {
+		Server, Context, Version, TLS, Auth string
+		Whoami                              struct{ Name string }
+	}
+	decodeOutput(t, mustRun(t, d.home, nil, "status", "--json"), &st)
+	if st.Server != "https://localhost:"+d.port || st.Context != "local" || st.Version != version || st.TLS != "pinned" || st.Auth != "ok" || st.Whoami.Name != "bootstrap" {
+		t.Errorf("status --json = %+v", st)
+	}
+	// A refused token is reported, not fatal: the daemon is reachable.
+	text = mustRun(t, d.home, nil, "status", "--token", "nxa-api_"+strings.Repeat("0", 64)).stdout
+	if !strings.Contains(text, "auth:") || !strings.Contains(text, "refused") {
+		t.Errorf("status with a bad token:\n%s", text)
+	}
+}
+
+// TestCLIServerAddresses: what a person types becomes scheme://host:port,
+// and the derived context name follows the host.
+func TestCLIServerAddresses(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, want, name string }{
+		{"cluster.example.com", "https://cluster.example.com:6443", "cluster-example-com"},
+		{"helyos.acme.internal", "https://helyos.acme.internal:6443", "helyos-acme-internal"},
+		{"Cluster.Example.COM:7000", "https://cluster.example.com:7000", "cluster-example-com"},
+		{"http://10.0.0.5", "http://10.0.0.5:6443", "10-0-0-5"},
+		{"https://10.0.0.5:6443/", "https://10.0.0.5:6443", "10-0-0-5"},
+		{"::1", "https://[::1]:6443", "1"},
+		{"[::1]:7000", "https://[::1]:7000", "1"},
+		{"https://[fd00::5]", "https://[fd00::5]:6443", "fd00-5"},
+		{" localhost ", "https://localhost:6443", "localhost"},
+	} {
+		got, err := normalizeServer(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("normalizeServer(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+			continue
+		}
+		if n := contextNameFor(got); n != tc.name {
+			t.Errorf("contextNameFor(%q) = %q, want %q", got, n, tc.name)
+		}
+	}
+	for _, in := range []string{"", "ftp://x", "https://x:0", "https://x:65536", "https://u@x", "https://x/path", "https://x?q=1", "https://"} {
+		if got, err := normalizeServer(in); err == nil {
+			t.Errorf("normalizeServer(%q) = %q, want an error", in, got)
+		}
+	}
+}
+
+// TestCLILoginIPv6: login to [::1] with the brackets and port handled, when
+// the machine has IPv6 loopback.
+func TestCLILoginIPv6(t *testing.T) {
+	t.Parallel()
+	if l, err := net.Listen("tcp", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	} else {
+		l.Close()
+	}
+	d := startDaemon(t, t.TempDir(), []string{"--host", "::1", "--tls", "on"})
+	if d.token == "" || d.fp == "" {
+		t.Fatalf("daemon on ::1 printed no token or fingerprint:\n%s", d.out.String())
+	}
+	home := t.TempDir()
+	mustRun(t, home, nil, "login", "[::1]:"+d.port, "--ca-fingerprint", d.fp, "--token", d.token, "--name", "v6")
+	if c := mustContext(t, home, "v6"); c.Server != "https://[::1]:"+d.port || c.CASHA256 != d.fp {
+		t.Errorf("context = %+v", c)
+	}
+	if got := whoamiName(t, home, nil); got != "bootstrap" {
+		t.Errorf("whoami over ::1 = %q", got)
+	}
+}
+
+// TestCLIWrongScheme: http:// to an HTTPS daemon and https:// to a plain
+// HTTP one each fail with a hint naming the right scheme.
+func TestCLIWrongScheme(t *testing.T) {
+	t.Parallel()
+	s, p := tlsDaemon(t), httpDaemon(t)
+	home := t.TempDir()
+	wantFail(t, runHelyos(t, home, "", nil, "--server", "http://127.0.0.1:"+s.port, "--token", s.token, "whoami"), 1,
+		"use https:// in the server address")
+	wantFail(t, runHelyos(t, home, "", nil, "--server", "https://127.0.0.1:"+p.port, "--token", p.token, "whoami"), 1,
+		"does not speak TLS", "use http:// in the server address")
+	wantFail(t, runHelyos(t, home, "", nil, "login", "https://127.0.0.1:"+p.port, "--token", p.token, "--ca-fingerprint", strings.Repeat("0", 64)), 1,
+		"does not speak TLS")
+}
+
+// TestCLITokenPromptInterrupted: Ctrl-C at the token prompt must not leave
+// the terminal with echo turned off.
+func TestCLITokenPromptInterrupted(t *testing.T) {
+	t.Parallel()
+	d := tlsDaemon(t)
+	p := startOnPty(t, t.TempDir(), nil, "login", d.url, "--ca-fingerprint", d.fp)
+	p.waitFor(t, "API token: ")
+	var during syscall.Termios
+	if err := ptyIoctl(p.master, 0x5401, unsafe.Pointer(&during)); err != nil { // TCGETS
+		t.Skipf("read terminal settings: %v", err)
+	}
+	if during.Lflag&syscall.ECHO != 0 {
+		t.Fatalf("echo is on at the token prompt")
+	}
+	if _, err := p.master.Write([]byte{0x03}); err != nil { // Ctrl-C
+		t.Fatal(err)
+	}
+	code, out := p.wait(t)
+	if code == 0 {
+		t.Fatalf("login went on after Ctrl-C:\n%s", out)
+	}
+	var after syscall.Termios
+	if err := ptyIoctl(p.master, 0x5401, unsafe.Pointer(&after)); err != nil {
+		t.Fatal(err)
+	}
+	if after.Lflag&syscall.ECHO == 0 {
+		t.Errorf("Ctrl-C at the token prompt left the terminal without echo")
+	}
+}
