@@ -293,7 +293,7 @@ func (g *globals) resolve() (*target, error) {
 		ctx = nil // its token and pin belong to another daemon
 	}
 	if token == "" && ctx != nil {
-		if token, err = contextToken(ctx); err != nil {
+		if token, err = contextToken(ctx, g.io.err); err != nil {
 			return nil, err
 		}
 		tokenFrom = fmt.Sprintf("context %q", ctx.Name)
@@ -362,7 +362,11 @@ func newHTTPClient(tlsConfig *tls.Config) *http.Client {
 
 // contextToken reads a context's token from wherever the context says it
 // is kept. Errors name the variable or command, never a token.
-func contextToken(c *Context) (string, error) {
+func contextToken(c *Context, stderr io.Writer) (string, error) {
+	if n := countSet(c.Token, c.TokenEnv, c.TokenCommand); n > 1 {
+		return "", withHint(fmt.Errorf("context %q sets more than one of token, token-env and token-command", c.Name),
+			fmt.Sprintf("keep one: helyos context set %s --token-env VAR (or --token-command CMD) replaces the others", c.Name))
+	}
 	switch {
 	case c.TokenEnv != "":
 		v := strings.TrimSpace(os.Getenv(c.TokenEnv))
@@ -372,7 +376,7 @@ func contextToken(c *Context) (string, error) {
 		}
 		return v, nil
 	case c.TokenCommand != "":
-		tok, err := runTokenCommand(c.TokenCommand)
+		tok, err := runTokenCommand(c.TokenCommand, stderr)
 		if err != nil {
 			return "", fmt.Errorf("context %q: %w", c.Name, err)
 		}
@@ -381,31 +385,53 @@ func contextToken(c *Context) (string, error) {
 	return c.Token, nil
 }
 
+// checkEnvName refuses a --token-env value that no shell could export, such
+// as "$VAR" or "VAR=x", which would otherwise fail only at every later use.
+func checkEnvName(name string) error {
+	for i, c := range name {
+		if c != '_' && !('A' <= c && c <= 'Z') && !('a' <= c && c <= 'z') && (i == 0 || !('0' <= c && c <= '9')) {
+			return withHint(usageErrorf("--token-env %q is not an environment variable name", name),
+				"give the variable's name without the $, for example --token-env HELYOS_PROD_TOKEN")
+		}
+	}
+	return nil
+}
+
+func countSet(values ...string) int {
+	n := 0
+	for _, v := range values {
+		if v != "" {
+			n++
+		}
+	}
+	return n
+}
+
 // runTokenCommand runs a credential helper the way git does: through sh -c,
 // stdin closed, a time limit; the first line of its output is the token.
-func runTokenCommand(command string) (string, error) {
+// What the helper wrote to stderr is passed on to stderr when it fails.
+func runTokenCommand(command string, stderr io.Writer) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), tokenCommandTimout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "sh", "-c", command)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
 	err := cmd.Run()
-	detail := strings.TrimSpace(stderr.String())
-	if detail != "" {
-		detail = "; it said: " + firstLine(detail)
-	}
+	tok := strings.TrimSpace(firstLine(out.String()))
 	switch {
 	case ctx.Err() != nil:
-		return "", fmt.Errorf("token command %q did not finish within %s", command, tokenCommandTimout)
+		err = fmt.Errorf("token command %q did not finish within %s", command, tokenCommandTimout)
 	case err != nil:
-		return "", fmt.Errorf("token command %q failed: %v%s", command, err, detail)
+		err = fmt.Errorf("token command %q failed: %v", command, err)
+	case tok == "":
+		err = fmt.Errorf("token command %q printed no token on its standard output", command)
 	}
-	tok := strings.TrimSpace(firstLine(stdout.String()))
-	if tok == "" {
-		return "", fmt.Errorf("token command %q printed no token%s", command, detail)
+	if err != nil {
+		stderr.Write(errOut.Bytes())
+		return "", err
 	}
 	return tok, nil
 }
@@ -798,6 +824,9 @@ func checkLoginFlags(g *globals, server string, tokenStdin bool, tokenEnv, token
 	if sources > 1 {
 		return usageErrorf("login: give the token one way only: --token, --token-stdin, --token-env or --token-command")
 	}
+	if err := checkEnvName(tokenEnv); err != nil {
+		return err
+	}
 	if insecure && (caFile != "" || caFingerprint != "") {
 		return usageErrorf("login: --insecure-skip-tls-verify cannot be combined with --ca-file or --ca-fingerprint")
 	}
@@ -940,10 +969,10 @@ func (g *globals) loginToken(tokenStdin bool, tokenEnv, tokenCommand string) (st
 		}
 		return line, "stdin", nil
 	case tokenEnv != "":
-		tok, err := contextToken(&Context{Name: "(login)", TokenEnv: tokenEnv})
+		tok, err := contextToken(&Context{Name: "(login)", TokenEnv: tokenEnv}, g.io.err)
 		return tok, "$" + tokenEnv, err
 	case tokenCommand != "":
-		tok, err := runTokenCommand(tokenCommand)
+		tok, err := runTokenCommand(tokenCommand, g.io.err)
 		return tok, "--token-command", err
 	case os.Getenv("HELYOS_API_TOKEN") != "":
 		return os.Getenv("HELYOS_API_TOKEN"), "$HELYOS_API_TOKEN", nil
@@ -1229,6 +1258,9 @@ func cmdContextSet(g *globals, args []string) error {
 	}
 	if *tokenEnv != "" && *tokenCommand != "" {
 		return usageErrorf("context set: give --token-env or --token-command, not both")
+	}
+	if err := checkEnvName(*tokenEnv); err != nil {
+		return err
 	}
 	server := ""
 	if g.server != "" {
