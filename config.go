@@ -209,6 +209,7 @@ func updateConfig(path string, fn func(*Config) error) error {
 		return err
 	}
 	defer unlock()
+	removeStaleTemps(filepath.Dir(path))
 	cfg, old, err := readConfig(path)
 	if err != nil {
 		return err
@@ -276,6 +277,19 @@ func writeFileAtomic(path string, data []byte) error {
 		return fmt.Errorf("write %s: sync folder: %w", path, err)
 	}
 	return nil
+}
+
+// removeStaleTemps deletes the temporary files that writers killed between
+// writeFileAtomic's create and rename left in dir. The caller must be the
+// only writer there (the config lock, or a starting daemon), or it could
+// pull a live writer's file from under it.
+func removeStaleTemps(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if n := e.Name(); strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") && e.Type().IsRegular() {
+			os.Remove(filepath.Join(dir, n))
+		}
+	}
 }
 
 // writeAndClose writes and fsyncs f, and always closes it.

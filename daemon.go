@@ -24,6 +24,14 @@ const (
 	tokenStoreFile = "tokens.json"
 	maxBodyBytes   = 1 << 20
 	shutdownGrace  = 10 * time.Second
+
+	// A client gets this long to send its headers, its whole request, and
+	// to read the answer; an idle keep-alive connection is closed after
+	// serverIdleTimeout.
+	serverReadHeaderTimeout = 10 * time.Second
+	serverReadTimeout       = 30 * time.Second
+	serverWriteTimeout      = 30 * time.Second
+	serverIdleTimeout       = 2 * time.Minute
 )
 
 // The plain-HTTP guardrail's messages, word for word from the security model.
@@ -180,6 +188,7 @@ func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Wr
 	if err := os.Chmod(c.dataDir, 0o700); err != nil {
 		return fmt.Errorf("restrict data dir to its owner: %w", err)
 	}
+	removeStaleTemps(c.dataDir)
 
 	srv := &server{tokens: store, metrics: newMetrics(), logger: logger}
 	var tlsConfig *tls.Config
@@ -327,10 +336,10 @@ type server struct {
 func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: serverReadHeaderTimeout,
+		ReadTimeout:       serverReadTimeout,
+		WriteTimeout:      serverWriteTimeout,
+		IdleTimeout:       serverIdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          s.logger,
 	}

@@ -824,13 +824,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("metrics carry the raw path %q", raw)
 		}
 	}
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("promtool is needed in CI (Debian package prometheus)")
-		}
-		t.Skip("promtool not installed")
-	}
+	promtool := needTool(t, "promtool")
 	cmd := exec.Command(promtool, "check", "metrics")
 	cmd.Stdin = strings.NewReader(body)
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -246,3 +246,18 @@ func permOf(t testing.TB, path string) os.FileMode {
 	}
 	return fi.Mode().Perm()
 }
+
+// needTool finds an external program a test drives. Outside CI a missing
+// tool skips the test; under CI (.ci/run sets CI=1 and installs them) it
+// fails it, so the evidence cannot quietly disappear.
+func needTool(t testing.TB, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is needed in CI; .ci/run installs it: %v", name, err)
+		}
+		t.Skipf("%s not installed", name)
+	}
+	return path
+}
