@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -143,6 +144,9 @@ func parseFlags(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string
 	return positional, nil
 }
 
+// zonePattern is what an IPv6 zone (an interface name or index) may hold.
+var zonePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,32}$`)
+
 // normalizeServer turns what a person types into scheme://host:port:
 // https:// when no scheme is given, :6443 when no port, IPv6 in brackets.
 func normalizeServer(s string) (string, error) {
@@ -173,7 +177,17 @@ func normalizeServer(s string) (string, error) {
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return "", fmt.Errorf("server address %q has an invalid port", s)
 	}
-	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port), nil
+	// Lower-case the host but not an IPv6 zone (fe80::1%eth0): interface
+	// names are case-sensitive, and the zone's % must stay escaped as %25.
+	host, zone, hasZone := strings.Cut(u.Hostname(), "%")
+	host = strings.ToLower(host)
+	if hasZone {
+		if ip := net.ParseIP(host); ip == nil || ip.To4() != nil || !zonePattern.MatchString(zone) {
+			return "", fmt.Errorf("server address %q: a %%zone needs an IPv6 address and an interface name or number", s)
+		}
+		host += "%25" + zone
+	}
+	return u.Scheme + "://" + net.JoinHostPort(host, port), nil
 }
 
 // sameServer reports whether two server addresses name the same daemon.

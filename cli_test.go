@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -1227,6 +1229,7 @@ func TestCLIServerAddresses(t *testing.T) {
 		{"[::1]:7000", "https://[::1]:7000", "1"},
 		{"https://[fd00::5]", "https://[fd00::5]:6443", "fd00-5"},
 		{" localhost ", "https://localhost:6443", "localhost"},
+		{"https://[FE80::1%25Eth0]:7000", "https://[fe80::1%25Eth0]:7000", "fe80-1-eth0"},
 	} {
 		got, err := normalizeServer(tc.in)
 		if err != nil || got != tc.want {
@@ -1237,7 +1240,8 @@ func TestCLIServerAddresses(t *testing.T) {
 			t.Errorf("contextNameFor(%q) = %q, want %q", got, n, tc.name)
 		}
 	}
-	for _, in := range []string{"", "ftp://x", "https://x:0", "https://x:65536", "https://u@x", "https://x/path", "https://x?q=1", "https://"} {
+	for _, in := range []string{"", "ftp://x", "https://x:0", "https://x:65536", "https://u@x", "https://x/path", "https://x?q=1", "https://",
+		"https://%25%25", "https://x%25eth0", "https://[10.0.0.1%25eth0]", "https://[fe80::1%25]"} {
 		if got, err := normalizeServer(in); err == nil {
 			t.Errorf("normalizeServer(%q) = %q, want an error", in, got)
 		}
@@ -1309,4 +1313,65 @@ func TestCLITokenPromptInterrupted(t *testing.T) {
 	if after.Lflag&syscall.ECHO == 0 {
 		t.Errorf("Ctrl-C at the token prompt left the terminal without echo")
 	}
+}
+
+// FuzzNormalizeServer: whatever a person types, the normaliser never panics,
+// and an address it accepts is scheme://host:port with a valid port, is
+// already normal (normalising it again changes nothing), names the same
+// daemon as the input, and yields a valid context name.
+func FuzzNormalizeServer(f *testing.F) {
+	for _, s := range []string{
+		"helyos.acme.internal", "https://10.0.0.7:6443", "http://127.0.0.1:8080/",
+		"::1", "[::1]:7000", "HTTPS://Example.COM", "localhost:0", "https://h:65536",
+		"ftp://h", "https://user@h", "https://h/path?q#f", " h ", "[fe80::1%25eth0]:1",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		out, err := normalizeServer(in)
+		if err != nil {
+			return
+		}
+		u, err := url.Parse(out)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Hostname() == "" {
+			t.Fatalf("normalizeServer(%q) = %q: not scheme://host:port (%v)", in, out, err)
+		}
+		if port, err := strconv.Atoi(u.Port()); err != nil || port < 1 || port > 65535 {
+			t.Fatalf("normalizeServer(%q) = %q: bad port", in, out)
+		}
+		again, err := normalizeServer(out)
+		if err != nil || again != out {
+			t.Fatalf("not idempotent: %q → %q → %q (%v)", in, out, again, err)
+		}
+		if !sameServer(in, out) {
+			t.Fatalf("sameServer(%q, %q) is false", in, out)
+		}
+		if name := contextNameFor(out); checkContextName(name) != nil || checkContextName(name+"-99") != nil {
+			t.Fatalf("contextNameFor(%q) = %q is not a valid context name", out, name)
+		}
+	})
+}
+
+// FuzzContextName: a name derived from any server string is valid, and any
+// name the CLI accepts survives a save and a read of the config file.
+func FuzzContextName(f *testing.F) {
+	for _, s := range []string{"prod", "helyos-acme-internal", "a.b_c-d", "-x", "", "é", "a b", "x\"]\n[y", strings.Repeat("a", 65)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if name := contextNameFor(s); checkContextName(name) != nil {
+			t.Fatalf("contextNameFor(%q) = %q is not a valid context name", s, name)
+		}
+		if checkContextName(s) != nil {
+			return
+		}
+		cfg := &Config{CurrentContext: s, Contexts: []*Context{{Name: s, Server: "https://h:6443", Project: "default"}}}
+		back, err := parseConfig(cfg.marshal())
+		if err != nil {
+			t.Fatalf("name %q: written config does not parse: %v", s, err)
+		}
+		if !cfgEqual(cfg, back) {
+			t.Fatalf("name %q changed in a round trip:\n%s", s, cfgString(back))
+		}
+	})
 }
