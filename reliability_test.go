@@ -228,39 +228,42 @@ func TestReliabilityRaceRevokedNeverAccepted(t *testing.T) {
 					t.Errorf("create %s: %v", name, err)
 					return
 				}
-				// Verifiers hammer the token while it is revoked.
-				var revokedAt atomic.Bool
+				// Three verifiers hammer the token; it is revoked once they
+				// have all been accepted, and they go on 100 more times each.
+				var revoked atomic.Bool
+				var ok atomic.Int64
 				var vg sync.WaitGroup
 				for range 3 {
-					vg.Add(1)
-					go func() {
-						defer vg.Done()
-						for range 200 {
-							after := revokedAt.Load()
+					vg.Go(func() {
+						for after := 0; after < 100; {
+							wasRevoked := revoked.Load()
 							_, err := s.verify(ctx, secret)
-							if after && err == nil {
+							switch {
+							case err == nil && wasRevoked:
 								t.Errorf("token %s accepted after its revoke returned", name)
 								return
-							}
-							switch {
 							case err == nil:
 								accepted.Add(1)
+								ok.Add(1)
 							case err == errTokenRevoked:
 								refused.Add(1)
 							default:
 								t.Errorf("verify %s: %v", name, err)
 								return
 							}
+							if wasRevoked {
+								after++
+							}
 						}
-					}()
+					})
 				}
-				if _, err := s.verify(ctx, secret); err != nil {
-					t.Errorf("verify %s before revoke: %v", name, err)
+				for ok.Load() < 30 && !t.Failed() {
+					time.Sleep(time.Millisecond)
 				}
 				if err := s.revoke(name); err != nil {
 					t.Errorf("revoke %s: %v", name, err)
 				}
-				revokedAt.Store(true)
+				revoked.Store(true)
 				vg.Wait()
 				if _, err := s.verify(ctx, secret); err != errTokenRevoked {
 					t.Errorf("verify %s after revoke: %v, want %v", name, err, errTokenRevoked)
