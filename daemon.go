@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"net"
 	"net/http"
@@ -146,6 +147,31 @@ func checkExposure(host string, useTLS, insecureHTTP, tokenConfigured bool) erro
 	return nil
 }
 
+// lockDataDir takes an exclusive flock on the data dir itself, so a second
+// daemon pointed at the same dir refuses to start instead of keeping its own
+// copy of the token store (a revoke made through one daemon would not reach
+// the other). Locking the folder creates no file. A folder that does not
+// exist yet holds nothing to protect: then unlock is nil, and the caller
+// locks again once it has created the folder.
+func lockDataDir(dir string) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open data dir: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, withHint(fmt.Errorf("data dir %s is in use by another helyos daemon", dir),
+				"stop that daemon, or give this one its own --data-dir")
+		}
+		return nil, fmt.Errorf("lock data dir %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil // closing releases the flock
+}
+
 // runDaemon is `helyos daemon`. It returns when the daemon stops.
 func runDaemon(args []string, stderr io.Writer) error {
 	cfg, err := parseDaemonFlags(args, stderr)
@@ -161,6 +187,15 @@ func runDaemon(args []string, stderr io.Writer) error {
 // file until the guardrails have passed and the port is bound.
 func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Writer) error {
 	now := time.Now
+	unlock, err := lockDataDir(c.dataDir)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if unlock != nil {
+			unlock()
+		}
+	}()
 	records, err := readTokenFile(filepath.Join(c.dataDir, tokenStoreFile))
 	if err != nil {
 		return err
@@ -187,6 +222,11 @@ func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Wr
 	}
 	if err := os.Chmod(c.dataDir, 0o700); err != nil {
 		return fmt.Errorf("restrict data dir to its owner: %w", err)
+	}
+	if unlock == nil { // the data dir did not exist; lock it now that it does
+		if unlock, err = lockDataDir(c.dataDir); err != nil {
+			return err
+		}
 	}
 	removeStaleTemps(c.dataDir)
 

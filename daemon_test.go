@@ -422,6 +422,39 @@ func TestRestartKeepsState(t *testing.T) {
 	}
 }
 
+// TestDataDirInUse: a second daemon on a data dir another one serves from
+// refuses to start and touches nothing; once the first stops, it starts.
+// Without the lock both would keep their own token store, and a revoke made
+// through one would not reach the other.
+func TestDataDirInUse(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	d := startDaemon(t, home, []string{"--tls", "on"})
+	storePath := filepath.Join(d.dataDir, tokenStoreFile)
+	before, _ := os.ReadFile(storePath)
+	for _, args := range [][]string{{"daemon", "--port", "0"}, {"daemon", "--port", "0", "--tls", "off"}} {
+		res := runHelyos(t, home, "", nil, args...)
+		if res.code != 1 || !strings.Contains(res.stderr, "data dir "+d.dataDir+" is in use by another helyos daemon") ||
+			!strings.Contains(res.stderr, "give this one its own --data-dir") {
+			t.Fatalf("%v: exit %d, stderr:\n%s", args, res.code, res.stderr)
+		}
+		if strings.Contains(res.stderr, "listening") || strings.Contains(res.stderr, "HELYOS_API_TOKEN") {
+			t.Errorf("%v: the refused daemon went on:\n%s", args, res.stderr)
+		}
+	}
+	if after, _ := os.ReadFile(storePath); string(after) != string(before) {
+		t.Error("the refused daemon changed the token store")
+	}
+	if code, _, _ := d.do(t, "GET", "/api/v1/whoami", d.token, ""); code != 200 {
+		t.Errorf("the first daemon stopped answering: %d", code)
+	}
+	d.stop(t)
+	d2 := startDaemon(t, home, []string{"--tls", "on"})
+	if code, _, _ := d2.do(t, "GET", "/api/v1/whoami", d.token, ""); code != 200 {
+		t.Errorf("restart after the first daemon stopped: whoami %d", code)
+	}
+}
+
 // TestAdvertiseAddrReissuesUnderSameCA: a pinned client keeps working.
 func TestAdvertiseAddrReissuesUnderSameCA(t *testing.T) {
 	t.Parallel()
