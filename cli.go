@@ -16,7 +16,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -144,9 +143,6 @@ func parseFlags(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string
 	return positional, nil
 }
 
-// zonePattern is what an IPv6 zone (an interface name or index) may hold.
-var zonePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,32}$`)
-
 // normalizeServer turns what a person types into scheme://host:port:
 // https:// when no scheme is given, :6443 when no port, IPv6 in brackets.
 func normalizeServer(s string) (string, error) {
@@ -177,17 +173,13 @@ func normalizeServer(s string) (string, error) {
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return "", fmt.Errorf("server address %q has an invalid port", s)
 	}
-	// Lower-case the host but not an IPv6 zone (fe80::1%eth0): interface
-	// names are case-sensitive, and the zone's % must stay escaped as %25.
-	host, zone, hasZone := strings.Cut(u.Hostname(), "%")
-	host = strings.ToLower(host)
-	if hasZone {
-		if ip := net.ParseIP(host); ip == nil || ip.To4() != nil || !zonePattern.MatchString(zone) {
-			return "", fmt.Errorf("server address %q: a %%zone needs an IPv6 address and an interface name or number", s)
-		}
-		host += "%25" + zone
+	// An IPv6 zone (fe80::1%eth0) cannot be checked against a certificate's
+	// IP names, so a link-local address would never verify over HTTPS.
+	if strings.Contains(u.Hostname(), "%") {
+		return "", withHint(fmt.Errorf("server address %q has an IPv6 zone (%%...)", s),
+			"use a routable address or a host name")
 	}
-	return u.Scheme + "://" + net.JoinHostPort(host, port), nil
+	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port), nil
 }
 
 // sameServer reports whether two server addresses name the same daemon.
@@ -1016,20 +1008,25 @@ func cmdLogout(g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	var name, server string
+	var name, again string
 	err = updateConfig(path, func(cfg *Config) error {
 		c, err := g.namedOrActive(cfg, pos[0])
 		if err != nil {
 			return err
 		}
 		c.Token, c.TokenName, c.TokenEnv, c.TokenCommand = "", "", "", ""
-		name, server = c.Name, c.Server
+		name, again = c.Name, "helyos login "+c.Server
+		// A bare login would pick the name derived from the host; point it
+		// back at this context when that is another one (say "local").
+		if derived, _ := loginContextName(cfg, c.Server, ""); derived != c.Name {
+			again += " --name " + c.Name
+		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(g.io.err, "logged out of context %q; its server and CA pin are kept: log in again with 'helyos login %s'\n", name, server)
+	fmt.Fprintf(g.io.err, "logged out of context %q; its server and CA pin are kept: log in again with '%s'\n", name, again)
 	return nil
 }
 
@@ -1345,7 +1342,7 @@ const authUsage = `Usage: helyos auth token SUBCOMMAND
 func cmdTokenCreate(g *globals, args []string) error {
 	fs := g.newFlags("auth token create", "NAME [--ttl SECONDS] [--scope SCOPE]", "Mint a named API token. Its secret is printed once, on stdout.")
 	ttl := fs.Int64("ttl", 0, "lifetime in `seconds` (0: no expiry)")
-	scope := fs.String("scope", "", "`scope` to record (default admin)")
+	scope := fs.String("scope", "", "`scope` of the token; only admin exists until scopes are enforced")
 	pos, err := parseFlags(fs, args, 1, 1)
 	if err != nil {
 		return err

@@ -826,6 +826,18 @@ func TestCLILogoutAndSinglePasteLogin(t *testing.T) {
 	if cfg := readCLIConfig(t, laptop); len(cfg.Contexts) != 1 || cfg.Contexts[0].Token != secret {
 		t.Errorf("pasting again: %v", cfg.Names())
 	}
+
+	// The daemon's own "local" context is not the name a bare login derives
+	// ("localhost"), so logout's hint names it; following the hint reuses it.
+	r = mustRun(t, d.home, nil, "logout")
+	m = regexp.MustCompile(`log in again with 'helyos (login \S+ --name local)'`).FindStringSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("logout of local hinted:\n%s", r.stderr)
+	}
+	mustRun(t, d.home, nil, append(strings.Fields(m[1]), "--token", secret)...)
+	if cfg := readCLIConfig(t, d.home); len(cfg.Contexts) != 1 || cfg.Contexts[0].Name != "local" || cfg.Contexts[0].Token != secret {
+		t.Errorf("following the logout hint: %v", cfg.Names())
+	}
 }
 
 // TestCLIAuthTokens: create (with --ttl and --scope), ls/list in text and
@@ -835,17 +847,19 @@ func TestCLIAuthTokens(t *testing.T) {
 	d := httpDaemon(t)
 	home := d.home // the local context the daemon wrote
 
-	r := mustRun(t, home, nil, "auth", "token", "create", "ci", "--ttl", "3600", "--scope", "deploy")
+	r := mustRun(t, home, nil, "auth", "token", "create", "ci", "--ttl", "3600", "--scope", "admin")
 	secret := strings.TrimSpace(r.stdout)
 	if !tokenLineRE.MatchString("HELYOS_API_TOKEN=" + secret) {
 		t.Fatalf("create printed %q on stdout, want the token alone", r.stdout)
 	}
-	if !strings.Contains(r.stderr, `created token "ci" (scope deploy, expires 2`) || !strings.Contains(r.stderr, "helyos login "+strings.Replace(d.url, "127.0.0.1", "localhost", 1)+" --token "+secret) {
+	if !strings.Contains(r.stderr, `created token "ci" (scope admin, expires 2`) || !strings.Contains(r.stderr, "helyos login "+strings.Replace(d.url, "127.0.0.1", "localhost", 1)+" --token "+secret) {
 		t.Errorf("create said:\n%s", r.stderr)
 	}
 	if strings.Contains(r.stderr, "--ca-fingerprint") {
 		t.Errorf("a plain-HTTP context printed a fingerprint:\n%s", r.stderr)
 	}
+	// A scope that is not enforced is not offered: "read" would be a lie.
+	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "ro", "--scope", "read"), 1, `scope "read" is not available`)
 	var created struct {
 		Name, Scope, Token string
 		ExpiresAt          *string `json:"expires_at"`
@@ -857,7 +871,7 @@ func TestCLIAuthTokens(t *testing.T) {
 
 	text := mustRun(t, home, nil, "auth", "token", "ls").stdout
 	if !regexp.MustCompile(`^NAME\s+SCOPE\s+CREATED\s+EXPIRES\s+LAST USED\n`).MatchString(text) ||
-		!regexp.MustCompile(`(?m)^ci\s+deploy\s+\S+Z\s+\S+Z\s+never$`).MatchString(text) ||
+		!regexp.MustCompile(`(?m)^ci\s+admin\s+\S+Z\s+\S+Z\s+never$`).MatchString(text) ||
 		!regexp.MustCompile(`(?m)^forever\s+admin\s+\S+Z\s+never\s+`).MatchString(text) {
 		t.Errorf("auth token ls:\n%s", text)
 	}
@@ -872,7 +886,7 @@ func TestCLIAuthTokens(t *testing.T) {
 	for _, i := range list {
 		names = append(names, i.Name+"/"+i.Scope)
 	}
-	if got := strings.Join(names, ","); got != "bootstrap/admin,ci/deploy,forever/admin" {
+	if got := strings.Join(names, ","); got != "bootstrap/admin,ci/admin,forever/admin" {
 		t.Errorf("auth token list --json names = %s", got)
 	}
 
@@ -1229,7 +1243,6 @@ func TestCLIServerAddresses(t *testing.T) {
 		{"[::1]:7000", "https://[::1]:7000", "1"},
 		{"https://[fd00::5]", "https://[fd00::5]:6443", "fd00-5"},
 		{" localhost ", "https://localhost:6443", "localhost"},
-		{"https://[FE80::1%25Eth0]:7000", "https://[fe80::1%25Eth0]:7000", "fe80-1-eth0"},
 	} {
 		got, err := normalizeServer(tc.in)
 		if err != nil || got != tc.want {
@@ -1241,7 +1254,7 @@ func TestCLIServerAddresses(t *testing.T) {
 		}
 	}
 	for _, in := range []string{"", "ftp://x", "https://x:0", "https://x:65536", "https://u@x", "https://x/path", "https://x?q=1", "https://",
-		"https://%25%25", "https://x%25eth0", "https://[10.0.0.1%25eth0]", "https://[fe80::1%25]"} {
+		"https://%25%25", "https://x%25eth0", "https://[10.0.0.1%25eth0]", "https://[fe80::1%25eth0]", "fe80::1%eth0"} {
 		if got, err := normalizeServer(in); err == nil {
 			t.Errorf("normalizeServer(%q) = %q, want an error", in, got)
 		}
@@ -1317,8 +1330,8 @@ func TestCLITokenPromptInterrupted(t *testing.T) {
 
 // FuzzNormalizeServer: whatever a person types, the normaliser never panics,
 // and an address it accepts is scheme://host:port with a valid port, is
-// already normal (normalising it again changes nothing), names the same
-// daemon as the input, and yields a valid context name.
+// already normal (normalising it again changes nothing, so it names the same
+// daemon as the input), and yields a valid context name.
 func FuzzNormalizeServer(f *testing.F) {
 	for _, s := range []string{
 		"helyos.acme.internal", "https://10.0.0.7:6443", "http://127.0.0.1:8080/",
@@ -1342,9 +1355,6 @@ func FuzzNormalizeServer(f *testing.F) {
 		again, err := normalizeServer(out)
 		if err != nil || again != out {
 			t.Fatalf("not idempotent: %q → %q → %q (%v)", in, out, again, err)
-		}
-		if !sameServer(in, out) {
-			t.Fatalf("sameServer(%q, %q) is false", in, out)
 		}
 		if name := contextNameFor(out); checkContextName(name) != nil || checkContextName(name+"-99") != nil {
 			t.Fatalf("contextNameFor(%q) = %q is not a valid context name", out, name)

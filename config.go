@@ -209,7 +209,8 @@ func updateConfig(path string, fn func(*Config) error) error {
 		return err
 	}
 	defer unlock()
-	removeStaleTemps(filepath.Dir(path))
+	removeStaleTemps(path)
+	removeStaleTemps(path + ".bak")
 	cfg, old, err := readConfig(path)
 	if err != nil {
 		return err
@@ -279,15 +280,17 @@ func writeFileAtomic(path string, data []byte) error {
 	return nil
 }
 
-// removeStaleTemps deletes the temporary files that writers killed between
-// writeFileAtomic's create and rename left in dir. The caller must be the
-// only writer there (the config lock, or a starting daemon), or it could
-// pull a live writer's file from under it.
-func removeStaleTemps(dir string) {
+// removeStaleTemps deletes the temporary files that writeFileAtomic, killed
+// between its create and its rename, left beside path. It touches only
+// path's own temporaries, and the caller must hold path's lock (the config
+// lock, or the daemon's data-dir lock) so no live writer's file is pulled
+// from under it.
+func removeStaleTemps(path string) {
+	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+".tmp-"
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if n := e.Name(); strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") && e.Type().IsRegular() {
-			os.Remove(filepath.Join(dir, n))
+		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
+			os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
 }

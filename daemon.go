@@ -228,7 +228,9 @@ func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Wr
 			return err
 		}
 	}
-	removeStaleTemps(c.dataDir)
+	for _, name := range []string{tokenStoreFile, caCertFile, caKeyFile, serverCertFile, serverKeyFile} {
+		removeStaleTemps(filepath.Join(c.dataDir, name))
+	}
 
 	srv := &server{tokens: store, metrics: newMetrics(), logger: logger}
 	var tlsConfig *tls.Config

@@ -626,7 +626,8 @@ func TestRequestBodyTable(t *testing.T) {
 		{"huge ttl", `{"name":"x","ttl_secs":9223372036854775807}`, 400, "ttl_secs (--ttl) must be between 0"},
 		{"bad name", `{"name":"a b"}`, 400, `token name \"a b\" is invalid`},
 		{"empty name", `{}`, 400, `token name \"\" is invalid`},
-		{"bad scope", `{"name":"x","scope":"a/b"}`, 400, `scope \"a/b\" is invalid`},
+		{"bad scope", `{"name":"x","scope":"a/b"}`, 400, `scope \"a/b\" is not available: every token is admin until scopes are enforced`},
+		{"scope not enforced yet", `{"name":"x","scope":"read"}`, 400, `scope \"read\" is not available`},
 		{"too large", big, 413, "request body is larger than 1048576 bytes"},
 	}
 	for _, c := range cases {

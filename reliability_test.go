@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -58,6 +59,9 @@ func TestReliabilityCLIKilledWhileSaving(t *testing.T) {
 		if err == nil {
 			possible[name] = map[string]bool{project: true}
 		} else {
+			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+				t.Fatalf("round %d: context set failed on its own: %v", i, err)
+			}
 			kills++
 			if possible[name] == nil {
 				possible[name] = map[string]bool{"": true} // may not exist yet
@@ -84,13 +88,24 @@ func TestReliabilityCLIKilledWhileSaving(t *testing.T) {
 	// A kill between creating the temporary file and renaming it leaves the
 	// temporary behind (0600 from creation); the next save removes it.
 	leftovers, _ := filepath.Glob(filepath.Join(home, ".helyos", ".config.toml*.tmp-*"))
+	planted := filepath.Join(home, ".helyos", ".config.toml.tmp-planted")
+	if err := os.WriteFile(planted, []byte("half a save"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(home, ".helyos", ".other.tmp-1") // not ours: kept
+	if err := os.WriteFile(other, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	mustRun(t, home, nil, "context", "use", "c0")
 	if left, _ := filepath.Glob(filepath.Join(home, ".helyos", ".config.toml*.tmp-*")); len(left) != 0 {
 		t.Errorf("the next save left %d temporary files behind: %v", len(left), left)
 	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("the save removed a temporary file that is not its own: %v", err)
+	}
 	t.Logf("%d rounds, %d killed before they finished, %d temporary files left by kills, removed by the next save", rounds, kills, len(leftovers))
 	if kills == 0 || kills == rounds {
-		t.Logf("note: the random kill points missed the save window (kills=%d)", kills)
+		t.Errorf("the random kill points missed the save window (kills=%d of %d)", kills, rounds)
 	}
 }
 
@@ -105,12 +120,21 @@ func TestReliabilityDaemonKilledWhileWriting(t *testing.T) {
 	admin := d.token
 	created := map[string]string{} // name → secret, acknowledged
 	revoked := map[string]bool{}   // acknowledged revokes
+	revoking := map[string]bool{}  // revokes sent: the kill may land after the save, before the answer
 	n := 0
 	const rounds = 4
 	for round := range rounds {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		var mu sync.Mutex
+		var killedAt, failedAt time.Time
+		var failure error
+		fail := func(err error) {
+			mu.Lock()
+			failure, failedAt = err, time.Now()
+			mu.Unlock()
+		}
+		acked := 0
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -128,26 +152,42 @@ func TestReliabilityDaemonKilledWhileWriting(t *testing.T) {
 				name := fmt.Sprintf("t%d", i)
 				secret, err := createOverHTTP(c, d.url, admin, name)
 				if err != nil {
-					return // the daemon died under us
+					fail(err) // the daemon died under us, we hope
+					return
 				}
 				mu.Lock()
 				created[name] = secret
+				acked++
+				if i%2 == 0 {
+					revoking[name] = true
+				}
 				mu.Unlock()
 				if i%2 == 0 {
-					if revokeOverHTTP(c, d.url, admin, name) != nil {
+					if err := revokeOverHTTP(c, d.url, admin, name); err != nil {
+						fail(err)
 						return
 					}
 					mu.Lock()
 					revoked[name] = true
+					acked++
 					mu.Unlock()
 				}
 			}
 		}()
 		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+		mu.Lock()
+		killedAt = time.Now()
+		mu.Unlock()
 		d.cmd.Process.Kill()
 		<-d.exited
 		close(stop)
 		wg.Wait()
+		if failure != nil && failedAt.Before(killedAt) {
+			t.Fatalf("round %d: a request failed before the kill: %v", round, failure)
+		}
+		if acked == 0 {
+			t.Fatalf("round %d: nothing was acknowledged before the kill", round)
+		}
 
 		store := filepath.Join(d.dataDir, tokenStoreFile)
 		if _, err := readTokenFile(store); err != nil {
@@ -165,6 +205,8 @@ func TestReliabilityDaemonKilledWhileWriting(t *testing.T) {
 			want := http.StatusOK
 			if revoked[name] {
 				want = http.StatusUnauthorized
+			} else if revoking[name] && code == http.StatusUnauthorized {
+				continue // revoked and saved, killed before it answered
 			}
 			if code != want {
 				t.Fatalf("round %d: token %s (revoked=%v) answers %d after restart, want %d", round, name, revoked[name], code, want)
@@ -257,7 +299,12 @@ func TestReliabilityRaceRevokedNeverAccepted(t *testing.T) {
 						}
 					})
 				}
-				for ok.Load() < 30 && !t.Failed() {
+				for deadline := time.Now().Add(time.Minute); ok.Load() < 30; {
+					if time.Now().After(deadline) {
+						t.Errorf("token %s: verifiers not accepted within a minute (%d)", name, ok.Load())
+						revoked.Store(true) // let them finish
+						break
+					}
 					time.Sleep(time.Millisecond)
 				}
 				if err := s.revoke(name); err != nil {
@@ -429,9 +476,13 @@ func TestReliabilitySecretScan(t *testing.T) {
 	other.stop(t)
 
 	secrets := map[string]string{"first-run": d.token, "other first-run": other.token, "ci": ci, "bogus": bogus}
-	// The daemon's output, minus its one first-run line.
-	for name, out := range map[string]string{"daemon": d.out.String(), "other daemon": other.out.String()} {
-		printed = append(printed, name+"\n"+tokenLineRE.ReplaceAllString(out, ""))
+	// The daemon's output, minus its one first-run line (exactly once).
+	for name, dd := range map[string]*testDaemon{"daemon": d, "other daemon": other} {
+		line := "HELYOS_API_TOKEN=" + dd.token + "\n"
+		if n := strings.Count(dd.out.String(), line); n != 1 {
+			t.Errorf("%s printed its first-run token line %d times", name, n)
+		}
+		printed = append(printed, name+"\n"+strings.Replace(dd.out.String(), line, "", 1))
 	}
 	// Every file either side wrote, minus the config files that store a
 	// context's token by design.

@@ -442,8 +442,10 @@ func validateTokenRequest(name, scope string, ttl time.Duration) error {
 	if !tokenNamePattern.MatchString(name) {
 		return fmt.Errorf("token name %q is invalid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
 	}
-	if scope != "" && !tokenNamePattern.MatchString(scope) {
-		return fmt.Errorf("scope %q is invalid: use letters, digits, '.', '_' or '-'", scope)
+	// Scopes are recorded, not yet enforced, so the only one on offer is the
+	// one every token really has: a token labelled "read" would be a lie.
+	if scope != "" && scope != defaultScope {
+		return fmt.Errorf("scope %q is not available: every token is %s until scopes are enforced", scope, defaultScope)
 	}
 	if ttl < 0 || ttl > maxTTL {
 		return fmt.Errorf("ttl_secs (--ttl) must be between 0 (no expiry) and %d seconds", int64(maxTTL/time.Second))

@@ -211,7 +211,8 @@ func TestCreateValidation(t *testing.T) {
 		ok          bool
 	}{
 		{"alice", "", 0, true},
-		{"a.b_c-9", "read", time.Second, true},
+		{"a.b_c-9", "admin", time.Second, true},
+		{"read-only", "read", 0, false}, // not enforced yet, so not offered
 		{"", "", 0, false},
 		{"-lead", "", 0, false},
 		{"has space", "", 0, false},
