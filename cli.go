@@ -913,7 +913,7 @@ func (g *globals) loginTrust(server string, existing *Context, caFile, caFingerp
 	if caFingerprint != "" {
 		if !sameFingerprint(caFingerprint, fp) {
 			return nil, withHint(fmt.Errorf("the CA served by %s has fingerprint %s, not the expected %s: refusing to pin it (a possible man-in-the-middle); nothing was saved", server, fp, caFingerprint),
-				"check the fingerprint with the daemon's operator: curl -sk "+server+"/api/v1/ca")
+				"ask the daemon's operator for the real one: the daemon logs it at start, and on the server 'openssl x509 -noout -fingerprint -sha256 -in DATA_DIR/ca.pem' prints it")
 		}
 		return ca, nil
 	}
@@ -1059,7 +1059,7 @@ func cmdContext(g *globals, args []string) error {
 			return flag.ErrHelp
 		}
 		fmt.Fprint(g.io.err, contextUsage)
-		return usageErrorf("context: give a subcommand: ls, use, current, rename, rm or set")
+		return subcommandError("context", strings.Join(args[:min(len(args), 1)], " "), "ls, use, current, rename, rm or set")
 	}
 	return subs[args[0]](g, args[1:])
 }
@@ -1327,9 +1327,17 @@ func cmdAuth(g *globals, args []string) error {
 		if len(args) > 0 && (args[len(args)-1] == "-h" || args[len(args)-1] == "--help") {
 			return flag.ErrHelp
 		}
-		return usageErrorf("auth: give 'token create', 'token ls' or 'token revoke'")
+		return subcommandError("auth", strings.Join(args[:min(len(args), 2)], " "), "'token create', 'token ls' or 'token revoke'")
 	}
 	return subs[args[1]](g, args[2:])
+}
+
+// subcommandError tells a missing subcommand from a mistyped one.
+func subcommandError(cmd, got, choices string) error {
+	if got == "" {
+		return usageErrorf("%s: give a subcommand: %s", cmd, choices)
+	}
+	return usageErrorf("%s: unknown subcommand %q; use %s", cmd, got, choices)
 }
 
 const authUsage = `Usage: helyos auth token SUBCOMMAND

@@ -411,7 +411,7 @@ func TestCLILoginRefusals(t *testing.T) {
 		{"no fingerprint off a terminal", []string{"--token", d.token}, 1,
 			[]string{"not a terminal", d.fp, "--ca-fingerprint " + d.fp, "--ca-file"}},
 		{"wrong fingerprint", []string{"--token", d.token, "--ca-fingerprint", otherFP}, 1,
-			[]string{"has fingerprint " + d.fp, otherFP, "man-in-the-middle", "nothing was saved"}},
+			[]string{"has fingerprint " + d.fp, otherFP, "man-in-the-middle", "nothing was saved", "openssl x509 -noout -fingerprint -sha256 -in DATA_DIR/ca.pem"}},
 		{"bad token", []string{"--token", badToken, "--ca-fingerprint", d.fp}, 1,
 			[]string{"nothing was saved", "refused", "missing or invalid bearer token"}},
 		{"no token off a terminal", []string{"--ca-fingerprint", d.fp}, 1,
@@ -602,7 +602,7 @@ func TestCLIContextCommands(t *testing.T) {
 	}
 	wantFail(t, runHelyos(t, home, "", nil, "context", "rm", "nope"), 1, `context "nope" does not exist`)
 	wantFail(t, runHelyos(t, home, "", nil, "context"), 2, "give a subcommand")
-	wantFail(t, runHelyos(t, home, "", nil, "context", "bogus"), 2, "give a subcommand")
+	wantFail(t, runHelyos(t, home, "", nil, "context", "bogus"), 2, `context: unknown subcommand "bogus"; use ls, use,`)
 	wantFail(t, runHelyos(t, home, "", nil, "context", "use"), 2, "wrong number of arguments")
 }
 
@@ -902,7 +902,7 @@ func TestCLIAuthTokens(t *testing.T) {
 	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create"), 2, "wrong number of arguments")
 	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "x", "--ttl", "-1"), 2, "--ttl")
 	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "forever"), 1, `create token "forever"`)
-	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "bogus"), 2, "give 'token create'")
+	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "bogus"), 2, `auth: unknown subcommand "token bogus"; use 'token create'`)
 }
 
 // TestCLIPinnedCAUndecodable: a pin that cannot be read fails closed with an
@@ -1115,7 +1115,7 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"whoami", "--bogus"}, 2, "flag provided but not defined: -bogus"},
 		{[]string{"--json=maybe", "whoami"}, 2, "--json takes no value"},
 		{[]string{"whoami", "--server"}, 2, "flag --server needs a value"},
-		{[]string{"auth"}, 2, "give 'token create'"},
+		{[]string{"auth"}, 2, "auth: give a subcommand: 'token create'"},
 		{[]string{"context", "rm"}, 2, "wrong number of arguments"},
 		{[]string{"daemon", "--tls", "maybe"}, 2, ""},
 

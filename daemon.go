@@ -255,8 +255,12 @@ func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Wr
 	}
 	if srv.ca != nil {
 		logger.Printf("CA fingerprint (SHA-256): %s", fingerprint(srv.ca.cert.Raw))
-		logger.Printf("log in from another machine with: helyos login https://%s --ca-fingerprint %s",
-			net.JoinHostPort(c.hintHost(), strconv.Itoa(port)), fingerprint(srv.ca.cert.Raw))
+		where := "from another machine "
+		if isLoopback(c.host) {
+			where = "" // only this machine can reach a loopback address
+		}
+		logger.Printf("log in %swith: helyos login https://%s --ca-fingerprint %s",
+			where, net.JoinHostPort(c.hintHost(), strconv.Itoa(port)), fingerprint(srv.ca.cert.Raw))
 	}
 	if plaintext != "" {
 		c.writeLocalContext(plaintext, scheme, port, srv.ca, logger)

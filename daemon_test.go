@@ -330,9 +330,9 @@ func TestLoginHintHost(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"advertise wins", []string{"--host", "0.0.0.0", "--advertise-addr", "cluster.test"}, "helyos login https://cluster.test:"},
-		{"bind host", []string{"--host", "127.0.0.1", "--tls", "on"}, "helyos login https://127.0.0.1:"},
-		{"wildcard uses the hostname", []string{"--host", "0.0.0.0"}, "helyos login https://" + hostname + ":"},
+		{"advertise wins", []string{"--host", "0.0.0.0", "--advertise-addr", "cluster.test"}, "log in from another machine with: helyos login https://cluster.test:"},
+		{"loopback is not for other machines", []string{"--host", "127.0.0.1", "--tls", "on"}, "log in with: helyos login https://127.0.0.1:"},
+		{"wildcard uses the hostname", []string{"--host", "0.0.0.0"}, "log in from another machine with: helyos login https://" + hostname + ":"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
