@@ -369,7 +369,7 @@ func newHTTPClient(tlsConfig *tls.Config) *http.Client {
 // contextToken reads a context's token from wherever the context says it
 // is kept. Errors name the variable or command, never a token.
 func contextToken(c *Context, stderr io.Writer) (string, error) {
-	if n := countSet(c.Token, c.TokenEnv, c.TokenCommand); n > 1 {
+	if countTrue(c.Token != "", c.TokenEnv != "", c.TokenCommand != "") > 1 {
 		return "", withHint(fmt.Errorf("context %q sets more than one of token, token-env and token-command", c.Name),
 			fmt.Sprintf("keep one: helyos context set %s --token-env VAR (or --token-command CMD) replaces the others", c.Name))
 	}
@@ -396,17 +396,18 @@ func contextToken(c *Context, stderr io.Writer) (string, error) {
 func checkEnvName(name string) error {
 	for i, c := range name {
 		if c != '_' && !('A' <= c && c <= 'Z') && !('a' <= c && c <= 'z') && (i == 0 || !('0' <= c && c <= '9')) {
-			return withHint(usageErrorf("--token-env %q is not an environment variable name", name),
+			return withHint(usageErrorf("--token-env %q is not an environment variable name", redactTokens(name)),
 				"give the variable's name without the $, for example --token-env HELYOS_PROD_TOKEN")
 		}
 	}
 	return nil
 }
 
-func countSet(values ...string) int {
+// countTrue counts the token sources given; at most one is allowed.
+func countTrue(conds ...bool) int {
 	n := 0
-	for _, v := range values {
-		if v != "" {
+	for _, c := range conds {
+		if c {
 			n++
 		}
 	}
@@ -427,6 +428,7 @@ func runTokenCommand(command string, stderr io.Writer) (string, error) {
 	cmd.WaitDelay = time.Second
 	err := cmd.Run()
 	tok := strings.TrimSpace(firstLine(out.String()))
+	command = redactTokens(command) // for the messages below
 	switch {
 	case ctx.Err() != nil:
 		err = fmt.Errorf("token command %q did not finish within %s", command, tokenCommandTimout)
@@ -821,13 +823,7 @@ func cmdLogin(g *globals, args []string) error {
 }
 
 func checkLoginFlags(g *globals, server string, tokenStdin bool, tokenEnv, tokenCommand, caFile, caFingerprint string, insecure bool) error {
-	sources := 0
-	for _, set := range []bool{g.token != "", tokenStdin, tokenEnv != "", tokenCommand != ""} {
-		if set {
-			sources++
-		}
-	}
-	if sources > 1 {
+	if countTrue(g.token != "", tokenStdin, tokenEnv != "", tokenCommand != "") > 1 {
 		return usageErrorf("login: give the token one way only: --token, --token-stdin, --token-env or --token-command")
 	}
 	if err := checkEnvName(tokenEnv); err != nil {

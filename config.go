@@ -209,8 +209,7 @@ func updateConfig(path string, fn func(*Config) error) error {
 		return err
 	}
 	defer unlock()
-	removeStaleTemps(path)
-	removeStaleTemps(path + ".bak")
+	removeStaleTemps(filepath.Dir(path), filepath.Base(path), filepath.Base(path)+".bak")
 	cfg, old, err := readConfig(path)
 	if err != nil {
 		return err
@@ -281,16 +280,17 @@ func writeFileAtomic(path string, data []byte) error {
 }
 
 // removeStaleTemps deletes the temporary files that writeFileAtomic, killed
-// between its create and its rename, left beside path. It touches only
-// path's own temporaries, and the caller must hold path's lock (the config
-// lock, or the daemon's data-dir lock) so no live writer's file is pulled
-// from under it.
-func removeStaleTemps(path string) {
-	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+".tmp-"
+// between its create and its rename, left in dir for the given file names.
+// It touches only those files' temporaries, and the caller must hold their
+// lock (the config lock, or the daemon's data-dir lock) so no live writer's
+// file is pulled from under it.
+func removeStaleTemps(dir string, names ...string) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
-			os.Remove(filepath.Join(dir, e.Name()))
+		for _, name := range names {
+			if strings.HasPrefix(e.Name(), "."+name+".tmp-") && e.Type().IsRegular() {
+				os.Remove(filepath.Join(dir, e.Name()))
+			}
 		}
 	}
 }

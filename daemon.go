@@ -228,9 +228,7 @@ func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Wr
 			return err
 		}
 	}
-	for _, name := range []string{tokenStoreFile, caCertFile, caKeyFile, serverCertFile, serverKeyFile} {
-		removeStaleTemps(filepath.Join(c.dataDir, name))
-	}
+	removeStaleTemps(c.dataDir, tokenStoreFile, caCertFile, caKeyFile, serverCertFile, serverKeyFile)
 
 	srv := &server{tokens: store, metrics: newMetrics(), logger: logger}
 	var tlsConfig *tls.Config

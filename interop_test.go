@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 )
@@ -138,8 +137,8 @@ func TestInteropTomllib(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if theirs := tomllibLoad(t, path); !reflect.DeepEqual(theirs, ours) {
-			t.Errorf("%s: tomllib reads\n%+v\nour reader reads\n%+v", file, theirs, ours)
+		if theirs := tomllibLoad(t, path); !cfgEqual(theirs, ours) {
+			t.Errorf("%s: tomllib reads\n%s\nour reader reads\n%s", file, cfgString(theirs), cfgString(ours))
 		}
 	}
 }

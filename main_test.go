@@ -186,15 +186,32 @@ func (d *testDaemon) do(t testing.TB, method, path, token, body string) (int, ht
 // createToken mints a token through the API and returns its secret.
 func (d *testDaemon) createToken(t testing.TB, adminToken, name string, ttl int) string {
 	t.Helper()
-	code, _, body := d.do(t, "POST", "/api/v1/tokens", adminToken, fmt.Sprintf(`{"name":%q,"ttl_secs":%d}`, name, ttl))
-	if code != http.StatusCreated {
-		t.Fatalf("create token %q: %d %s", name, code, body)
+	secret, err := createOverHTTP(d.client(t), d.url, adminToken, name, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return secret
+}
+
+// createOverHTTP mints a token and returns its secret, or an error (for
+// goroutines, which must not call t.Fatal).
+func createOverHTTP(c *http.Client, base, admin, name string, ttl int) (string, error) {
+	req, _ := http.NewRequest("POST", base+"/api/v1/tokens", strings.NewReader(fmt.Sprintf(`{"name":%q,"ttl_secs":%d}`, name, ttl)))
+	req.Header.Set("Authorization", "Bearer "+admin)
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("create token %q: %w", name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		return "", fmt.Errorf("create token %q: %d %s %v", name, resp.StatusCode, body, err)
 	}
 	var created struct{ Token string }
-	if err := json.Unmarshal([]byte(body), &created); err != nil || created.Token == "" {
-		t.Fatalf("create token %q: bad answer %s", name, body)
+	if err := json.Unmarshal(body, &created); err != nil || created.Token == "" {
+		return "", fmt.Errorf("create token %q: bad answer %s", name, body)
 	}
-	return created.Token
+	return created.Token, nil
 }
 
 // cliResult is what one run of the client printed.

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -150,7 +149,7 @@ func TestReliabilityDaemonKilledWhileWriting(t *testing.T) {
 				n++
 				mu.Unlock()
 				name := fmt.Sprintf("t%d", i)
-				secret, err := createOverHTTP(c, d.url, admin, name)
+				secret, err := createOverHTTP(c, d.url, admin, name, 0)
 				if err != nil {
 					fail(err) // the daemon died under us, we hope
 					return
@@ -196,10 +195,19 @@ func TestReliabilityDaemonKilledWhileWriting(t *testing.T) {
 		if m := permOf(t, store); m != 0o600 {
 			t.Fatalf("round %d: token store mode %04o", round, m)
 		}
-		d = startDaemon(t, home, nil)
-		if left, _ := filepath.Glob(filepath.Join(d.dataDir, ".*.tmp-*")); len(left) != 0 {
-			t.Errorf("round %d: the restarted daemon left temporary files: %v", round, left)
+		// Besides what the kill left, a planted temporary of ours must go and
+		// another program's must stay.
+		foreign := filepath.Join(d.dataDir, ".notes.txt.tmp-1")
+		for _, p := range []string{filepath.Join(d.dataDir, ".tokens.json.tmp-planted"), foreign} {
+			if err := os.WriteFile(p, []byte("{"), 0o600); err != nil {
+				t.Fatal(err)
+			}
 		}
+		d = startDaemon(t, home, nil)
+		if left, _ := filepath.Glob(filepath.Join(d.dataDir, ".*.tmp-*")); len(left) != 1 || left[0] != foreign {
+			t.Errorf("round %d: after restart the temporary files are %v, want only %s", round, left, foreign)
+		}
+		os.Remove(foreign)
 		for name, secret := range created {
 			code, _, _ := d.do(t, "GET", "/api/v1/whoami", secret, "")
 			want := http.StatusOK
@@ -214,25 +222,6 @@ func TestReliabilityDaemonKilledWhileWriting(t *testing.T) {
 		}
 	}
 	t.Logf("%d kills; %d creates and %d revokes acknowledged, all intact after restart", rounds, len(created), len(revoked))
-}
-
-func createOverHTTP(c *http.Client, base, admin, name string) (string, error) {
-	req, _ := http.NewRequest("POST", base+"/api/v1/tokens", strings.NewReader(fmt.Sprintf(`{"name":%q}`, name)))
-	req.Header.Set("Authorization", "Bearer "+admin)
-	resp, err := c.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusCreated {
-		return "", fmt.Errorf("create %s: %d %s %v", name, resp.StatusCode, body, err)
-	}
-	var answer struct{ Token string }
-	if err := json.Unmarshal(body, &answer); err != nil || answer.Token == "" {
-		return "", fmt.Errorf("create %s: no token in %s", name, body)
-	}
-	return answer.Token, nil
 }
 
 func revokeOverHTTP(c *http.Client, base, admin, name string) error {

@@ -54,6 +54,16 @@ const (
 
 var tokenNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
+// tokenLikePattern matches anything that looks like an API token, even a
+// partial one, so redactTokens can hide it.
+var tokenLikePattern = regexp.MustCompile(`nxa-api_[0-9A-Fa-f]{8,}`)
+
+// redactTokens hides API tokens in user input that an error repeats, such
+// as a token command that embeds one or a token given where a name belongs.
+func redactTokens(s string) string {
+	return tokenLikePattern.ReplaceAllString(s, apiTokenPrefix+"<redacted>")
+}
+
 // Reasons a presented token is refused; they label the auth failure metric
 // and are never shown to the caller, who always gets the same 401.
 var (

@@ -133,6 +133,7 @@ func TestCredentialSourceFailures(t *testing.T) {
 		{"command reads stdin", "--token-command", "cat", nil, []string{`"cat"`, "printed no token"}},
 		{"command not found", "--token-command", "/nonexistent/helper", nil, []string{"/nonexistent/helper", "failed: exit status 127"}},
 		{"command too slow", "--token-command", slow, nil, []string{slow, "did not finish within 10s"}},
+		{"command embeds a token", "--token-command", "false " + secret, nil, []string{`"false nxa-api_<redacted>" failed: exit status 1`}},
 		{"env with wrong token", "--token-env", "WRONG", []string{"WRONG=nxa-api_" + strings.Repeat("0", 64)}, []string{"missing or invalid bearer token"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -263,6 +264,8 @@ func TestCredentialContextSet(t *testing.T) {
 		{[]string{"context", "set", "stored", "--token-env", "$MY_TOKEN"}, "not an environment variable name"},
 		{[]string{"context", "set", "stored", "--token-env", "A=B"}, "not an environment variable name"},
 		{[]string{"context", "set", "stored", "--token-env", "9LIVES"}, "not an environment variable name"},
+		{[]string{"context", "set", "stored", "--token-env", d.token}, `"nxa-api_<redacted>" is not an environment variable name`},
+		{[]string{"login", d.url, "--ca-fingerprint", d.fp, "--token-env", d.token}, `"nxa-api_<redacted>" is not an environment variable name`},
 		{[]string{"context", "set", "stored", "--token", d.token}, "does not store --token"},
 		{[]string{"login", d.url, "--ca-fingerprint", d.fp, "--token-env", "A", "--token-command", "b"}, "one way only"},
 		{[]string{"login", d.url, "--ca-fingerprint", d.fp, "--token-env", "A", "--token", d.token}, "one way only"},
