@@ -44,6 +44,7 @@ type globals struct {
 	context, server, token string
 	json                   bool
 	io                     *stdio
+	flags                  *flag.FlagSet // the command's own flags, once it made them; completion reads them
 }
 
 // parseGlobals takes the global flags out of args wherever they stand (up
@@ -96,6 +97,7 @@ func parseGlobals(args []string, io *stdio) (*globals, []string, error) {
 func (g *globals) newFlags(name, argsUsage, about string) *flag.FlagSet {
 	fs := flag.NewFlagSet("helyos "+name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	g.flags = fs
 	fs.Usage = func() {
 		fmt.Fprintf(g.io.err, "Usage: helyos %s %s\n\n%s\n", name, argsUsage, about)
 		n := 0
@@ -677,7 +679,7 @@ func cmdVersion(g *globals, args []string) error {
 	v := struct {
 		Client string `json:"client"`
 		Server string `json:"server,omitempty"`
-	}{Client: version}
+	}{Client: buildVersion()}
 	t, err := g.resolve()
 	if err == nil {
 		var ver struct {
@@ -1044,11 +1046,15 @@ func (g *globals) namedOrActive(cfg *Config, name string) (*Context, error) {
 
 // ---- context ----
 
-func cmdContext(g *globals, args []string) error {
-	subs := map[string]func(*globals, []string) error{
+func contextCommands() map[string]func(*globals, []string) error {
+	return map[string]func(*globals, []string) error{
 		"ls": cmdContextList, "list": cmdContextList, "use": cmdContextUse, "current": cmdContextCurrent,
 		"rename": cmdContextRename, "rm": cmdContextRemove, "set": cmdContextSet,
 	}
+}
+
+func cmdContext(g *globals, args []string) error {
+	subs := contextCommands()
 	if len(args) == 0 || subs[args[0]] == nil {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			fmt.Fprint(g.io.err, contextUsage)
@@ -1314,10 +1320,14 @@ func cmdContextSet(g *globals, args []string) error {
 
 // ---- auth token ----
 
-func cmdAuth(g *globals, args []string) error {
-	subs := map[string]func(*globals, []string) error{
+func tokenCommands() map[string]func(*globals, []string) error {
+	return map[string]func(*globals, []string) error{
 		"create": cmdTokenCreate, "ls": cmdTokenList, "list": cmdTokenList, "revoke": cmdTokenRevoke,
 	}
+}
+
+func cmdAuth(g *globals, args []string) error {
+	subs := tokenCommands()
 	if len(args) < 2 || args[0] != "token" || subs[args[1]] == nil {
 		fmt.Fprint(g.io.err, authUsage)
 		if len(args) > 0 && (args[len(args)-1] == "-h" || args[len(args)-1] == "--help") {

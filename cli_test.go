@@ -1193,12 +1193,12 @@ func TestCLIVersionStatus(t *testing.T) {
 	t.Parallel()
 	d := tlsDaemon(t)
 	r := mustRun(t, d.home, nil, "version")
-	if r.stdout != "client: "+version+"\nserver: "+version+"\n" {
+	if r.stdout != "client: "+binVersion+"\nserver: "+binVersion+"\n" {
 		t.Errorf("version = %q", r.stdout)
 	}
 	var v struct{ Client, Server string }
 	decodeOutput(t, mustRun(t, d.home, nil, "version", "--json"), &v)
-	if v.Client != version || v.Server != version {
+	if v.Client != binVersion || v.Server != binVersion {
 		t.Errorf("version --json = %+v", v)
 	}
 
@@ -1206,7 +1206,7 @@ func TestCLIVersionStatus(t *testing.T) {
 	for _, re := range []string{
 		`(?m)^server:\s+https://localhost:` + d.port + `$`,
 		`(?m)^context:\s+local$`,
-		`(?m)^version:\s+` + regexp.QuoteMeta(version) + ` \(api v1\)$`,
+		`(?m)^version:\s+` + regexp.QuoteMeta(binVersion) + ` \(api v1\)$`,
 		`(?m)^tls:\s+pinned$`,
 		`(?m)^auth:\s+ok, as "bootstrap" \(scope admin\)$`,
 	} {
@@ -1219,7 +1219,7 @@ func TestCLIVersionStatus(t *testing.T) {
 		Whoami                              struct{ Name string }
 	}
 	decodeOutput(t, mustRun(t, d.home, nil, "status", "--json"), &st)
-	if st.Server != "https://localhost:"+d.port || st.Context != "local" || st.Version != version || st.TLS != "pinned" || st.Auth != "ok" || st.Whoami.Name != "bootstrap" {
+	if st.Server != "https://localhost:"+d.port || st.Context != "local" || st.Version != binVersion || st.TLS != "pinned" || st.Auth != "ok" || st.Whoami.Name != "bootstrap" {
 		t.Errorf("status --json = %+v", st)
 	}
 	// A refused token is reported, not fatal: the daemon is reachable.

@@ -53,7 +53,12 @@ type daemonConfig struct {
 	tlsSANs       []string
 	tlsCert       string
 	tlsKey        string
+	logFormat     string // text, json
 	configPath    string // where the local CLI context goes; "" when there is no home
+
+	// Set by systemd: where readiness goes, and whether stderr is the journal.
+	notifySocket string
+	journal      bool
 }
 
 func defaultDataDir() string {
@@ -64,26 +69,8 @@ func defaultDataDir() string {
 }
 
 func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
-	cfg := &daemonConfig{}
-	fs := flag.NewFlagSet("helyos daemon", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.host, "host", "127.0.0.1", "bind `address`")
-	fs.IntVar(&cfg.port, "port", 6443, "REST API `port` (0 picks a free one)")
-	fs.StringVar(&cfg.dataDir, "data-dir", defaultDataDir(), "`dir`ectory for state, keys and certificates")
-	fs.StringVar(&cfg.tlsMode, "tls", "auto", "`mode`: auto (HTTPS unless bound to loopback), on, off")
-	fs.BoolVar(&cfg.insecureHTTP, "insecure-http", false, "acknowledge plain HTTP on a non-loopback address")
-	fs.StringVar(&cfg.apiToken, "api-token", os.Getenv("HELYOS_API_TOKEN"), "API `token` to accept (default $HELYOS_API_TOKEN)")
-	fs.StringVar(&cfg.advertiseAddr, "advertise-addr", "", "`name` clients dial: added to the certificate and the login hint")
-	fs.Func("tls-san", "extra certificate subject alternative `name` (repeatable)", func(v string) error {
-		cfg.tlsSANs = append(cfg.tlsSANs, v)
-		return nil
-	})
-	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "serve this certificate `file` (PEM) instead of the self-signed one")
-	fs.StringVar(&cfg.tlsKey, "tls-key", "", "private key `file` (PEM) for --tls-cert")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	cfg := &daemonConfig{notifySocket: os.Getenv("NOTIFY_SOCKET"), journal: os.Getenv("JOURNAL_STREAM") != ""}
+	fs := daemonFlags(cfg, stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -102,11 +89,39 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
 	return cfg, nil
 }
 
+// daemonFlags binds the daemon's flags to cfg; completion lists them too.
+func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("helyos daemon", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.host, "host", "127.0.0.1", "bind `address`")
+	fs.IntVar(&cfg.port, "port", 6443, "REST API `port` (0 picks a free one)")
+	fs.StringVar(&cfg.dataDir, "data-dir", defaultDataDir(), "`dir`ectory for state, keys and certificates")
+	fs.StringVar(&cfg.tlsMode, "tls", "auto", "`mode`: auto (HTTPS unless bound to loopback), on, off")
+	fs.BoolVar(&cfg.insecureHTTP, "insecure-http", false, "acknowledge plain HTTP on a non-loopback address")
+	fs.StringVar(&cfg.apiToken, "api-token", os.Getenv("HELYOS_API_TOKEN"), "API `token` to accept (default $HELYOS_API_TOKEN)")
+	fs.StringVar(&cfg.advertiseAddr, "advertise-addr", "", "`name` clients dial: added to the certificate and the login hint")
+	fs.Func("tls-san", "extra certificate subject alternative `name` (repeatable)", func(v string) error {
+		cfg.tlsSANs = append(cfg.tlsSANs, v)
+		return nil
+	})
+	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "serve this certificate `file` (PEM) instead of the self-signed one")
+	fs.StringVar(&cfg.tlsKey, "tls-key", "", "private key `file` (PEM) for --tls-cert; SIGHUP re-reads both")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "log `format`: text, or json (one object per line)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
 func (c *daemonConfig) validate() error {
 	switch c.tlsMode {
 	case "auto", "on", "off":
 	default:
 		return usageErrorf("--tls must be auto, on or off, not %q", c.tlsMode)
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return usageErrorf("--log-format must be text or json, not %q", c.logFormat)
 	}
 	if c.port < 0 || c.port > 65535 {
 		return usageErrorf("--port must be between 0 and 65535, not %d", c.port)
@@ -180,12 +195,28 @@ func runDaemon(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return cfg.run(ctx, log.New(stderr, "helyos: ", log.LstdFlags), stderr)
+	reload := make(chan os.Signal, 1)
+	signal.Notify(reload, syscall.SIGHUP)
+	defer signal.Stop(reload)
+	return cfg.run(ctx, reload, newLogger(cfg.logFormat, cfg.journal, stderr), stderr)
+}
+
+// underSystemd: systemd sets $NOTIFY_SOCKET for Type=notify and
+// $JOURNAL_STREAM when stderr is the journal.
+func (c *daemonConfig) underSystemd() bool {
+	return c.notifySocket != "" || c.journal
+}
+
+// keepTokenOutOfLog is true when the log is kept where others read it: the
+// journal, or a log shipper fed JSON. The first-run token then goes to a
+// file instead.
+func (c *daemonConfig) keepTokenOutOfLog() bool {
+	return c.underSystemd() || c.logFormat == "json"
 }
 
 // run starts the daemon. Nothing is written to the data dir or the config
 // file until the guardrails have passed and the port is bound.
-func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Writer) error {
+func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger *log.Logger, stderr io.Writer) error {
 	now := time.Now
 	unlock, err := lockDataDir(c.dataDir)
 	if err != nil {
@@ -230,10 +261,10 @@ func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Wr
 	}
 	removeStaleTemps(c.dataDir, tokenStoreFile, caCertFile, caKeyFile, serverCertFile, serverKeyFile)
 
-	srv := &server{tokens: store, metrics: newMetrics(), logger: logger}
+	srv := &server{tokens: store, metrics: newMetrics(), logger: logger, notifySocket: c.notifySocket}
 	var tlsConfig *tls.Config
 	if c.useTLS() {
-		if tlsConfig, srv.ca, err = c.loadTLS(now); err != nil {
+		if tlsConfig, srv.ca, srv.certs, err = c.loadTLS(now); err != nil {
 			return err
 		}
 		ln = tls.NewListener(ln, tlsConfig)
@@ -248,7 +279,10 @@ func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Wr
 	if !isLoopback(c.host) && tlsConfig == nil {
 		logger.Printf("warning: serving %s over plain HTTP: bearer tokens cross the network in the clear", c.host)
 	}
-	if plaintext != "" && c.apiToken == "" {
+	switch generated := plaintext != "" && c.apiToken == ""; {
+	case generated && c.keepTokenOutOfLog():
+		logger.Printf("generated the first API token into %s (mode 0600); it is not logged", filepath.Join(c.dataDir, bootstrapTokenFile))
+	case generated:
 		fmt.Fprintf(stderr, "Generated new API token — save this, it will not be shown again:\nHELYOS_API_TOKEN=%s\n", plaintext)
 	}
 	if srv.ca != nil {
@@ -260,7 +294,7 @@ func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Wr
 		logger.Printf("log in %swith: helyos login https://%s --ca-fingerprint %s",
 			where, net.JoinHostPort(c.hintHost(), strconv.Itoa(port)), fingerprint(srv.ca.cert.Raw))
 	}
-	if plaintext != "" {
+	if plaintext != "" && !c.underSystemd() { // a service's user is not the operator
 		c.writeLocalContext(plaintext, scheme, port, srv.ca, logger)
 	}
 	if n := store.activeCount(); n == 0 {
@@ -268,28 +302,28 @@ func (c *daemonConfig) run(ctx context.Context, logger *log.Logger, stderr io.Wr
 	}
 	// The last line of start-up: scripts and tests wait for it.
 	logger.Printf("listening on %s://%s", scheme, net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)))
-	return srv.serve(ctx, ln)
+	return srv.serve(ctx, ln, reload)
 }
 
-// loadTLS returns the serving TLS configuration and, when the certificate is
-// self-signed by the daemon, its CA.
-func (c *daemonConfig) loadTLS(now func() time.Time) (*tls.Config, *certAuthority, error) {
+// loadTLS returns the serving TLS configuration and either the daemon's own
+// CA or the operator's certificate files.
+func (c *daemonConfig) loadTLS(now func() time.Time) (*tls.Config, *certAuthority, *certFiles, error) {
 	if c.tlsCert != "" {
-		pair, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
-		if err != nil {
-			return nil, nil, fmt.Errorf("load --tls-cert and --tls-key: %w", err)
+		files := &certFiles{certPath: c.tlsCert, keyPath: c.tlsKey}
+		if err := files.load(); err != nil {
+			return nil, nil, nil, err
 		}
-		return serverTLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &pair, nil }), nil, nil
+		return serverTLSConfig(files.get), nil, files, nil
 	}
 	ca, err := loadOrCreateCA(c.dataDir, now())
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	cert, err := newServingCert(ca, c.dataDir, certSANs(c.host, c.advertiseAddr, c.tlsSANs), now)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return serverTLSConfig(cert.get), ca, nil
+	return serverTLSConfig(cert.get), ca, nil, nil
 }
 
 // bootstrapToken makes sure the daemon has a token someone holds, and returns
@@ -314,13 +348,28 @@ func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, gi
 		}
 		return c.apiToken, nil
 	case len(store.records) == 0:
-		token, _, err := store.create(ctx, bootstrapName, defaultScope, 0)
-		if err != nil {
-			return "", fmt.Errorf("store the first API token: %w", err)
-		}
-		return token, nil
+		return c.firstToken(ctx, store)
 	}
 	return "", nil
+}
+
+// firstToken mints the token of a first start. When it must stay out of
+// the log, its file is written before the store, so the store never holds a
+// token that nobody was given.
+func (c *daemonConfig) firstToken(ctx context.Context, store *tokenStore) (string, error) {
+	token, path := newAPIToken(), filepath.Join(c.dataDir, bootstrapTokenFile)
+	if c.keepTokenOutOfLog() {
+		if err := writeBootstrapToken(path, token); err != nil {
+			return "", err
+		}
+	}
+	if _, err := store.add(ctx, token, bootstrapName, defaultScope, 0); err != nil {
+		if c.keepTokenOutOfLog() {
+			os.Remove(path)
+		}
+		return "", fmt.Errorf("store the first API token: %w", err)
+	}
+	return token, nil
 }
 
 // hintHost is the name remote clients should dial.
@@ -375,9 +424,12 @@ type server struct {
 	ca      *certAuthority // nil when TLS is off or the certificate is the operator's
 	metrics *metrics
 	logger  *log.Logger
+
+	certs        *certFiles // the operator's --tls-cert/--tls-key, re-read on SIGHUP; else nil
+	notifySocket string     // systemd's $NOTIFY_SOCKET, or ""
 }
 
-func (s *server) serve(ctx context.Context, ln net.Listener) error {
+func (s *server) serve(ctx context.Context, ln net.Listener, reload <-chan os.Signal) error {
 	hs := &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: serverReadHeaderTimeout,
@@ -391,11 +443,18 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	go s.flushLoop(ctx, done)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
+	s.notify("READY=1")
+	for stopping := false; !stopping; {
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serve: %w", err)
+		case <-reload:
+			s.reload()
+		case <-ctx.Done():
+			stopping = true
+		}
 	}
+	s.notify("STOPPING=1")
 	s.logger.Printf("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
@@ -405,6 +464,31 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 		err = errors.Join(err, ferr)
 	}
 	return err
+}
+
+// reload is SIGHUP: the operator's certificate files are read again and the
+// new pair serves new connections; open connections keep the pair they
+// started with. A pair that does not load leaves the old one in service.
+func (s *server) reload() {
+	s.notify("RELOADING=1")
+	defer s.notify("READY=1")
+	if s.certs == nil {
+		s.logger.Printf("SIGHUP: nothing to reload: no --tls-cert (a self-signed certificate renews itself)")
+		return
+	}
+	if err := s.certs.load(); err != nil {
+		s.logger.Printf("error: SIGHUP: keeping the certificate in service: %v", err)
+		return
+	}
+	leaf := s.certs.pair.Load().Leaf
+	s.logger.Printf("SIGHUP: now serving %s (%q, expires %s)", s.certs.certPath, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// notify tells systemd, when it is listening, what the daemon is doing.
+func (s *server) notify(state string) {
+	if err := sdNotify(s.notifySocket, state); err != nil {
+		s.logger.Printf("warning: %v", err)
+	}
 }
 
 // flushLoop writes last-used times now and then, off the request path.
@@ -541,7 +625,7 @@ func (s *server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) handleVersion(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"version": version, "api": "v1"})
+	writeJSON(w, http.StatusOK, map[string]string{"version": buildVersion(), "api": "v1"})
 }
 
 func (s *server) handleCA(w http.ResponseWriter, r *http.Request) {

@@ -163,6 +163,7 @@ func TestDaemonUsageErrors(t *testing.T) {
 		want string
 	}{
 		{"bad tls mode", []string{"--tls", "maybe"}, nil, `--tls must be auto, on or off, not "maybe"`},
+		{"bad log format", []string{"--log-format", "xml"}, nil, `--log-format must be text or json, not "xml"`},
 		{"cert without key", []string{"--tls-cert", "c.pem"}, nil, "--tls-cert and --tls-key go together: give both or neither"},
 		{"key without cert", []string{"--tls-key", "k.pem"}, nil, "--tls-cert and --tls-key go together: give both or neither"},
 		{"cert with tls off", []string{"--tls", "off", "--tls-cert", "c.pem", "--tls-key", "k.pem"}, nil, "--tls-cert and --tls-key need TLS, but --tls is off"},
@@ -655,7 +656,7 @@ func TestRoutes(t *testing.T) {
 		body               string
 	}{
 		{"health", "GET", "/health", false, 200, "ok\n"},
-		{"version", "GET", "/api/v1/version", false, 200, `{"version":"` + version + `","api":"v1"}`},
+		{"version", "GET", "/api/v1/version", false, 200, `{"version":"` + binVersion + `","api":"v1"}`},
 		{"whoami anonymous", "GET", "/api/v1/whoami", false, 401, unauthorizedBody},
 		{"tokens anonymous", "GET", "/api/v1/tokens", false, 401, unauthorizedBody},
 		{"create anonymous", "POST", "/api/v1/tokens", false, 401, unauthorizedBody},
@@ -846,7 +847,7 @@ func TestMetrics(t *testing.T) {
 		`helyos_auth_failures_total{reason="malformed"} 1`,
 		`helyos_auth_failures_total{reason="unknown"} 1`,
 		`helyos_api_tokens_active 1`,
-		`helyos_build_info{version="` + version + `"`,
+		`helyos_build_info{version="` + binVersion + `"`,
 		`helyos_argon2_runs_total `,
 		`helyos_token_cache_misses_total `,
 	} {

@@ -9,12 +9,38 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"text/tabwriter"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "0.1.0-dev"
+// buildVersion names this build from what the Go toolchain recorded in it:
+// the module version ("(devel)" when no version control information was
+// available), then the commit, with "-dirty" when the tree had changes. No
+// -ldflags needed.
+func buildVersion() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown)"
+	}
+	return versionOf(info)
+}
+
+func versionOf(info *debug.BuildInfo) string {
+	var revision, dirty string
+	for _, s := range info.Settings {
+		switch {
+		case s.Key == "vcs.revision":
+			revision = s.Value
+		case s.Key == "vcs.modified" && s.Value == "true":
+			dirty = "-dirty"
+		}
+	}
+	if revision == "" {
+		return info.Main.Version
+	}
+	return info.Main.Version + " (" + revision + dirty + ")"
+}
 
 // command is one client subcommand; the table below is both the dispatch
 // and the usage text, so the two cannot drift apart.
@@ -32,6 +58,7 @@ func commands() []command {
 		{"auth", "token create|ls|revoke", "mint, list and revoke API tokens", cmdAuth},
 		{"status", "", "check the daemon: reachable, version, TLS, identity", cmdStatus},
 		{"version", "", "print the client and daemon versions", cmdVersion},
+		{"completion", "bash|zsh|fish", "print a shell completion script", cmdCompletion},
 	}
 }
 
@@ -56,6 +83,9 @@ func run(argv []string, io *stdio) int {
 		return 0
 	case args[0] == "daemon":
 		err = runDaemon(args[1:], io.err)
+	case args[0] == completeCommand:
+		printCompletions(io.out, args[1:])
+		return 0
 	default:
 		err = runClient(args, io)
 	}
@@ -80,7 +110,7 @@ func runClient(args []string, io *stdio) error {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, "helyos %s: a secure-by-default control plane\n\nUsage:\n  helyos daemon [flags]   run the REST API server (also: helyosd)\n  helyos COMMAND [flags]  talk to a daemon\n\nCommands:\n", version)
+	fmt.Fprintf(w, "helyos %s: a secure-by-default control plane\n\nUsage:\n  helyos daemon [flags]   run the REST API server (also: helyosd)\n  helyos COMMAND [flags]  talk to a daemon\n\nCommands:\n", buildVersion())
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, c := range commands() {
 		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)

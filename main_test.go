@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"debug/buildinfo"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,8 +21,9 @@ import (
 	"time"
 )
 
-// helyosBin is the binary every black-box test runs, built once by TestMain.
-var helyosBin string
+// helyosBin is the binary every black-box test runs, built once by TestMain;
+// binVersion is the version it must report, from its own build info.
+var helyosBin, binVersion string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "helyos-bin-")
@@ -33,6 +36,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build helyos: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	info, err := buildinfo.ReadFile(helyosBin)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "read the build info of helyos: %v\n", err)
+		os.Exit(1)
+	}
+	binVersion = versionOf(info)
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -75,7 +84,7 @@ type testDaemon struct {
 }
 
 var (
-	listeningRE = regexp.MustCompile(`listening on (https?)://\S+:(\d+)\n`)
+	listeningRE = regexp.MustCompile(`listening on (https?)://\S+:(\d+)["\n]`)
 	tokenLineRE = regexp.MustCompile(`(?m)^HELYOS_API_TOKEN=(nxa-api_[0-9a-f]{64})$`)
 	hintRE      = regexp.MustCompile(`helyos login (\S+) --ca-fingerprint ([0-9a-f:]{95})`)
 )
@@ -277,4 +286,73 @@ func needTool(t testing.TB, name string) string {
 		t.Skipf("%s not installed", name)
 	}
 	return path
+}
+
+// TestVersionOf: the version names the module version and, when the build
+// recorded one, the commit, marked -dirty for a modified tree.
+func TestVersionOf(t *testing.T) {
+	t.Parallel()
+	const rev = "6f17a47424a467eaec036dd4eec165a9910b3970"
+	vcs := func(modified string) []debug.BuildSetting {
+		return []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.modified", Value: modified}}
+	}
+	for _, tc := range []struct {
+		version  string
+		settings []debug.BuildSetting
+		want     string
+	}{
+		{"(devel)", nil, "(devel)"},
+		{"v1.2.0", nil, "v1.2.0"},
+		{"v0.0.0-20261125063335-6f17a47424a4", vcs("false"), "v0.0.0-20261125063335-6f17a47424a4 (" + rev + ")"},
+		{"v0.0.0-20261125063335-6f17a47424a4+dirty", vcs("true"), "v0.0.0-20261125063335-6f17a47424a4+dirty (" + rev + "-dirty)"},
+	} {
+		info := &debug.BuildInfo{Main: debug.Module{Path: "helyos", Version: tc.version}, Settings: tc.settings}
+		if got := versionOf(info); got != tc.want {
+			t.Errorf("versionOf(%s, %v) = %q, want %q", tc.version, tc.settings, got, tc.want)
+		}
+	}
+}
+
+// TestVersionNamesCommit builds helyos in a fresh git repository with a
+// modified file: `helyos version` names that commit, marked -dirty, with no
+// -ldflags. (The shared test binary may carry no VCS information: go build
+// records none in a git worktree or under -buildvcs=false.)
+func TestVersionNamesCommit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds helyos once more")
+	}
+	t.Parallel()
+	git := needTool(t, "git")
+	dir := t.TempDir()
+	files, _ := filepath.Glob("*.go")
+	for _, f := range append(files, "go.mod", "go.sum") {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, f), data, 0o600)
+	}
+	run := func(name string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Dir, cmd.Env = dir, append(os.Environ(), "GOFLAGS=-buildvcs=true")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	run(git, "init", "-q")
+	run(git, "add", ".")
+	run(git, "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-q", "-m", "test")
+	rev := run(git, "rev-parse", "HEAD")
+	os.WriteFile(filepath.Join(dir, "extra.go"), []byte("package main\n"), 0o600)
+	run("go", "build", "-o", "helyos", ".")
+	got := run(filepath.Join(dir, "helyos"), "version", "--server", "http://127.0.0.1:1")
+	if !regexp.MustCompile(`^client: v0\.0\.0-\d{14}-` + rev[:12] + `\+dirty \(` + rev + `-dirty\)\n`).MatchString(got + "\n") {
+		t.Errorf("helyos version in a modified checkout of %s:\n%s", rev, got)
+	}
 }

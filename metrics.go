@@ -138,7 +138,7 @@ func (m *metrics) write(out io.Writer, tokens *tokenStore) {
 	sample(w, "helyos_token_cache_misses_total", "", float64(tokens.cacheMisses.Load()))
 
 	family(w, "helyos_build_info", "gauge", "Build information; the value is always 1.")
-	sample(w, "helyos_build_info", labels("version", version, "goversion", runtime.Version()), 1)
+	sample(w, "helyos_build_info", labels("version", buildVersion(), "goversion", runtime.Version()), 1)
 }
 
 func family(w io.Writer, name, kind, help string) {

@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -303,6 +304,27 @@ func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		s.cert = c
 	}
 	return s.cert, nil
+}
+
+// certFiles serves the operator's --tls-cert/--tls-key pair. load reads the
+// files again (SIGHUP) and swaps the pair in only when it loaded whole;
+// handshakes read the current pair without a lock.
+type certFiles struct {
+	certPath, keyPath string
+	pair              atomic.Pointer[tls.Certificate]
+}
+
+func (c *certFiles) load() error {
+	pair, err := tls.LoadX509KeyPair(c.certPath, c.keyPath)
+	if err != nil {
+		return fmt.Errorf("load --tls-cert and --tls-key: %w", err)
+	}
+	c.pair.Store(&pair)
+	return nil
+}
+
+func (c *certFiles) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return c.pair.Load(), nil
 }
 
 // serverTLSConfig is the daemon's TLS policy: TLS 1.2 at least.

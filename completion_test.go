@@ -1,0 +1,110 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// contextsHome is a HOME whose config holds the contexts prod and staging.
+func contextsHome(t *testing.T) string {
+	t.Helper()
+	home := t.TempDir()
+	for _, name := range []string{"prod", "staging"} {
+		mustRun(t, home, nil, "context", "set", name, "--server", "https://"+name+".test")
+	}
+	return home
+}
+
+// TestCompletions: what `helyos __complete WORDS...` offers for the last word.
+func TestCompletions(t *testing.T) {
+	t.Setenv("HELYOS_CONFIG", filepath.Join(contextsHome(t), ".helyos", "config.toml"))
+	for _, tc := range []struct {
+		words []string
+		want  string
+	}{
+		{[]string{""}, "auth completion context daemon login logout status version whoami"},
+		{[]string{"co"}, "completion context"},
+		{[]string{"context", ""}, "current list ls rename rm set use"},
+		{[]string{"context", "use", ""}, "prod staging"},
+		{[]string{"context", "rm", "s"}, "staging"},
+		{[]string{"context", "rename", ""}, "prod staging"},
+		{[]string{"context", "rename", "prod", ""}, ""},
+		{[]string{"context", "set", "prod", "--token-"}, "--token-command --token-env"},
+		{[]string{"logout", ""}, "prod staging"},
+		{[]string{"--context", ""}, "prod staging"},
+		{[]string{"whoami", "--context", "p"}, "prod"},
+		{[]string{"--json", "--server", "https://x.test", "auth", ""}, "token"},
+		{[]string{"auth", "token", ""}, "create list ls revoke"},
+		{[]string{"auth", "token", "create", "ci", "--t"}, "--token --ttl"},
+		{[]string{"whoami", "--"}, "--context --json --server --token"},
+		{[]string{"login", "--ca-f"}, "--ca-file --ca-fingerprint"},
+		{[]string{"login", "--ca-file", ""}, ""},
+		{[]string{"login", "--insecure-skip-tls-verify", "s"}, ""},
+		{[]string{"daemon", "--tls-"}, "--tls-cert --tls-key --tls-san"},
+		{[]string{"daemon", "--log-format", ""}, ""},
+		{[]string{"completion", ""}, "bash fish zsh"},
+		{[]string{"whoami", ""}, ""},
+		{nil, "auth completion context daemon login logout status version whoami"},
+	} {
+		if got := strings.Join(completions(tc.words), " "); got != tc.want {
+			t.Errorf("complete %q = %q, want %q", tc.words, got, tc.want)
+		}
+	}
+	// The global flags offered are the ones parseGlobals takes, with or
+	// without a value as it takes them.
+	for name, takesValue := range flagsAt(nil) {
+		args := []string{"--" + name, "x", "y"}
+		if !takesValue {
+			args = []string{"--" + name, "y"}
+		}
+		if _, rest, err := parseGlobals(args, &stdio{}); err != nil || !slices.Equal(rest, []string{"y"}) {
+			t.Errorf("parseGlobals(%q) = %q, %v", args, rest, err)
+		}
+	}
+}
+
+// TestCompletionScripts: each script passes its shell's syntax check, and
+// bash and fish, loaded the way the README says, complete a context name
+// from the config file by calling the binary.
+func TestCompletionScripts(t *testing.T) {
+	t.Parallel()
+	home := contextsHome(t)
+	bin := filepath.Join(t.TempDir(), "helyos")
+	if err := os.Symlink(helyosBin, bin); err != nil {
+		t.Fatal(err)
+	}
+	env := testEnv(home)
+	env[0] = "PATH=" + filepath.Dir(bin) + ":" + os.Getenv("PATH")
+	shell := func(name string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(needTool(t, name), args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %q: %v\n%s", name, args, err, out)
+		}
+		return string(out)
+	}
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		t.Run(sh, func(t *testing.T) {
+			script := filepath.Join(t.TempDir(), "helyos."+sh)
+			os.WriteFile(script, []byte(mustRun(t, home, nil, "completion", sh).stdout), 0o600)
+			shell(sh, "-n", script)
+		})
+	}
+	got := shell("bash", "-c", `source <(helyos completion bash) && complete -p helyos &&
+		COMP_WORDS=(helyos context use s) COMP_CWORD=3 && _helyos && printf '%s\n' "${COMPREPLY[@]}"`)
+	if got != "complete -o default -F _helyos helyos\nstaging\n" {
+		t.Errorf("bash completion:\n%s", got)
+	}
+	if got := shell("fish", "-c", `helyos completion fish | source; complete -C "helyos --context "`); got != "prod\nstaging\n" {
+		t.Errorf("fish completion:\n%s", got)
+	}
+	if r := runHelyos(t, home, "", nil, "completion", "tcsh"); r.code != 2 || !strings.Contains(r.stderr, `helyos: error: completion: no script for "tcsh"; give bash, zsh or fish`) {
+		t.Errorf("completion tcsh: %d %s", r.code, r.stderr)
+	}
+}

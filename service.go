@@ -1,0 +1,87 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"log/slog"
+	"net"
+	"os"
+)
+
+// Running under systemd: readiness notifications, log lines for the
+// journal, and the first-run token kept out of it.
+
+// bootstrapTokenFile is where the first-run token goes instead of the log
+// when the log is kept (the journal, which every member of adm reads, or a
+// JSON log shipper).
+const bootstrapTokenFile = "bootstrap-token"
+
+// sdNotify sends one state ("READY=1", "RELOADING=1", "STOPPING=1") to
+// systemd over $NOTIFY_SOCKET, as sd_notify(3) does; with no socket it does
+// nothing. An "@" socket is in the abstract namespace, which Go's unix
+// address handling already understands.
+func sdNotify(socket, state string) error {
+	if socket == "" {
+		return nil
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: socket, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("notify systemd (%s): %w", state, err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte(state)); err != nil {
+		return fmt.Errorf("notify systemd (%s): %w", state, err)
+	}
+	return nil
+}
+
+// newLogger writes the daemon's log: "helyos: DATE TIME message" by default,
+// one JSON object per line with --log-format json, and no time stamp under
+// journald, which stamps every line itself.
+func newLogger(format string, journal bool, w io.Writer) *log.Logger {
+	if format == "json" {
+		opts := &slog.HandlerOptions{}
+		if journal {
+			opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+				if a.Key == slog.TimeKey && len(groups) == 0 {
+					return slog.Attr{}
+				}
+				return a
+			}
+		}
+		return slog.NewLogLogger(slog.NewJSONHandler(w, opts), slog.LevelInfo)
+	}
+	if journal {
+		return log.New(w, "helyos: ", 0)
+	}
+	return log.New(w, "helyos: ", log.LstdFlags)
+}
+
+// writeBootstrapToken stores the first-run token in path, readable by the
+// daemon's user alone. O_EXCL: it never overwrites a file nor follows a link
+// that someone left there.
+func writeBootstrapToken(path, token string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return withHint(fmt.Errorf("%s already exists but the token store is empty", path),
+			"it is left from an earlier first start: delete it, then start the daemon again")
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	_, err = f.WriteString(token + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
