@@ -281,7 +281,7 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 	}
 	switch generated := plaintext != "" && c.apiToken == ""; {
 	case generated && c.keepTokenOutOfLog():
-		logger.Printf("generated the first API token into %s (mode 0600); it is not logged", filepath.Join(c.dataDir, bootstrapTokenFile))
+		logger.Printf("the first API token is in %s (mode 0600), not in this log", filepath.Join(c.dataDir, bootstrapTokenFile))
 	case generated:
 		fmt.Fprintf(stderr, "Generated new API token — save this, it will not be shown again:\nHELYOS_API_TOKEN=%s\n", plaintext)
 	}
