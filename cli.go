@@ -43,6 +43,7 @@ type stdio struct {
 type globals struct {
 	context, server, token string
 	json                   bool
+	public                 bool // the command calls only public routes: resolve no token
 	io                     *stdio
 	flags                  *flag.FlagSet // the command's own flags, once it made them; completion reads them
 }
@@ -151,6 +152,9 @@ func normalizeServer(s string) (string, error) {
 	raw := strings.TrimSpace(s)
 	if raw == "" {
 		return "", errors.New("server address is empty")
+	}
+	if tokenLikePattern.MatchString(raw) { // and must not reach a DNS resolver
+		return "", errors.New("the server address looks like an API token")
 	}
 	if !strings.Contains(raw, "://") {
 		if strings.Count(raw, ":") > 1 && !strings.HasPrefix(raw, "[") {
@@ -300,7 +304,9 @@ func (g *globals) resolve() (*target, error) {
 	if ctx != nil && !sameServer(ctx.Server, server) {
 		ctx = nil // its token and pin belong to another daemon
 	}
-	if token == "" && ctx != nil {
+	if g.public {
+		token = "" // and no token-command runs
+	} else if token == "" && ctx != nil {
 		if token, err = contextToken(ctx, g.io.err); err != nil {
 			return nil, err
 		}
@@ -310,6 +316,7 @@ func (g *globals) resolve() (*target, error) {
 	if err := t.setTrust(); err != nil {
 		return nil, err
 	}
+	t.guardPlainHTTP(g.io.err)
 	g.warnPlainHTTP(server)
 	return t, nil
 }
@@ -337,9 +344,7 @@ func (t *target) setTrust() error {
 	switch {
 	case strings.HasPrefix(t.server, "http://"):
 		t.tlsMode = "http"
-	case t.ctx != nil && t.ctx.Insecure:
-		t.tlsMode, insecure = "insecure", true
-	case t.ctx != nil && t.ctx.CA != "":
+	case t.ctx != nil && t.ctx.CA != "": // refused with insecure = true
 		pemBytes, err := t.ctx.decodeCA()
 		if err != nil {
 			return withHint(err, fmt.Sprintf("log in again to re-pin: helyos login %s", t.server))
@@ -348,6 +353,8 @@ func (t *target) setTrust() error {
 			return withHint(fmt.Errorf("context %q: pinned CA: %w", t.ctx.Name, err), fmt.Sprintf("log in again to re-pin: helyos login %s", t.server))
 		}
 		t.tlsMode = "pinned"
+	case t.ctx != nil && t.ctx.Insecure:
+		t.tlsMode, insecure = "insecure", true
 	default:
 		t.tlsMode = "system"
 	}
@@ -493,7 +500,16 @@ func (t *target) call(method, path string, body, out any) error {
 	if resp.StatusCode >= 400 {
 		return t.statusError(resp.StatusCode, data)
 	}
-	if out == nil || resp.StatusCode == http.StatusNoContent {
+	// Every route answers one success status (SPEC §2); anything else, a
+	// proxy's redirect above all, must not pass for success.
+	if want := map[string]int{"GET": http.StatusOK, "POST": http.StatusCreated, "DELETE": http.StatusNoContent}[method]; resp.StatusCode != want {
+		err := fmt.Errorf("%s answered HTTP %d to %s %s, not the %d it promises", t.server, resp.StatusCode, method, path, want)
+		if loc := resp.Header.Get("Location"); loc != "" {
+			return withHint(err, "helyos follows no redirect (this one points to "+sanitize(loc)+"); give the daemon's own address")
+		}
+		return err
+	}
+	if out == nil {
 		return nil
 	}
 	if raw, ok := out.(*json.RawMessage); ok {
@@ -537,7 +553,10 @@ func (t *target) transportError(err error) error {
 	var hostErr x509.HostnameError
 	var verifyErr *tls.CertificateVerificationError
 	var recordErr tls.RecordHeaderError
+	var refused *hintError
 	switch {
+	case errors.As(err, &refused): // checkPeer's, which says it all
+		return refused
 	case errors.As(err, &unknownCA), errors.As(err, &verifyErr):
 		hint := "log in again to check and re-pin its CA: helyos login " + t.server
 		if t.tlsMode == "system" {
@@ -573,7 +592,13 @@ func (g *globals) printJSON(v any) error {
 			return fmt.Errorf("format JSON: %w", err)
 		}
 	}
-	_, err := fmt.Fprintf(g.io.out, "%s\n", data)
+	// Indented JSON holds no raw newline but its line breaks: sanitize each
+	// line, escaping inside strings what a server may have sent raw.
+	lines := strings.Split(string(data), "\n")
+	for i := range lines {
+		lines[i] = sanitize(lines[i])
+	}
+	_, err := fmt.Fprintln(g.io.out, strings.Join(lines, "\n"))
 	return err
 }
 
@@ -619,7 +644,7 @@ func cmdWhoami(g *globals, args []string) error {
 		return fmt.Errorf("decode whoami answer: %w", err)
 	}
 	tw := g.table()
-	fmt.Fprintf(tw, "name:\t%s\nscope:\t%s\nexpires:\t%s\nlast used:\t%s\n", info.Name, info.Scope, formatTime(info.ExpiresAt, "never"), formatTime(info.LastUsedAt, "never"))
+	fmt.Fprintf(tw, "name:\t%s\nscope:\t%s\nexpires:\t%s\nlast used:\t%s\n", sanitize(info.Name), sanitize(info.Scope), formatTime(info.ExpiresAt, "never"), formatTime(info.LastUsedAt, "never"))
 	return tw.Flush()
 }
 
@@ -662,11 +687,11 @@ func cmdStatus(g *globals, args []string) error {
 		return g.printJSON(st)
 	}
 	tw := g.table()
-	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\n", st.Server, orDash(st.Context), st.Version, ver.API, st.TLS)
+	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\n", st.Server, orDash(st.Context), sanitize(st.Version), sanitize(ver.API), st.TLS)
 	if st.Whoami != nil {
-		fmt.Fprintf(tw, "auth:\tok, as %q (scope %s)\n", st.Whoami.Name, st.Whoami.Scope)
+		fmt.Fprintf(tw, "auth:\tok, as %q (scope %s)\n", st.Whoami.Name, sanitize(st.Whoami.Scope))
 	} else {
-		fmt.Fprintf(tw, "auth:\t%s\n", st.Auth)
+		fmt.Fprintf(tw, "auth:\t%s\n", sanitize(redactTokens(st.Auth)))
 	}
 	return tw.Flush()
 }
@@ -680,6 +705,7 @@ func cmdVersion(g *globals, args []string) error {
 		Client string `json:"client"`
 		Server string `json:"server,omitempty"`
 	}{Client: buildVersion()}
+	g.public = true
 	t, err := g.resolve()
 	if err == nil {
 		var ver struct {
@@ -696,13 +722,13 @@ func cmdVersion(g *globals, args []string) error {
 	} else {
 		fmt.Fprintf(g.io.out, "client: %s\n", v.Client)
 		if v.Server != "" {
-			fmt.Fprintf(g.io.out, "server: %s\n", v.Server)
+			fmt.Fprintf(g.io.out, "server: %s\n", sanitize(v.Server))
 		}
 	}
 	// The client's version is the answer; a daemon that cannot be reached
 	// is worth a warning, not a failure.
 	if err != nil {
-		fmt.Fprintf(g.io.err, "helyos: warning: no server version: %v\n", err)
+		fmt.Fprintf(g.io.err, "helyos: warning: no server version: %s\n", sanitize(redactTokens(err.Error())))
 	}
 	return nil
 }
@@ -777,6 +803,7 @@ func cmdLogin(g *globals, args []string) error {
 	case pin != nil:
 		t.tlsMode = "pinned"
 	}
+	t.guardPlainHTTP(g.io.err)
 	var who tokenInfo
 	if err := t.call("GET", "/api/v1/whoami", nil, &who); err != nil {
 		return fmt.Errorf("login to %s failed, nothing was saved: %w", server, err)
@@ -816,7 +843,7 @@ func cmdLogin(g *globals, args []string) error {
 	if err != nil {
 		return fmt.Errorf("save context: %w", err)
 	}
-	fmt.Fprintf(g.io.err, "logged in to %s as %q (scope %s); saved as context %q", server, who.Name, who.Scope, saved)
+	fmt.Fprintf(g.io.err, "logged in to %s as %q (scope %s); saved as context %q", server, who.Name, sanitize(who.Scope), saved)
 	if !*noSetCurrent {
 		fmt.Fprint(g.io.err, ", now current")
 	}
@@ -1296,6 +1323,10 @@ func cmdContextSet(g *globals, args []string) error {
 			c, created = &Context{Name: name}, true
 			cfg.Contexts = append(cfg.Contexts, c)
 		}
+		if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") {
+			return withHint(fmt.Errorf("context %q uses HTTPS; refusing to switch it to plain HTTP (%s), which would send its token unencrypted", name, server),
+				"for a deliberate plain-HTTP daemon, log in to a context of its own: helyos login "+server+" --name NAME")
+		}
 		if server != "" {
 			c.Server = server
 		}
@@ -1386,13 +1417,13 @@ func cmdTokenCreate(g *globals, args []string) error {
 	if err := json.Unmarshal(raw, &created); err != nil {
 		return fmt.Errorf("decode the created token: %w", err)
 	}
-	fmt.Fprintln(g.io.out, created.Token)
+	fmt.Fprintln(g.io.out, sanitize(created.Token))
 	login := "helyos login " + t.server
 	if t.ctx != nil && t.ctx.CASHA256 != "" && t.tlsMode == "pinned" {
 		login += " --ca-fingerprint " + t.ctx.CASHA256
 	}
 	fmt.Fprintf(g.io.err, "created token %q (scope %s, expires %s). It is shown this once; save it now.\nTo use it on another machine:\n  %s --token %s\n",
-		created.Name, created.Scope, formatTime(created.ExpiresAt, "never"), login, created.Token)
+		created.Name, sanitize(created.Scope), formatTime(created.ExpiresAt, "never"), login, sanitize(created.Token))
 	return nil
 }
 
@@ -1419,7 +1450,7 @@ func cmdTokenList(g *globals, args []string) error {
 	tw := g.table()
 	fmt.Fprintln(tw, "NAME\tSCOPE\tCREATED\tEXPIRES\tLAST USED")
 	for _, i := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", i.Name, i.Scope, formatTime(&i.CreatedAt, "-"), formatTime(i.ExpiresAt, "never"), formatTime(i.LastUsedAt, "never"))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", sanitize(i.Name), sanitize(i.Scope), formatTime(&i.CreatedAt, "-"), formatTime(i.ExpiresAt, "never"), formatTime(i.LastUsedAt, "never"))
 	}
 	return tw.Flush()
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -135,6 +136,9 @@ func (c *Context) decodeCA() ([]byte, error) {
 		return nil, nil
 	}
 	hint := fmt.Sprintf("log in again to pin the CA (helyos login %s), or fix \"ca\" in the config", c.Server)
+	if c.Insecure {
+		return nil, withHint(fmt.Errorf("context %q sets both insecure = true and a pinned ca, which contradict each other", c.Name), hint)
+	}
 	data, err := base64.StdEncoding.DecodeString(c.CA)
 	if err != nil {
 		return nil, withHint(fmt.Errorf("context %q: pinned CA is not valid base64: %w", c.Name, err), hint)
@@ -146,8 +150,12 @@ func (c *Context) decodeCA() ([]byte, error) {
 	if len(bytes.TrimSpace(rest)) != 0 {
 		return nil, withHint(fmt.Errorf("context %q: pinned CA has data after the certificate", c.Name), hint)
 	}
-	if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
 		return nil, withHint(fmt.Errorf("context %q: pinned CA cannot be parsed: %w", c.Name, err), hint)
+	}
+	if c.CASHA256 != "" && !sameFingerprint(c.CASHA256, fingerprint(cert.Raw)) {
+		return nil, withHint(fmt.Errorf("context %q: ca-sha256 does not match the pinned ca, whose fingerprint is %s", c.Name, fingerprint(cert.Raw)), hint)
 	}
 	return data, nil
 }
@@ -176,10 +184,18 @@ func loadConfig(path string) (*Config, error) {
 // readConfig is loadConfig that also returns the raw bytes (nil when the
 // file does not exist), which updateConfig copies to the backup.
 func readConfig(path string) (*Config, []byte, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Config{}, nil, nil
 	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	if err := checkConfigOwner(f); err != nil {
+		return nil, nil, err
+	}
+	data, err := io.ReadAll(f)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read config: %w", err)
 	}
@@ -191,6 +207,23 @@ func readConfig(path string) (*Config, []byte, error) {
 	return cfg, data, nil
 }
 
+// checkConfigOwner refuses, as ssh does, a config file that another user
+// could have written: it may name a token-command, which the CLI would run
+// as its caller. It checks the open file, so the file read is the one
+// checked.
+func checkConfigOwner(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	uid, me := fi.Sys().(*syscall.Stat_t).Uid, os.Getuid()
+	if (uid == 0 || int(uid) == me) && fi.Mode().Perm()&0o022 == 0 {
+		return nil
+	}
+	return withHint(fmt.Errorf("refusing config %s: it is owned by uid %d with mode %04o, but must belong to you (uid %d) or root and be writable by no one else",
+		f.Name(), uid, fi.Mode().Perm(), me), fmt.Sprintf("if its content is yours: chown %d %s && chmod 600 %s", me, f.Name(), f.Name()))
+}
+
 // updateConfig is the only way the CLI changes the config. It holds an
 // exclusive flock on a sibling "config.toml.lock" while it reads the file
 // fresh, runs fn and saves, so two processes (or goroutines) never lose each
@@ -198,11 +231,20 @@ func readConfig(path string) (*Config, []byte, error) {
 // network. If fn returns an error nothing is written. A file that does not
 // parse is never overwritten. A symlinked config is written through the link.
 func updateConfig(path string, fn func(*Config) error) error {
+	// ~/.helyos is ours: kept 0700 even if someone loosened it. A folder
+	// named through $HELYOS_CONFIG may be shared (/etc/helyos): left alone.
+	home, _ := os.UserHomeDir()
+	private := home != "" && filepath.Dir(path) == filepath.Join(home, ".helyos")
 	if resolved, err := filepath.EvalSymlinks(path); err == nil {
 		path = resolved
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create config folder: %w", err)
+	}
+	if private {
+		if err := os.Chmod(filepath.Join(home, ".helyos"), 0o700); err != nil {
+			return fmt.Errorf("tighten the config folder: %w", err)
+		}
 	}
 	unlock, err := lockConfig(path + ".lock")
 	if err != nil {
@@ -220,12 +262,21 @@ func updateConfig(path string, fn func(*Config) error) error {
 	if err := cfg.check(); err != nil {
 		return fmt.Errorf("save config %s: %w", path, err)
 	}
+	data := cfg.marshal()
 	if old != nil {
-		if err := writeFileAtomic(path+".bak", old); err != nil {
+		// The backup undoes a bad save; it must not keep a token the change
+		// removed (logout, context rm): then it gets the new content.
+		backup := old
+		for _, tok := range tokenLikePattern.FindAll(old, -1) {
+			if !bytes.Contains(data, tok) {
+				backup = data
+			}
+		}
+		if err := writeFileAtomic(path+".bak", backup); err != nil {
 			return fmt.Errorf("back up config: %w", err)
 		}
 	}
-	if err := writeFileAtomic(path, cfg.marshal()); err != nil {
+	if err := writeFileAtomic(path, data); err != nil {
 		return fmt.Errorf("save config: %w", err)
 	}
 	return nil
@@ -235,7 +286,10 @@ func updateConfig(path string, fn func(*Config) error) error {
 // release. The lock file is never removed: deleting it would let a waiter
 // lock an unlinked inode while a newcomer locks a fresh one.
 func lockConfig(path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, withHint(fmt.Errorf("lock config: %s is a symbolic link; refusing to follow it", path), "remove it: rm "+path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock config: %w", err)
 	}

@@ -162,10 +162,13 @@ func report(err error, w io.Writer) int {
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
-	fmt.Fprintf(w, "helyos: error: %v\n", err)
+	// An error may repeat what a server sent or what the user typed: its
+	// control characters are escaped and anything shaped like a token is
+	// hidden. Hints are ours (multi-line allowed); they are redacted only.
+	fmt.Fprintf(w, "helyos: error: %s\n", sanitize(redactTokens(err.Error())))
 	var h *hintError
 	if errors.As(err, &h) {
-		fmt.Fprintf(w, "helyos: hint: %s\n", h.hint)
+		fmt.Fprintf(w, "helyos: hint: %s\n", redactTokens(h.hint))
 	}
 	var u *usageError
 	if errors.As(err, &u) {

@@ -26,6 +26,10 @@ import (
 var helyosBin, binVersion string
 
 func TestMain(m *testing.M) {
+	if addr := os.Getenv("HELYOS_TEST_IMPOSTOR"); addr != "" {
+		runImpostor(addr) // this binary re-executed as another user
+		return
+	}
 	dir, err := os.MkdirTemp("", "helyos-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
+	"unicode/utf16"
 	"unsafe"
 )
 
@@ -115,4 +117,24 @@ func promptSecret(in *os.File, out io.Writer, prompt string) (string, error) {
 		return "", fmt.Errorf("read from terminal: %w", err)
 	}
 	return strings.TrimSpace(line), nil
+}
+
+// sanitize escapes what a terminal would act on in text a server sent:
+// control characters (ESC, CR, BS, the C1 range) and invisible format
+// characters (bidi overrides), as JSON \u escapes, so that a line of JSON
+// stays valid JSON. Printable text in any script stays as it is.
+func sanitize(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case strconv.IsPrint(r):
+			b.WriteRune(r)
+		case r > 0xffff:
+			r1, r2 := utf16.EncodeRune(r)
+			fmt.Fprintf(&b, `\u%04x\u%04x`, r1, r2)
+		default:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+	}
+	return b.String()
 }
