@@ -1336,7 +1336,7 @@ func FuzzNormalizeServer(f *testing.F) {
 	for _, s := range []string{
 		"helyos.acme.internal", "https://10.0.0.7:6443", "http://127.0.0.1:8080/",
 		"::1", "[::1]:7000", "HTTPS://Example.COM", "localhost:0", "https://h:65536",
-		"ftp://h", "https://user@h", "https://h/path?q#f", " h ", "[fe80::1%25eth0]:1",
+		"ftp://h", "https://user@h", "https://h/path?q#f", " h ", "[fe80::1%25eth0]:1", "NXA-API_0123ABCD",
 	} {
 		f.Add(s)
 	}
