@@ -96,19 +96,12 @@ func parseGlobals(args []string, io *stdio) (*globals, []string, error) {
 // newFlags makes a command's flag set; errors come back to the one error
 // path instead of being printed by the flag package.
 func (g *globals) newFlags(name, argsUsage, about string) *flag.FlagSet {
-	fs := flag.NewFlagSet("helyos "+name, flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	g.flags = fs
 	fs.Usage = func() {
 		fmt.Fprintf(g.io.err, "Usage: helyos %s %s\n\n%s\n", name, argsUsage, about)
-		n := 0
-		fs.VisitAll(func(*flag.Flag) { n++ })
-		if n > 0 {
-			fmt.Fprintf(g.io.err, "\nFlags:\n")
-			fs.SetOutput(g.io.err)
-			fs.PrintDefaults()
-			fs.SetOutput(io.Discard)
-		}
+		printFlags(g.io.err, fs)
 		fmt.Fprintf(g.io.err, "\nGlobal flags: --context NAME, --server URL, --token TOKEN, --json\n")
 	}
 	return fs
@@ -131,7 +124,11 @@ func parseFlags(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string
 			return nil, err
 		}
 		if err != nil {
-			return nil, withHint(usageErrorf("%s: %v", fs.Name(), err), "run '"+fs.Name()+" --help'")
+			msg := err.Error() // the flag package spells a flag -name; we spell it --name
+			if !strings.HasPrefix(msg, "bad flag syntax") {
+				msg = strings.Replace(msg, " -", " --", 1)
+			}
+			return nil, withHint(usageErrorf("%s: %s", fs.Name(), redactTokens(msg)), "run 'helyos "+fs.Name()+" --help'")
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -141,9 +138,19 @@ func parseFlags(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string
 		args = args[1:]
 	}
 	if n := len(positional); n < minArgs || n > maxArgs {
-		return nil, withHint(usageErrorf("%s: wrong number of arguments (%d)", fs.Name(), n), "run '"+fs.Name()+" --help'")
+		return nil, withHint(usageErrorf("%s: wrong number of arguments (%d)", fs.Name(), n), "run 'helyos "+fs.Name()+" --help'")
 	}
 	return positional, nil
+}
+
+// parseFlagsNoData is parseFlags for a command that prints no data: --json
+// is refused there rather than silently ignored.
+func (g *globals) parseFlagsNoData(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
+	pos, err := parseFlags(fs, args, minArgs, maxArgs)
+	if err == nil && g.json {
+		err = withHint(usageErrorf("%s prints no data: --json does not apply", fs.Name()), "drop --json; the exit code says whether it worked")
+	}
+	return pos, err
 }
 
 // normalizeServer turns what a person types into scheme://host:port:
@@ -312,6 +319,9 @@ func (g *globals) resolve() (*target, error) {
 		}
 		tokenFrom = fmt.Sprintf("context %q", ctx.Name)
 	}
+	if err := checkTokenShape(token, tokenFrom); token != "" && err != nil {
+		return nil, err
+	}
 	t := &target{server: server, token: token, tokenSource: tokenFrom, ctx: ctx}
 	if err := t.setTrust(); err != nil {
 		return nil, err
@@ -398,6 +408,17 @@ func contextToken(c *Context, stderr io.Writer) (string, error) {
 		return tok, nil
 	}
 	return c.Token, nil
+}
+
+// checkTokenShape refuses, before any request, a token that cannot be one
+// of ours, so a typo is not reported as a revoked token. It never repeats
+// the token; source names where it came from.
+func checkTokenShape(token, source string) error {
+	if _, ok := parseAPIToken(token); ok {
+		return nil
+	}
+	return withHint(fmt.Errorf("the token from %s is not a helyos API token (want nxa-api_ and 64 hex characters)", source),
+		"copy it again whole: 'helyos auth token create' prints it on one line")
 }
 
 // checkEnvName refuses a --token-env value that no shell could export, such
@@ -536,10 +557,14 @@ func (t *target) statusError(status int, data []byte) error {
 	switch status {
 	case http.StatusUnauthorized:
 		if t.token == "" {
-			return withHint(fmt.Errorf("no API token for %s: %w", t.server, err), "log in with 'helyos login "+t.server+"', or pass --token / set $HELYOS_API_TOKEN")
+			return withHint(fmt.Errorf("no API token for %s: %w", t.server, err), "log in with 'helyos login "+t.server+"', or set $HELYOS_API_TOKEN")
+		}
+		again := "helyos login " + t.server
+		if t.ctx != nil {
+			again += " --name " + t.ctx.Name // log in to this context again, not a new one
 		}
 		return withHint(fmt.Errorf("the token from %s was refused: %w", t.tokenSource, err),
-			"it may be revoked or expired; mint a new one and run 'helyos login "+t.server+"'")
+			"it may be revoked or expired; mint a new one and run '"+again+"'")
 	case http.StatusBadRequest:
 		if strings.Contains(string(data), "HTTP request to an HTTPS server") {
 			return withHint(fmt.Errorf("%s: %w", t.server, err), "the daemon serves HTTPS: use https:// in the server address")
@@ -554,6 +579,7 @@ func (t *target) transportError(err error) error {
 	var verifyErr *tls.CertificateVerificationError
 	var recordErr tls.RecordHeaderError
 	var refused *hintError
+	var dnsErr *net.DNSError
 	switch {
 	case errors.As(err, &refused): // checkPeer's, which says it all
 		return refused
@@ -571,8 +597,14 @@ func (t *target) transportError(err error) error {
 		// of its own when the answer is plain HTTP.
 		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
 		return withHint(fmt.Errorf("%s does not speak TLS: %w", t.server, err), "the daemon serves plain HTTP: use http:// in the server address")
-	case errors.Is(err, syscall.ECONNREFUSED):
+	case errors.Is(err, syscall.ECONNREFUSED) && isLoopback(hostOf(t.server)):
 		return withHint(fmt.Errorf("cannot reach %s: connection refused", t.server), "is the daemon running? start one with 'helyos daemon'")
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return withHint(fmt.Errorf("cannot reach %s: connection refused", t.server),
+			"is the daemon running there, on this port? On the server, 'helyos auth token create' prints the address to log in to")
+	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+		return withHint(fmt.Errorf("cannot reach %s: no host is named %q", t.server, dnsErr.Name),
+			"check the spelling of the host name, or give the daemon's IP address")
 	}
 	return fmt.Errorf("cannot reach %s: %w", t.server, err)
 }
@@ -749,8 +781,8 @@ func warnLooseConfig(g *globals) {
 
 func cmdLogin(g *globals, args []string) error {
 	fs := g.newFlags("login", "SERVER", "Check a token against a daemon, pin the daemon's CA, and save both as a context.\nSERVER without a scheme gets https://, without a port :6443.")
-	fs.String("token", "", "API `token` (else --token-stdin, $HELYOS_API_TOKEN, or a prompt)")
-	tokenStdin := fs.Bool("token-stdin", false, "read the API token from stdin (one line)")
+	fs.String("token", "", "API `token`, seen by ps and shell history: prefer --token-stdin, --token-env or the prompt")
+	tokenStdin := fs.Bool("token-stdin", false, "read the API token from stdin (one line; on a terminal, a paste that is not echoed)")
 	tokenEnv := fs.String("token-env", "", "read the token from environment `VAR` now and at every use; the file keeps only the name")
 	tokenCommand := fs.String("token-command", "", "run `command` (sh -c) now and at every use; the first line it prints is the token")
 	caFile := fs.String("ca-file", "", "pin the CA in this PEM `file` instead of fetching it")
@@ -759,7 +791,7 @@ func cmdLogin(g *globals, args []string) error {
 	name := fs.String("name", "", "context `name` (default: derived from the host)")
 	project := fs.String("project", "", "default `project` for this context")
 	noSetCurrent := fs.Bool("no-set-current", false, "do not make this context the current one")
-	pos, err := parseFlags(fs, args, 1, 1)
+	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -785,12 +817,18 @@ func cmdLogin(g *globals, args []string) error {
 		return err
 	}
 	_, existing := loginContextName(cfg, server, *name)
+	if err := checkSameServer(existing, server); err != nil {
+		return err
+	}
 
 	pin, err := g.loginTrust(server, existing, *caFile, *caFingerprint, *insecure)
 	if err != nil {
 		return err
 	}
 	token, source, err := g.loginToken(*tokenStdin, *tokenEnv, *tokenCommand)
+	if err == nil {
+		err = checkTokenShape(token, source)
+	}
 	if err != nil {
 		return err
 	}
@@ -812,14 +850,12 @@ func cmdLogin(g *globals, args []string) error {
 	var saved string
 	err = updateConfig(path, func(cfg *Config) error {
 		ctxName, c := loginContextName(cfg, server, *name)
-		if c == nil || !sameServer(c.Server, server) {
-			fresh := &Context{Name: ctxName}
-			if i := contextIndex(cfg, ctxName); i >= 0 {
-				cfg.Contexts[i] = fresh // --name given for another server: replaced, now that the new CA is pinned
-			} else {
-				cfg.Contexts = append(cfg.Contexts, fresh)
-			}
-			c = fresh
+		if err := checkSameServer(c, server); err != nil {
+			return err // created by another process since the check above
+		}
+		if c == nil {
+			c = &Context{Name: ctxName}
+			cfg.Contexts = append(cfg.Contexts, c)
 		}
 		c.Server, c.TokenName, c.Insecure = server, who.Name, *insecure
 		c.Token, c.TokenEnv, c.TokenCommand = token, *tokenEnv, *tokenCommand
@@ -854,6 +890,9 @@ func cmdLogin(g *globals, args []string) error {
 func checkLoginFlags(g *globals, server string, tokenStdin bool, tokenEnv, tokenCommand, caFile, caFingerprint string, insecure bool) error {
 	if countTrue(g.token != "", tokenStdin, tokenEnv != "", tokenCommand != "") > 1 {
 		return usageErrorf("login: give the token one way only: --token, --token-stdin, --token-env or --token-command")
+	}
+	if err := checkTokenShape(g.token, "--token"); g.token != "" && err != nil {
+		return err
 	}
 	if err := checkEnvName(tokenEnv); err != nil {
 		return err
@@ -892,13 +931,15 @@ func loginContextName(cfg *Config, server, name string) (string, *Context) {
 	}
 }
 
-func contextIndex(cfg *Config, name string) int {
-	for i, c := range cfg.Contexts {
-		if c.Name == name {
-			return i
-		}
+// checkSameServer refuses a login --name that would replace a context of
+// another server (its token and pin included), as LXD refuses a remote that
+// exists.
+func checkSameServer(c *Context, server string) error {
+	if c == nil || sameServer(c.Server, server) {
+		return nil
 	}
-	return -1
+	return withHint(fmt.Errorf("context %q already exists for %s; nothing was saved", c.Name, c.Server),
+		fmt.Sprintf("pick another --name, or remove it first with 'helyos context rm %s'", c.Name))
 }
 
 // loginTrust decides which CA the login pins: --ca-file, the CA the
@@ -990,6 +1031,9 @@ func (g *globals) loginToken(tokenStdin bool, tokenEnv, tokenCommand string) (st
 	switch {
 	case g.token != "":
 		return g.token, "--token", nil
+	case tokenStdin && isTerminal(g.io.in):
+		tok, err := promptSecret(g.io.in, g.io.err, "API token: ")
+		return tok, "the prompt", err
 	case tokenStdin:
 		line, err := readLine(g.io.in)
 		if err != nil && err != io.EOF {
@@ -1000,8 +1044,11 @@ func (g *globals) loginToken(tokenStdin bool, tokenEnv, tokenCommand string) (st
 		}
 		return line, "stdin", nil
 	case tokenEnv != "":
-		tok, err := contextToken(&Context{Name: "(login)", TokenEnv: tokenEnv}, g.io.err)
-		return tok, "$" + tokenEnv, err
+		tok := strings.TrimSpace(os.Getenv(tokenEnv))
+		if tok == "" {
+			return "", "", withHint(fmt.Errorf("--token-env: $%s is unset or empty", tokenEnv), "export "+tokenEnv+"=<token> first")
+		}
+		return tok, "$" + tokenEnv, nil
 	case tokenCommand != "":
 		tok, err := runTokenCommand(tokenCommand, g.io.err)
 		return tok, "--token-command", err
@@ -1024,7 +1071,7 @@ func pemEncode(cert *x509.Certificate) []byte {
 
 func cmdLogout(g *globals, args []string) error {
 	fs := g.newFlags("logout", "[NAME]", "Forget the token of a context (default: the active one). Its server, CA pin and project stay, so logging in again is one command.")
-	pos, err := parseFlags(fs, args, 0, 1)
+	pos, err := g.parseFlagsNoData(fs, args, 0, 1)
 	if err != nil {
 		return err
 	}
@@ -1176,7 +1223,7 @@ func cmdContextList(g *globals, args []string) error {
 
 func cmdContextUse(g *globals, args []string) error {
 	fs := g.newFlags("context use", "NAME", "Make NAME the current context.")
-	pos, err := parseFlags(fs, args, 1, 1)
+	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -1219,7 +1266,7 @@ func cmdContextCurrent(g *globals, args []string) error {
 
 func cmdContextRename(g *globals, args []string) error {
 	fs := g.newFlags("context rename", "OLD NEW", "Rename a context.")
-	pos, err := parseFlags(fs, args, 2, 2)
+	pos, err := g.parseFlagsNoData(fs, args, 2, 2)
 	if err != nil {
 		return err
 	}
@@ -1253,7 +1300,7 @@ func cmdContextRename(g *globals, args []string) error {
 
 func cmdContextRemove(g *globals, args []string) error {
 	fs := g.newFlags("context rm", "NAME", "Remove a context: its server, token and pinned CA.")
-	pos, err := parseFlags(fs, args, 1, 1)
+	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -1285,7 +1332,7 @@ func cmdContextSet(g *globals, args []string) error {
 	project := fs.String("project", "", "default `project`")
 	tokenEnv := fs.String("token-env", "", "read the token from environment `VAR` at every use")
 	tokenCommand := fs.String("token-command", "", "run `command` (sh -c) at every use; its first line is the token")
-	pos, err := parseFlags(fs, args, 1, 1)
+	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -1359,14 +1406,17 @@ func tokenCommands() map[string]func(*globals, []string) error {
 
 func cmdAuth(g *globals, args []string) error {
 	subs := tokenCommands()
-	if len(args) < 2 || args[0] != "token" || subs[args[1]] == nil {
-		fmt.Fprint(g.io.err, authUsage)
-		if len(args) > 0 && (args[len(args)-1] == "-h" || args[len(args)-1] == "--help") {
-			return flag.ErrHelp
-		}
-		return subcommandError("auth", strings.Join(args[:min(len(args), 2)], " "), "'token create', 'token ls' or 'token revoke'")
+	if len(args) > 1 && args[0] == "token" && subs[args[1]] != nil {
+		return subs[args[1]](g, args[2:])
 	}
-	return subs[args[1]](g, args[2:])
+	fmt.Fprint(g.io.err, authUsage)
+	if len(args) > 0 && (args[len(args)-1] == "-h" || args[len(args)-1] == "--help") {
+		return flag.ErrHelp
+	}
+	if len(args) == 0 || args[0] != "token" {
+		return subcommandError("auth", strings.Join(args[:min(len(args), 1)], " "), "token")
+	}
+	return subcommandError("auth token", strings.Join(args[1:min(len(args), 2)], " "), "create, ls, revoke")
 }
 
 // subcommandError tells a missing subcommand from a mistyped one.
@@ -1379,52 +1429,85 @@ func subcommandError(cmd, got, choices string) error {
 
 const authUsage = `Usage: helyos auth token SUBCOMMAND
 
-  create NAME [--ttl SECONDS] [--scope SCOPE]   mint a token; its secret is shown once
+  create NAME [--ttl DURATION] [--scope SCOPE]  mint a token; its secret is shown once
   ls (list)                                     list active tokens
   revoke NAME                                   revoke a token at once
+
+DURATION: 90s, 15m, 12h, 30d, or whole seconds.
 `
 
 func cmdTokenCreate(g *globals, args []string) error {
-	fs := g.newFlags("auth token create", "NAME [--ttl SECONDS] [--scope SCOPE]", "Mint a named API token. Its secret is printed once, on stdout.")
-	ttl := fs.Int64("ttl", 0, "lifetime in `seconds` (0: no expiry)")
+	fs := g.newFlags("auth token create", "NAME [--ttl DURATION] [--scope SCOPE]", "Mint a named API token. Its secret is printed once, on stdout.")
+	var ttl time.Duration
+	fs.Func("ttl", "lifetime: a `duration` such as 90s, 15m, 12h or 30d, or whole seconds (default: no expiry)", func(s string) (err error) {
+		ttl, err = parseDuration(s)
+		return err
+	})
 	scope := fs.String("scope", "", "`scope` of the token; only admin exists until scopes are enforced")
 	pos, err := parseFlags(fs, args, 1, 1)
 	if err != nil {
 		return err
-	}
-	if *ttl < 0 {
-		return usageErrorf("auth token create: --ttl must be 0 (no expiry) or more seconds")
 	}
 	t, err := g.resolve()
 	if err != nil {
 		return err
 	}
 	var raw json.RawMessage
-	body := map[string]any{"name": pos[0], "ttl_secs": *ttl}
+	body := map[string]any{"name": pos[0], "ttl_secs": int64(ttl / time.Second)}
 	if *scope != "" {
 		body["scope"] = *scope
 	}
 	if err := t.call("POST", "/api/v1/tokens", body, &raw); err != nil {
 		return fmt.Errorf("create token %q: %w", pos[0], err)
 	}
+	return g.printNewToken(raw)
+}
+
+// printNewToken shows the daemon's answer to a new secret (create, rotate):
+// the secret once, on stdout, and on stderr the line that logs in with it
+// from elsewhere, which needs no trust prompt and carries no secret. With
+// --json, the daemon's answer as it is.
+func (g *globals) printNewToken(raw json.RawMessage) error {
 	if g.json {
 		return g.printJSON(raw)
 	}
-	var created struct {
-		tokenInfo
-		Token string `json:"token"`
-	}
+	var created newToken
 	if err := json.Unmarshal(raw, &created); err != nil {
-		return fmt.Errorf("decode the created token: %w", err)
+		return fmt.Errorf("decode the new token: %w", err)
 	}
 	fmt.Fprintln(g.io.out, sanitize(created.Token))
-	login := "helyos login " + t.server
-	if t.ctx != nil && t.ctx.CASHA256 != "" && t.tlsMode == "pinned" {
-		login += " --ca-fingerprint " + t.ctx.CASHA256
+	login := "helyos login " + created.Login.Server
+	if fp := created.Login.CASHA256; fp != nil {
+		login += " --ca-fingerprint " + *fp
 	}
-	fmt.Fprintf(g.io.err, "created token %q (scope %s, expires %s). It is shown this once; save it now.\nTo use it on another machine:\n  %s --token %s\n",
-		created.Name, sanitize(created.Scope), formatTime(created.ExpiresAt, "never"), login, sanitize(created.Token))
+	where := "To use it on another machine, run this there and paste the token"
+	if isLoopback(hostOf(created.Login.Server)) {
+		where = "Only this machine reaches the daemon (loopback); to log in with the token here, run this and paste the token"
+	}
+	fmt.Fprintf(g.io.err, "token %q (scope %s, expires %s): its secret is printed once, on stdout; save it now.\n%s:\n  %s --token-stdin\n",
+		created.Name, sanitize(created.Scope), formatTime(created.ExpiresAt, "never"), where, sanitize(login))
 	return nil
+}
+
+// parseDuration reads a duration as people write one: Go's (90s, 15m, 12h),
+// days (30d), or bare whole seconds (3600). It is never negative and counts
+// whole seconds, the unit the daemon works in.
+func parseDuration(s string) (time.Duration, error) {
+	unit, digits := time.Second, s
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		unit, digits = 24*time.Hour, days
+	}
+	n, err := strconv.ParseInt(digits, 10, 64)
+	d := time.Duration(n) * unit
+	if err != nil {
+		d, err = time.ParseDuration(s)
+	} else if d/unit != time.Duration(n) {
+		err = errors.New("too long")
+	}
+	if err != nil || d < 0 || d%time.Second != 0 {
+		return 0, errors.New("want a duration such as 90s, 15m, 12h or 30d, or whole seconds")
+	}
+	return d, nil
 }
 
 func cmdTokenList(g *globals, args []string) error {
@@ -1457,7 +1540,7 @@ func cmdTokenList(g *globals, args []string) error {
 
 func cmdTokenRevoke(g *globals, args []string) error {
 	fs := g.newFlags("auth token revoke", "NAME", "Revoke an API token; it is refused from the very next request.")
-	pos, err := parseFlags(fs, args, 1, 1)
+	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}

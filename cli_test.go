@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -765,37 +766,44 @@ func TestCLILoginContextNames(t *testing.T) {
 	if p := mustContext(t, home, "prod"); p.Project != "shop" || p.CASHA256 != a.fp || strings.Contains(r.stderr, "Trust") {
 		t.Errorf("--name prod again: %+v\n%s", p, r.stderr)
 	}
-	// --name of a context for another server: replaced once C's CA is pinned.
-	wantFail(t, runHelyos(t, home, "", nil, "login", c.url, "--token", c.token, "--name", "prod"), 1, "not a terminal")
-	if p := mustContext(t, home, "prod"); p.Server != a.url {
-		t.Errorf("a refused login replaced prod: %+v", p)
+	// --name of a context for another server: refused, nothing saved, as
+	// LXD refuses a remote that exists.
+	saved := readString(t, cliConfigPath(home))
+	wantFail(t, runHelyos(t, home, "", nil, "login", c.url, "--ca-fingerprint", c.fp, "--token", c.token, "--name", "prod"), 1,
+		`helyos: error: context "prod" already exists for `+a.url+"; nothing was saved\n",
+		"helyos: hint: pick another --name, or remove it first with 'helyos context rm prod'\n")
+	if after := readString(t, cliConfigPath(home)); after != saved {
+		t.Errorf("a refused login changed the config:\n%s", after)
 	}
+	// Following the hint.
+	mustRun(t, home, nil, "context", "rm", "prod")
 	mustRun(t, home, nil, "login", c.url, "--ca-fingerprint", c.fp, "--token", c.token, "--name", "prod")
-	cfg = readCLIConfig(t, home)
-	if p := cfg.Context("prod"); p.Server != c.url || p.CASHA256 != c.fp || p.Project != "" || cfg.CurrentContext != "prod" || len(cfg.Contexts) != 4 {
-		t.Errorf("prod replaced: current %q, %v, %+v", cfg.CurrentContext, cfg.Names(), p)
+	if p := mustContext(t, home, "prod"); p.Server != c.url || p.CASHA256 != c.fp || p.Project != "" {
+		t.Errorf("prod after rm and login: %+v", p)
 	}
 	wantFail(t, runHelyos(t, home, "", nil, "login", a.url, "--token", a.token, "--name", "-bad"), 2, "is invalid")
 }
 
-// TestCLILogoutAndSinglePasteLogin: the line `auth token create` prints logs
-// in on a fresh machine with no prompt; logout drops only the token; logging
-// in again reuses the pin.
+// TestCLILogoutAndSinglePasteLogin: the line `auth token create` prints,
+// with the address the daemon advertises, logs in from a second HOME with
+// the token on stdin and no prompt; the secret is printed once, on stdout
+// only; logout drops only the token; logging in again reuses the pin.
 func TestCLILogoutAndSinglePasteLogin(t *testing.T) {
 	t.Parallel()
-	d := tlsDaemon(t)
+	d := startDaemon(t, t.TempDir(), []string{"--host", "127.0.0.1", "--tls", "on", "--advertise-addr", "localhost"})
 	r := mustRun(t, d.home, nil, "auth", "token", "create", "laptop")
 	secret := strings.TrimSpace(r.stdout)
-	m := regexp.MustCompile(`(?m)^\s*helyos (login \S+ --ca-fingerprint \S+ --token \S+)$`).FindStringSubmatch(r.stderr)
-	if m == nil || !strings.HasSuffix(m[1], "--token "+secret) || !strings.Contains(m[1], d.fp) {
-		t.Fatalf("no paste-able login line for %q:\n%s", secret, r.stderr)
+	m := regexp.MustCompile(`(?m)^  helyos (login \S+ --ca-fingerprint \S+ --token-stdin)$`).FindStringSubmatch(r.stderr)
+	if m == nil || !strings.HasPrefix(m[1], "login https://localhost:"+d.port+" --ca-fingerprint "+d.fp) {
+		t.Fatalf("no paste-able login line for the advertised address:\n%s", r.stderr)
 	}
+	noTokenIn(t, cliResult{stderr: r.stderr}, secret)
 	paste := strings.Fields(m[1])
 
 	laptop := t.TempDir()
-	r = mustRun(t, laptop, nil, paste...)
-	if strings.Contains(r.stderr, "Trust") {
-		t.Errorf("pasted login prompted:\n%s", r.stderr)
+	r = runHelyos(t, laptop, secret+"\n", nil, paste...)
+	if r.code != 0 || strings.Contains(r.stderr, "Trust") {
+		t.Fatalf("pasted login: exit %d\n%s", r.code, r.stderr)
 	}
 	if got := whoamiName(t, laptop, nil); got != "laptop" {
 		t.Fatalf("whoami after pasted login = %q", got)
@@ -822,7 +830,9 @@ func TestCLILogoutAndSinglePasteLogin(t *testing.T) {
 		t.Errorf("whoami after re-login = %q", got)
 	}
 	mustRun(t, laptop, nil, "logout", "localhost")
-	mustRun(t, laptop, nil, paste...)
+	if r := runHelyos(t, laptop, secret+"\n", nil, paste...); r.code != 0 {
+		t.Fatalf("pasting again: %s", r.stderr)
+	}
 	if cfg := readCLIConfig(t, laptop); len(cfg.Contexts) != 1 || cfg.Contexts[0].Token != secret {
 		t.Errorf("pasting again: %v", cfg.Names())
 	}
@@ -852,21 +862,39 @@ func TestCLIAuthTokens(t *testing.T) {
 	if !tokenLineRE.MatchString("HELYOS_API_TOKEN=" + secret) {
 		t.Fatalf("create printed %q on stdout, want the token alone", r.stdout)
 	}
-	if !strings.Contains(r.stderr, `created token "ci" (scope admin, expires 2`) || !strings.Contains(r.stderr, "helyos login "+strings.Replace(d.url, "127.0.0.1", "localhost", 1)+" --token "+secret) {
+	// The secret is printed once, on stdout; the login line for a plain-HTTP
+	// loopback daemon has no fingerprint and takes the token from stdin.
+	if !strings.Contains(r.stderr, `token "ci" (scope admin, expires 2`) || !strings.Contains(r.stderr, "Only this machine reaches the daemon (loopback)") ||
+		!strings.Contains(r.stderr, "\n  helyos login "+d.url+" --token-stdin\n") {
 		t.Errorf("create said:\n%s", r.stderr)
 	}
-	if strings.Contains(r.stderr, "--ca-fingerprint") {
-		t.Errorf("a plain-HTTP context printed a fingerprint:\n%s", r.stderr)
+	noTokenIn(t, cliResult{stderr: r.stderr}, secret)
+	// --ttl takes Go durations, days, and bare seconds.
+	for ttl, want := range map[string]time.Duration{"90s": 90 * time.Second, "15m": 15 * time.Minute, "12h": 12 * time.Hour, "30d": 30 * 24 * time.Hour, "3600": time.Hour} {
+		var c struct {
+			CreatedAt time.Time `json:"created_at"`
+			ExpiresAt time.Time `json:"expires_at"`
+		}
+		decodeOutput(t, mustRun(t, home, nil, "--json", "auth", "token", "create", "ttl-"+ttl, "--ttl", ttl), &c)
+		if got := c.ExpiresAt.Sub(c.CreatedAt); got != want {
+			t.Errorf("--ttl %s: expires %v after creation, want %v", ttl, got, want)
+		}
+		mustRun(t, home, nil, "auth", "token", "revoke", "ttl-"+ttl)
 	}
 	// A scope that is not enforced is not offered: "read" would be a lie.
 	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "ro", "--scope", "read"), 1, `scope "read" is not available`)
 	var created struct {
 		Name, Scope, Token string
 		ExpiresAt          *string `json:"expires_at"`
+		Login              *struct {
+			Server   string  `json:"server"`
+			CASHA256 *string `json:"ca_sha256"`
+		} `json:"login"`
 	}
 	decodeOutput(t, mustRun(t, home, nil, "auth", "token", "create", "--json", "forever"), &created)
-	if created.Name != "forever" || created.Scope != "admin" || created.ExpiresAt != nil || !strings.HasPrefix(created.Token, "nxa-api_") {
-		t.Errorf("create --json = %+v", created)
+	if created.Name != "forever" || created.Scope != "admin" || created.ExpiresAt != nil || !strings.HasPrefix(created.Token, "nxa-api_") ||
+		created.Login == nil || created.Login.Server != d.url || created.Login.CASHA256 != nil {
+		t.Errorf("create --json = %+v, login %+v", created, created.Login)
 	}
 
 	text := mustRun(t, home, nil, "auth", "token", "ls").stdout
@@ -897,12 +925,11 @@ func TestCLIAuthTokens(t *testing.T) {
 	if !strings.Contains(r.stderr, `revoked token "ci"`) {
 		t.Errorf("revoke said %q", r.stderr)
 	}
-	wantFail(t, runHelyos(t, home, "", nil, "whoami", "--token", secret), 1, "the token from --token was refused", "revoked or expired")
+	// The hint logs in to the context the token came through, not a new one.
+	wantFail(t, runHelyos(t, home, "", nil, "whoami", "--token", secret), 1, "the token from --token was refused", "revoked or expired",
+		"run 'helyos login http://localhost:"+d.port+" --name local'")
 	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "revoke", "ci"), 1, `revoke token "ci"`, "HTTP 404")
-	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create"), 2, "wrong number of arguments")
-	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "x", "--ttl", "-1"), 2, "--ttl")
 	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "forever"), 1, `create token "forever"`)
-	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "bogus"), 2, `auth: unknown subcommand "token bogus"; use 'token create'`)
 }
 
 // TestCLIPinnedCAUndecodable: a pin that cannot be read fails closed with an
@@ -1075,6 +1102,10 @@ func TestCLIExitCodes(t *testing.T) {
 	t.Parallel()
 	home := t.TempDir()
 	refused := "http://127.0.0.1:1" // nothing listens on loopback port 1
+	shaped := "nxa-api_" + strings.Repeat("0", 64)
+	notAToken := "the token from --token is not a helyos API token (want nxa-api_ and 64 hex characters)"
+	flagError := "helyos: error: %s: flag provided but not defined: --bogus\nhelyos: hint: run 'helyos %[1]s --help'\n"
+	noJSON := "helyos: error: %s prints no data: --json does not apply\n"
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -1103,7 +1134,8 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"auth", "token", "list", "--help"}, 0, "Usage: helyos auth token ls"},
 		{[]string{"auth", "token", "revoke", "--help"}, 0, "Usage: helyos auth token revoke"},
 		{[]string{"--context", "x", "whoami", "--help"}, 0, "Usage: helyos whoami"},
-		{[]string{"daemon", "--help"}, 0, "tls"},
+		{[]string{"daemon", "--help"}, 0, "--advertise-addr host[:port]"},
+		{[]string{"--version"}, 0, "helyos " + binVersion + "\n"},
 
 		{nil, 2, "Commands:"},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
@@ -1112,28 +1144,62 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"login", "ftp://x"}, 2, "scheme must be https or http"},
 		{[]string{"login", "https://x:99999"}, 2, "invalid port"},
 		{[]string{"whoami", "extra"}, 2, "wrong number of arguments"},
-		{[]string{"whoami", "--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"whoami", "--bogus"}, 2, fmt.Sprintf(flagError, "whoami")},
+		{[]string{"login", "--bogus"}, 2, fmt.Sprintf(flagError, "login")},
+		{[]string{"context", "use", "--bogus"}, 2, fmt.Sprintf(flagError, "context use")},
+		{[]string{"daemon", "--bogus"}, 2, fmt.Sprintf(flagError, "daemon")},
+		{[]string{"daemon", "now"}, 2, "daemon: wrong number of arguments (1)"},
 		{[]string{"--json=maybe", "whoami"}, 2, "--json takes no value"},
 		{[]string{"whoami", "--server"}, 2, "flag --server needs a value"},
-		{[]string{"auth"}, 2, "auth: give a subcommand: 'token create'"},
+		{[]string{"auth"}, 2, "helyos: error: auth: give a subcommand: token\n"},
+		{[]string{"auth", "tokens"}, 2, `helyos: error: auth: unknown subcommand "tokens"; use token` + "\n"},
+		{[]string{"auth", "token"}, 2, "helyos: error: auth token: give a subcommand: create, ls, revoke\n"},
+		{[]string{"auth", "token", "bogus"}, 2, `helyos: error: auth token: unknown subcommand "bogus"; use create, ls, revoke` + "\n"},
+		{[]string{"auth", "token", "create"}, 2, "wrong number of arguments"},
+		{[]string{"auth", "token", "create", "x", "--ttl", "-1"}, 2, `auth token create: invalid value "-1" for flag --ttl: want a duration such as 90s, 15m, 12h or 30d, or whole seconds`},
+		{[]string{"auth", "token", "create", "x", "--ttl", "1.5d"}, 2, `invalid value "1.5d" for flag --ttl`},
+		{[]string{"auth", "token", "create", "x", "--ttl", "500ms"}, 2, `invalid value "500ms" for flag --ttl`},
+		{[]string{"auth", "token", "create", "x", "--ttl", shaped}, 2, `invalid value "nxa-api_<redacted>" for flag --ttl`},
 		{[]string{"context", "rm"}, 2, "wrong number of arguments"},
-		{[]string{"daemon", "--tls", "maybe"}, 2, ""},
+		{[]string{"daemon", "--tls", "maybe"}, 2, "--tls must be auto, on or off"},
+		{[]string{"--json", "login", refused}, 2, fmt.Sprintf(noJSON, "login")},
+		{[]string{"logout", "--json"}, 2, fmt.Sprintf(noJSON, "logout")},
+		{[]string{"context", "use", "x", "--json"}, 2, fmt.Sprintf(noJSON, "context use")},
+		{[]string{"context", "rename", "x", "y", "--json"}, 2, fmt.Sprintf(noJSON, "context rename")},
+		{[]string{"context", "rm", "x", "--json"}, 2, fmt.Sprintf(noJSON, "context rm")},
+		{[]string{"context", "set", "x", "--json"}, 2, fmt.Sprintf(noJSON, "context set")},
+		{[]string{"auth", "token", "revoke", "x", "--json"}, 2, fmt.Sprintf(noJSON, "auth token revoke")},
 
-		{[]string{"--server", refused, "whoami", "--token", "nxa-api_x"}, 1, "cannot reach " + refused + ": connection refused"},
-		{[]string{"--server", refused, "status"}, 1, "is the daemon running?"},
-		{[]string{"--server", "https://127.0.0.1:1", "auth", "token", "ls", "--token", "x"}, 1, "connection refused"},
+		// A token of the wrong shape is refused before any request: the
+		// server here would refuse the connection.
+		{[]string{"--server", refused, "whoami", "--token", "hunter2"}, 1, notAToken},
+		{[]string{"--server", refused, "auth", "token", "ls", "--token", "nxa-api_" + strings.Repeat("A", 64)}, 1, notAToken},
+		{[]string{"login", "https://127.0.0.1:1", "--token", "hunter2"}, 1, notAToken},
+		{[]string{"--server", refused, "whoami", "--token", shaped}, 1, "cannot reach " + refused + ": connection refused"},
+		{[]string{"--server", refused, "status"}, 1, "is the daemon running? start one with 'helyos daemon'"},
+		{[]string{"--server", "https://127.0.0.1:1", "auth", "token", "ls", "--token", shaped}, 1, "connection refused"},
+		// A name no resolver can hold (a label ends in '-') fails without a
+		// DNS query: the message says so, with a hint.
+		{[]string{"login", "nohost-.invalid", "--token", shaped}, 1, `cannot reach https://nohost-.invalid:6443: no host is named "nohost-.invalid"` + "\nhelyos: hint: check the spelling"},
 		{[]string{"context", "use", "nope"}, 1, `context "nope" does not exist`},
 		{[]string{"logout"}, 1, "there are no contexts"},
 		{[]string{"--server", refused, "version"}, 0, "no server version"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Parallel()
-			r := runHelyos(t, home, "", nil, tc.args...)
+			// The Go resolver only: it refuses a malformed name without a query.
+			r := runHelyos(t, home, "", []string{"GODEBUG=netdns=go"}, tc.args...)
 			if r.code != tc.code {
 				t.Errorf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, tc.code, r.stdout, r.stderr)
 			}
-			if !strings.Contains(r.stdout+r.stderr, tc.want) {
-				t.Errorf("output lacks %q\nstdout: %s\nstderr: %s", tc.want, r.stdout, r.stderr)
+			if n := strings.Count(r.stdout+r.stderr, tc.want); n == 0 || (tc.code != 0 && n > 1) {
+				t.Errorf("output has %q %d times, want once\nstdout: %s\nstderr: %s", tc.want, n, r.stdout, r.stderr)
+			}
+			if strings.Contains(r.stderr, "hunter2") {
+				t.Errorf("a rejected token was echoed:\n%s", r.stderr)
+			}
+			if m := regexp.MustCompile(`(?m)^\s+-[a-z]`).FindString(r.stderr); tc.code == 0 && m != "" {
+				t.Errorf("help shows a flag as -flag (%q), not --flag:\n%s", m, r.stderr)
 			}
 			if tc.code == 1 && !strings.HasPrefix(r.stderr, "helyos: error: ") && !strings.Contains(r.stderr, "\nhelyos: error: ") {
 				t.Errorf("runtime error not in the one error format:\n%s", r.stderr)
@@ -1145,6 +1211,30 @@ func TestCLIExitCodes(t *testing.T) {
 	}
 	if _, err := os.Stat(cliConfigPath(home)); !os.IsNotExist(err) {
 		t.Errorf("help and failing commands wrote a config: %v", filesUnder(t, home))
+	}
+}
+
+// TestCLIUnreachableHints: "start one with 'helyos daemon'" is for a
+// loopback server only; a refused remote server and an unknown host name get
+// hints of their own. The errors are built here: tests dial no remote host.
+func TestCLIUnreachableHints(t *testing.T) {
+	refused := &url.Error{Op: "Get", URL: "x", Err: &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}}
+	unknown := &url.Error{Op: "Get", URL: "x", Err: &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "clustr.example.com", IsNotFound: true}}}
+	for _, tc := range []struct {
+		server    string
+		err       error
+		msg, hint string
+	}{
+		{"http://localhost:6443", refused, "cannot reach http://localhost:6443: connection refused", "start one with 'helyos daemon'"},
+		{"https://[::1]:6443", refused, "connection refused", "start one with 'helyos daemon'"},
+		{"https://cluster.example.com:6443", refused, "cannot reach https://cluster.example.com:6443: connection refused", "is the daemon running there, on this port?"},
+		{"https://clustr.example.com:6443", unknown, `cannot reach https://clustr.example.com:6443: no host is named "clustr.example.com"`, "check the spelling of the host name"},
+	} {
+		err := (&target{server: tc.server}).transportError(tc.err)
+		var h *hintError
+		if !errors.As(err, &h) || !strings.HasSuffix(err.Error(), tc.msg) || !strings.Contains(h.hint, tc.hint) {
+			t.Errorf("%s: %v (%+v); want %q, hint %q", tc.server, err, h, tc.msg, tc.hint)
+		}
 	}
 }
 
@@ -1169,7 +1259,7 @@ func TestCLIPlainHTTPWarning(t *testing.T) {
 		{"https://192.0.2.1:6443", false},
 	} {
 		var stderr bytes.Buffer
-		g := &globals{server: tc.server, token: "nxa-api_x", io: &stdio{in: os.Stdin, out: io.Discard, err: &stderr}}
+		g := &globals{server: tc.server, token: "nxa-api_" + strings.Repeat("0", 64), io: &stdio{in: os.Stdin, out: io.Discard, err: &stderr}}
 		tgt, err := g.resolve()
 		if err != nil {
 			t.Fatalf("%s: %v", tc.server, err)

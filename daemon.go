@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,7 +50,8 @@ type daemonConfig struct {
 	tlsMode       string // auto, on, off
 	insecureHTTP  bool
 	apiToken      string
-	advertiseAddr string
+	advertiseAddr string // the host part of --advertise-addr
+	advertisePort string // its port, when it names one
 	tlsSANs       []string
 	tlsCert       string
 	tlsKey        string
@@ -70,15 +72,11 @@ func defaultDataDir() string {
 
 func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
 	cfg := &daemonConfig{notifySocket: os.Getenv("NOTIFY_SOCKET"), journal: os.Getenv("JOURNAL_STREAM") != ""}
-	fs := daemonFlags(cfg, stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, usageErrorf("%v", err)
+	if _, err := parseFlags(daemonFlags(cfg, stderr), args, 0, 0); err != nil {
+		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, usageErrorf("helyos daemon takes no arguments, got %q", fs.Arg(0))
+	if cfg.apiToken == "" {
+		cfg.apiToken = os.Getenv("HELYOS_API_TOKEN") // read here, so --help never shows it
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -91,15 +89,15 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
 
 // daemonFlags binds the daemon's flags to cfg; completion lists them too.
 func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("helyos daemon", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.host, "host", "127.0.0.1", "bind `address`")
 	fs.IntVar(&cfg.port, "port", 6443, "REST API `port` (0 picks a free one)")
 	fs.StringVar(&cfg.dataDir, "data-dir", defaultDataDir(), "`dir`ectory for state, keys and certificates")
 	fs.StringVar(&cfg.tlsMode, "tls", "auto", "`mode`: auto (HTTPS unless bound to loopback), on, off")
 	fs.BoolVar(&cfg.insecureHTTP, "insecure-http", false, "acknowledge plain HTTP on a non-loopback address")
-	fs.StringVar(&cfg.apiToken, "api-token", os.Getenv("HELYOS_API_TOKEN"), "API `token` to accept (default $HELYOS_API_TOKEN)")
-	fs.StringVar(&cfg.advertiseAddr, "advertise-addr", "", "`name` clients dial: added to the certificate and the login hint")
+	fs.StringVar(&cfg.apiToken, "api-token", "", "API `token` to accept (default $HELYOS_API_TOKEN)")
+	fs.StringVar(&cfg.advertiseAddr, "advertise-addr", "", "`host[:port]` clients dial: added to the certificate, the login hint and every new token's login line")
 	fs.Func("tls-san", "extra certificate subject alternative `name` (repeatable)", func(v string) error {
 		cfg.tlsSANs = append(cfg.tlsSANs, v)
 		return nil
@@ -108,8 +106,8 @@ func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.tlsKey, "tls-key", "", "private key `file` (PEM) for --tls-cert; SIGHUP re-reads both")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log `format`: text, or json (one object per line)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n\nFlags:\n")
-		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n")
+		printFlags(stderr, fs)
 	}
 	return fs
 }
@@ -131,6 +129,14 @@ func (c *daemonConfig) validate() error {
 	}
 	if c.tlsCert != "" && c.tlsMode == "off" {
 		return usageErrorf("--tls-cert and --tls-key need TLS, but --tls is off")
+	}
+	if c.advertiseAddr != "" {
+		host, port, err := splitAdvertiseAddr(c.advertiseAddr)
+		if err != nil {
+			return withHint(usageErrorf("--advertise-addr %q: %v", redactTokens(c.advertiseAddr), err),
+				"give the name or address clients dial, for example --advertise-addr cluster.example.com or 203.0.113.7:7443")
+		}
+		c.advertiseAddr, c.advertisePort = host, port
 	}
 	if c.apiToken != "" {
 		if _, ok := parseAPIToken(c.apiToken); !ok {
@@ -276,8 +282,12 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 
 	port := ln.Addr().(*net.TCPAddr).Port
 	scheme := map[bool]string{true: "https", false: "http"}[tlsConfig != nil]
+	srv.login = c.loginInfo(scheme, port, srv.ca)
 	if !isLoopback(c.host) && tlsConfig == nil {
 		logger.Printf("warning: serving %s over plain HTTP: bearer tokens cross the network in the clear", c.host)
+	}
+	if c.advertiseAddr != "" && isLoopback(c.host) {
+		logger.Printf("warning: --advertise-addr has no effect on who can connect: the daemon listens on loopback (%s) only; bind a reachable address with --host", c.host)
 	}
 	switch generated := plaintext != "" && c.apiToken == ""; {
 	case generated && c.keepTokenOutOfLog():
@@ -285,14 +295,13 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 	case generated:
 		fmt.Fprintf(stderr, "Generated new API token — save this, it will not be shown again:\nHELYOS_API_TOKEN=%s\n", plaintext)
 	}
-	if srv.ca != nil {
-		logger.Printf("CA fingerprint (SHA-256): %s", fingerprint(srv.ca.cert.Raw))
+	if fp := srv.login.CASHA256; fp != nil {
+		logger.Printf("CA fingerprint (SHA-256): %s", *fp)
 		where := "from another machine "
 		if isLoopback(c.host) {
 			where = "" // only this machine can reach a loopback address
 		}
-		logger.Printf("log in %swith: helyos login https://%s --ca-fingerprint %s",
-			where, net.JoinHostPort(c.hintHost(), strconv.Itoa(port)), fingerprint(srv.ca.cert.Raw))
+		logger.Printf("log in %swith: helyos login %s --ca-fingerprint %s", where, srv.login.Server, *fp)
 	}
 	if plaintext != "" && !c.underSystemd() { // a service's user is not the operator
 		c.writeLocalContext(plaintext, scheme, port, srv.ca, logger)
@@ -372,22 +381,55 @@ func (c *daemonConfig) firstToken(ctx context.Context, store *tokenStore) (strin
 	return token, nil
 }
 
-// hintHost is the name remote clients should dial.
-func (c *daemonConfig) hintHost() string {
-	if c.advertiseAddr != "" {
-		return strings.Trim(c.advertiseAddr, "[]")
+// loginInfo is where clients on other machines reach this daemon, as its
+// start-up hint and every new token's answer tell them: https://ADDR:PORT
+// with ADDR the --advertise-addr, else the bind host when it is not a
+// wildcard, else the hostname; and the CA to pin (nil without a self-signed CA).
+func (c *daemonConfig) loginInfo(scheme string, port int, ca *certAuthority) loginInfo {
+	host := strings.Trim(c.host, "[]")
+	switch {
+	case c.advertiseAddr != "":
+		host = c.advertiseAddr
+	case isWildcard(c.host):
+		host = "localhost"
+		if h, err := os.Hostname(); err == nil {
+			host = h
+		}
 	}
-	if !isWildcard(c.host) {
-		return strings.Trim(c.host, "[]")
+	if c.advertisePort != "" {
+		port, _ = strconv.Atoi(c.advertisePort)
 	}
-	if h, err := os.Hostname(); err == nil {
-		return h
+	info := loginInfo{Server: scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port))}
+	if ca != nil {
+		fp := fingerprint(ca.cert.Raw)
+		info.CASHA256 = &fp
 	}
-	return "localhost"
+	return info
 }
 
-// writeLocalContext gives the CLI on this machine a ready context, once:
-// never when a config file already exists.
+// hostNamePattern is a name a certificate can carry: dot-separated labels of
+// letters, digits and inner hyphens.
+var hostNamePattern = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+
+// splitAdvertiseAddr accepts what clients dial, a host or host:port (an IPv6
+// address in brackets when a port follows), and nothing else: no scheme, no
+// path, no user.
+func splitAdvertiseAddr(s string) (host, port string, err error) {
+	host, portOK := strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"), true
+	if h, p, splitErr := net.SplitHostPort(s); splitErr == nil {
+		n, err := strconv.Atoi(p)
+		host, port, portOK = h, p, err == nil && n >= 1 && n <= 65535
+	}
+	if !portOK || (net.ParseIP(host) == nil && (len(host) > 253 || !hostNamePattern.MatchString(host))) {
+		return "", "", errors.New("want a host name or IP address, optionally with :PORT, and no scheme or path")
+	}
+	return host, port, nil
+}
+
+// writeLocalContext gives the CLI on this machine a context named "local"
+// for this daemon, with token: in a new config file, or added to one that
+// has no "local". An existing "local" is never changed; when it is for
+// another server, one line says so and how to reach this daemon.
 func (c *daemonConfig) writeLocalContext(token, scheme string, port int, ca *certAuthority, logger *log.Logger) {
 	if c.configPath == "" {
 		return
@@ -396,25 +438,42 @@ func (c *daemonConfig) writeLocalContext(token, scheme string, port int, ca *cer
 	if !isLoopback(c.host) && !isWildcard(c.host) {
 		host = strings.Trim(c.host, "[]")
 	}
-	errExists := errors.New("config exists")
+	server := scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port))
+	var local *Context
+	current, errExists := "", errors.New("local exists")
 	err := updateConfig(c.configPath, func(cfg *Config) error {
-		if _, err := os.Stat(c.configPath); !errors.Is(err, os.ErrNotExist) {
+		if local = cfg.Context("local"); local != nil {
 			return errExists
 		}
-		ctx := &Context{Name: "local", Server: scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port)), Token: token, TokenName: bootstrapName, Project: "default"}
-		if ca != nil {
-			ctx.CA = encodeCA(ca.pem)
-			ctx.CASHA256 = fingerprint(ca.cert.Raw)
+		if cfg.CurrentContext == "" && len(cfg.Contexts) == 1 {
+			cfg.CurrentContext = cfg.Contexts[0].Name // the context the CLI used stays the one it uses
 		}
-		cfg.Contexts = append(cfg.Contexts, ctx)
-		cfg.CurrentContext = ctx.Name
+		local = &Context{Name: "local", Server: server, Token: token, TokenName: bootstrapName, Project: "default"}
+		if ca != nil {
+			local.CA = encodeCA(ca.pem)
+			local.CASHA256 = fingerprint(ca.cert.Raw)
+		}
+		cfg.Contexts = append(cfg.Contexts, local)
+		if cfg.CurrentContext == "" {
+			cfg.CurrentContext = local.Name
+		}
+		current = cfg.CurrentContext
 		return nil
 	})
 	switch {
+	case err == nil && current == local.Name:
+		logger.Printf("wrote CLI context %q to %s", local.Name, c.configPath)
 	case err == nil:
-		logger.Printf("wrote CLI context %q to %s", "local", c.configPath)
+		logger.Printf("added CLI context %q to %s; the current context stays %q: reach this daemon with 'helyos --context local COMMAND'", local.Name, c.configPath, current)
 	case !errors.Is(err, errExists):
 		logger.Printf("warning: could not write the local CLI context: %v", err)
+	case !sameServer(local.Server, server):
+		login := "helyos login " + server
+		if ca != nil {
+			login += " --ca-fingerprint " + fingerprint(ca.cert.Raw)
+		}
+		logger.Printf("CLI context %q in %s is for %s, not this daemon, and is left as it is; reach this daemon by logging in with its token: %s --name local-%d",
+			local.Name, c.configPath, local.Server, login, port)
 	}
 }
 
@@ -422,11 +481,26 @@ func (c *daemonConfig) writeLocalContext(token, scheme string, port int, ca *cer
 type server struct {
 	tokens  *tokenStore
 	ca      *certAuthority // nil when TLS is off or the certificate is the operator's
+	login   loginInfo
 	metrics *metrics
 	logger  *log.Logger
 
 	certs        *certFiles // the operator's --tls-cert/--tls-key, re-read on SIGHUP; else nil
 	notifySocket string     // systemd's $NOTIFY_SOCKET, or ""
+}
+
+// loginInfo tells a client how to log in to this daemon from elsewhere.
+type loginInfo struct {
+	Server   string  `json:"server"`
+	CASHA256 *string `json:"ca_sha256"` // null without a self-signed CA
+}
+
+// newToken is the 201 answer to a token create: the record, its secret
+// (this once only) and how to log in with it.
+type newToken struct {
+	tokenInfo
+	Token string    `json:"token"`
+	Login loginInfo `json:"login"`
 }
 
 func (s *server) serve(ctx context.Context, ln net.Listener, reload <-chan os.Signal) error {
@@ -668,10 +742,7 @@ func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request, _ *to
 		writeError(w, http.StatusInternalServerError, "could not store the token")
 		return
 	}
-	writeJSON(w, http.StatusCreated, struct {
-		tokenInfo
-		Token string `json:"token"`
-	}{info, token})
+	writeJSON(w, http.StatusCreated, newToken{info, token, s.login})
 }
 
 func (s *server) handleListTokens(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {

@@ -169,12 +169,22 @@ func TestDaemonUsageErrors(t *testing.T) {
 		{"cert with tls off", []string{"--tls", "off", "--tls-cert", "c.pem", "--tls-key", "k.pem"}, nil, "--tls-cert and --tls-key need TLS, but --tls is off"},
 		{"port too big", []string{"--port", "70000"}, nil, "--port must be between 0 and 65535, not 70000"},
 		{"port negative", []string{"--port", "-1"}, nil, "--port must be between 0 and 65535, not -1"},
-		{"port not a number", []string{"--port", "http"}, nil, `invalid value "http" for flag -port`},
-		{"unknown flag", []string{"--colour"}, nil, "flag provided but not defined: -colour"},
-		{"stray argument", []string{"now"}, nil, `helyos daemon takes no arguments, got "now"`},
+		{"port not a number", []string{"--port", "http"}, nil, `daemon: invalid value "http" for flag --port`},
+		{"unknown flag", []string{"--colour"}, nil, "daemon: flag provided but not defined: --colour"},
+		{"stray argument", []string{"now"}, nil, "daemon: wrong number of arguments (1)"},
 		{"malformed api token flag", []string{"--api-token", "secret"}, nil, "is not nxa-api_ followed by 64 lower-case hex characters"},
 		{"malformed api token env", nil, []string{"HELYOS_API_TOKEN=nxa-api_ABC"}, "is not nxa-api_ followed by 64 lower-case hex characters"},
 		{"join token as api token", []string{"--api-token", "nxa_" + strings.Repeat("a", 64)}, nil, "is not nxa-api_ followed by 64 lower-case hex characters"},
+		{"advertise a URL", []string{"--advertise-addr", "https://cluster.example.com"}, nil, `--advertise-addr "https://cluster.example.com": want a host name or IP address, optionally with :PORT, and no scheme or path` + "\nhelyos: hint: give the name"},
+		{"advertise with a path", []string{"--advertise-addr", "cluster.example.com/api"}, nil, `--advertise-addr "cluster.example.com/api": want a host name`},
+		{"advertise with a user", []string{"--advertise-addr", "me@cluster.example.com"}, nil, `--advertise-addr "me@cluster.example.com": want a host name`},
+		{"advertise an empty port", []string{"--advertise-addr", "cluster.example.com:"}, nil, `--advertise-addr "cluster.example.com:": want a host name`},
+		{"advertise port zero", []string{"--advertise-addr", "cluster.example.com:0"}, nil, `--advertise-addr "cluster.example.com:0": want a host name`},
+		{"advertise port too big", []string{"--advertise-addr", "10.0.0.5:70000"}, nil, `--advertise-addr "10.0.0.5:70000": want a host name`},
+		{"advertise double brackets", []string{"--advertise-addr", "[[::1]]"}, nil, `--advertise-addr "[[::1]]": want a host name`},
+		{"advertise an IPv6 zone", []string{"--advertise-addr", "fe80::1%eth0"}, nil, `--advertise-addr "fe80::1%eth0": want a host name`},
+		{"advertise a label ending in -", []string{"--advertise-addr", "cluster-.example.com"}, nil, `want a host name`},
+		{"advertise a token", []string{"--advertise-addr", "nxa-api_" + strings.Repeat("a", 64)}, nil, `--advertise-addr "nxa-api_<redacted>"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -326,21 +336,31 @@ func TestCAEndpointAndFingerprint(t *testing.T) {
 func TestLoginHintHost(t *testing.T) {
 	t.Parallel()
 	hostname, _ := os.Hostname()
+	const noEffect = "warning: --advertise-addr has no effect on who can connect: the daemon listens on loopback (127.0.0.1) only; bind a reachable address with --host\n"
 	cases := []struct {
 		name string
 		args []string
-		want string
+		want string // PORT is the port the daemon bound
+		warn bool   // the loopback warning, once
 	}{
-		{"advertise wins", []string{"--host", "0.0.0.0", "--advertise-addr", "cluster.test"}, "log in from another machine with: helyos login https://cluster.test:"},
-		{"loopback is not for other machines", []string{"--host", "127.0.0.1", "--tls", "on"}, "log in with: helyos login https://127.0.0.1:"},
-		{"wildcard uses the hostname", []string{"--host", "0.0.0.0"}, "log in from another machine with: helyos login https://" + hostname + ":"},
+		{"advertise wins", []string{"--host", "0.0.0.0", "--advertise-addr", "cluster.test"}, "log in from another machine with: helyos login https://cluster.test:PORT", false},
+		{"advertise a port", []string{"--host", "0.0.0.0", "--advertise-addr", "cluster.test:7443"}, "helyos login https://cluster.test:7443", false},
+		{"advertise IPv6 with a port", []string{"--host", "0.0.0.0", "--advertise-addr", "[2001:db8::5]:7443"}, "helyos login https://[2001:db8::5]:7443", false},
+		{"advertise IPv6", []string{"--host", "0.0.0.0", "--advertise-addr", "2001:db8::5"}, "helyos login https://[2001:db8::5]:PORT", false},
+		{"loopback is not for other machines", []string{"--host", "127.0.0.1", "--tls", "on"}, "log in with: helyos login https://127.0.0.1:PORT", false},
+		{"advertise on loopback warns", []string{"--host", "127.0.0.1", "--tls", "on", "--advertise-addr", "localhost"}, "log in with: helyos login https://localhost:PORT", true},
+		{"wildcard uses the hostname", []string{"--host", "0.0.0.0"}, "log in from another machine with: helyos login https://" + hostname + ":PORT", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			d := startDaemon(t, t.TempDir(), c.args)
-			if !strings.Contains(d.out.String(), c.want+d.port+" --ca-fingerprint "+d.fp) {
-				t.Errorf("output lacks %q:\n%s", c.want+d.port, d.out.String())
+			out := d.out.String()
+			if want := strings.ReplaceAll(c.want, "PORT", d.port); !strings.Contains(out, want+" --ca-fingerprint "+d.fp) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+			if n := strings.Count(out, "has no effect on who can connect"); (c.warn && (n != 1 || !strings.Contains(out, noEffect))) || (!c.warn && n != 0) {
+				t.Errorf("loopback warning %d times, want it: %v\n%s", n, c.warn, out)
 			}
 		})
 	}
@@ -483,10 +503,15 @@ func TestTokenLifecycleOverHTTP(t *testing.T) {
 	}
 	var created map[string]any
 	json.Unmarshal([]byte(body), &created)
-	for _, k := range []string{"name", "scope", "created_at", "expires_at", "last_used_at", "token"} {
+	for _, k := range []string{"name", "scope", "created_at", "expires_at", "last_used_at", "token", "login"} {
 		if _, ok := created[k]; !ok {
 			t.Errorf("created record lacks %q: %s", k, body)
 		}
+	}
+	// How to log in from elsewhere: the address clients dial (the bind host
+	// here) and the CA to pin.
+	if login, _ := json.Marshal(created["login"]); string(login) != `{"ca_sha256":"`+d.fp+`","server":"https://127.0.0.1:`+d.port+`"}` {
+		t.Errorf("login = %s", login)
 	}
 	secret, _ := created["token"].(string)
 	if _, ok := parseAPIToken(secret); !ok {
@@ -799,24 +824,56 @@ func TestFileModes(t *testing.T) {
 
 // TestLocalContextNeverOverwritten: the daemon writes the local context only
 // when there is no config file.
+// TestLocalContextNeverOverwritten: a first start adds a "local" context to
+// a config that has none, keeping the user's current context, and never
+// touches an existing "local": it says in one line how to reach this daemon.
 func TestLocalContextNeverOverwritten(t *testing.T) {
 	t.Parallel()
-	home := t.TempDir()
-	path := filepath.Join(home, ".helyos", "config.toml")
-	os.MkdirAll(filepath.Dir(path), 0o700)
-	const mine = "# mine\ncurrent-context = \"prod\"\n\n[context.prod]\nserver = \"https://prod.test:6443\"\n"
-	os.WriteFile(path, []byte(mine), 0o600)
-	d := startDaemon(t, home, nil)
-	if d.token == "" {
-		t.Fatal("no first-run token")
-	}
-	if got, _ := os.ReadFile(path); string(got) != mine {
-		t.Errorf("config file changed:\n%s", got)
+	const prod = "\n[context.prod]\nserver = \"https://prod.test:6443\"\n"
+	for _, tc := range []struct {
+		name, config, current string
+		contexts              []string
+		log                   string // PORT is the daemon's port
+	}{
+		{"no contexts", "# mine\n", "local", []string{"local"}, `wrote CLI context "local"`},
+		{"another context is current", "current-context = \"prod\"\n" + prod, "prod", []string{"prod", "local"},
+			`added CLI context "local" to CONFIG; the current context stays "prod": reach this daemon with 'helyos --context local COMMAND'`},
+		{"the only context stays active", prod, "prod", []string{"prod", "local"}, `the current context stays "prod"`},
+		{"local is elsewhere", "current-context = \"local\"\n\n[context.local]\nserver = \"http://localhost:6443\"\ntoken = \"nxa-api_x\"\n", "local", []string{"local"},
+			`CLI context "local" in CONFIG is for http://localhost:6443, not this daemon, and is left as it is; reach this daemon by logging in with its token: helyos login http://localhost:PORT --name local-PORT` + "\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			home := t.TempDir()
+			path := filepath.Join(home, ".helyos", "config.toml")
+			os.MkdirAll(filepath.Dir(path), 0o700)
+			os.WriteFile(path, []byte(tc.config), 0o600)
+			d := startDaemon(t, home, nil)
+			cfg, err := loadConfig(path)
+			if err != nil || cfg.CurrentContext != tc.current || strings.Join(cfg.Names(), ",") != strings.Join(tc.contexts, ",") {
+				t.Fatalf("config: %v, current %q, contexts %v", err, cfg.CurrentContext, cfg.Names())
+			}
+			if want := strings.NewReplacer("PORT", d.port, "CONFIG", path).Replace(tc.log); strings.Count(d.out.String(), want) != 1 {
+				t.Errorf("the daemon did not say once %q:\n%s", want, d.out.String())
+			}
+			local, kept := cfg.Context("local"), tc.name == "local is elsewhere"
+			if got, _ := os.ReadFile(path); kept && string(got) != tc.config {
+				t.Errorf("an existing local was rewritten:\n%s", got)
+			}
+			if !kept && (local.Server != "http://localhost:"+d.port || local.Token != d.token) {
+				t.Errorf("local = %+v", local)
+			}
+			if tc.current != "local" {
+				if got := whoamiName(t, home, nil, "--context", "local"); got != "bootstrap" {
+					t.Errorf("whoami through the added context = %q", got)
+				}
+			}
+		})
 	}
 
 	other := t.TempDir()
 	cfgPath := filepath.Join(other, "elsewhere.toml")
-	d = startDaemon(t, other, []string{"--tls", "on"}, "HELYOS_CONFIG="+cfgPath)
+	d := startDaemon(t, other, []string{"--tls", "on"}, "HELYOS_CONFIG="+cfgPath)
 	cfg, err := loadConfig(cfgPath)
 	if err != nil || cfg.CurrentContext != "local" || len(cfg.Contexts) != 1 {
 		t.Fatalf("local context at $HELYOS_CONFIG: %v %+v", err, cfg)

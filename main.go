@@ -81,6 +81,9 @@ func run(argv []string, io *stdio) int {
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		usage(io.out)
 		return 0
+	case args[0] == "--version":
+		fmt.Fprintf(io.out, "helyos %s\n", buildVersion())
+		return 0
 	case args[0] == "daemon":
 		err = runDaemon(args[1:], io.err)
 	case args[0] == completeCommand:
@@ -110,7 +113,7 @@ func runClient(args []string, io *stdio) error {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, "helyos %s: a secure-by-default control plane\n\nUsage:\n  helyos daemon [flags]   run the REST API server (also: helyosd)\n  helyos COMMAND [flags]  talk to a daemon\n\nCommands:\n", buildVersion())
+	fmt.Fprintf(w, "helyos %s: a secure-by-default control plane\n\nUsage:\n  helyos daemon [flags]   run the REST API server (also: helyosd)\n  helyos COMMAND [flags]  talk to a daemon\n  helyos --version        print the client's version\n\nCommands:\n", buildVersion())
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, c := range commands() {
 		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
@@ -120,11 +123,34 @@ func usage(w io.Writer) {
 Global flags (before or after the command):
   --context NAME   use this context for one command (else $HELYOS_CONTEXT, else current-context)
   --server URL     daemon to talk to (else $HELYOS_SERVER, else the context)
-  --token TOKEN    API token (else $HELYOS_API_TOKEN, else the context)
+  --token TOKEN    API token, seen by ps and shell history: prefer $HELYOS_API_TOKEN or a context
   --json           print data as JSON
 
 Run 'helyos COMMAND --help' for a command's flags.
 `)
+}
+
+// printFlags lists a flag set's flags under "Flags:", spelled --name as
+// everywhere else (the flag package would print -name).
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	var tw *tabwriter.Writer
+	fs.VisitAll(func(f *flag.Flag) {
+		if tw == nil {
+			fmt.Fprint(w, "\nFlags:\n")
+			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		}
+		arg, about := flag.UnquoteUsage(f)
+		if arg != "" {
+			arg = " " + arg
+		}
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			about += " (default " + f.DefValue + ")"
+		}
+		fmt.Fprintf(tw, "  --%s%s\t%s\n", f.Name, arg, about)
+	})
+	if tw != nil {
+		tw.Flush()
+	}
 }
 
 // usageError marks a mistake in how the command was called (exit code 2).

@@ -135,6 +135,8 @@ func TestCredentialSourceFailures(t *testing.T) {
 		{"command too slow", "--token-command", slow, nil, []string{slow, "did not finish within 10s"}},
 		{"command embeds a token", "--token-command", "false " + secret, nil, []string{`"false nxa-api_<redacted>" failed: exit status 1`}},
 		{"env with wrong token", "--token-env", "WRONG", []string{"WRONG=nxa-api_" + strings.Repeat("0", 64)}, []string{"missing or invalid bearer token"}},
+		{"command prints junk", "--token-command", "echo hunter2", nil, []string{"is not a helyos API token (want nxa-api_ and 64 hex characters)"}},
+		{"env holds junk", "--token-env", "JUNK", []string{"JUNK=hunter2"}, []string{"is not a helyos API token (want nxa-api_ and 64 hex characters)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -143,6 +145,9 @@ func TestCredentialSourceFailures(t *testing.T) {
 			r := runHelyos(t, home, "", tc.env, "login", d.url, "--ca-fingerprint", d.fp, tc.flag, tc.value)
 			wantFail(t, r, 1, tc.wants...)
 			noTokenIn(t, r, secret, d.token)
+			if strings.Contains(r.stderr, "(login)") || strings.Contains(r.stderr, "hunter2") {
+				t.Errorf("login named a context \"(login)\" or echoed a junk token:\n%s", r.stderr)
+			}
 			if _, err := os.Stat(cliConfigPath(home)); !os.IsNotExist(err) {
 				t.Errorf("a failed login wrote %s", cliConfigPath(home))
 			}
