@@ -786,6 +786,10 @@ func TestNoSecretsInOutput(t *testing.T) {
 			}
 		}
 	}
+	// The daemon's help names $HELYOS_API_TOKEN as the default, never its value.
+	if help := runHelyos(t, home, "", []string{"HELYOS_API_TOKEN=" + d.token}, "daemon", "--help"); help.code != 0 || strings.Contains(help.stderr, d.token[8:]) {
+		t.Errorf("daemon --help with $HELYOS_API_TOKEN set: exit %d\n%s", help.code, help.stderr)
+	}
 }
 
 func TestFileModes(t *testing.T) {
