@@ -366,26 +366,30 @@ func TestCLILoginOnTerminal(t *testing.T) {
 		}
 	})
 
-	t.Run("token prompt does not echo", func(t *testing.T) {
-		t.Parallel()
-		home := t.TempDir()
-		p := startOnPty(t, home, nil, "login", d.url, "--ca-fingerprint", d.fp)
-		p.waitFor(t, "API token: ")
-		p.typeLine(t, d.token)
-		code, out := p.wait(t)
-		if code != 0 {
-			t.Fatalf("login exit %d:\n%s", code, out)
-		}
-		if strings.Contains(out, secret) || strings.Contains(out, secret[:16]) {
-			t.Errorf("the token was echoed on the terminal:\n%s", out)
-		}
-		if strings.Contains(out, "Trust and pin") {
-			t.Errorf("asked to trust a CA the fingerprint already vouched for:\n%s", out)
-		}
-		if got := whoamiName(t, home, nil); got != "bootstrap" {
-			t.Errorf("whoami = %q", got)
-		}
-	})
+	// --token-stdin at a terminal (the line auth token create prints, pasted
+	// there) asks the same way: the pasted token is not echoed.
+	for _, flags := range [][]string{{"--ca-fingerprint", d.fp}, {"--ca-fingerprint", d.fp, "--token-stdin"}} {
+		t.Run("token prompt does not echo "+strings.Join(flags[2:], ""), func(t *testing.T) {
+			t.Parallel()
+			home := t.TempDir()
+			p := startOnPty(t, home, nil, append([]string{"login", d.url}, flags...)...)
+			p.waitFor(t, "API token: ")
+			p.typeLine(t, d.token)
+			code, out := p.wait(t)
+			if code != 0 {
+				t.Fatalf("login exit %d:\n%s", code, out)
+			}
+			if strings.Contains(out, secret) || strings.Contains(out, secret[:16]) {
+				t.Errorf("the token was echoed on the terminal:\n%s", out)
+			}
+			if strings.Contains(out, "Trust and pin") {
+				t.Errorf("asked to trust a CA the fingerprint already vouched for:\n%s", out)
+			}
+			if got := whoamiName(t, home, nil); got != "bootstrap" {
+				t.Errorf("whoami = %q", got)
+			}
+		})
+	}
 }
 
 // TestCLILoginRefusals: each refusal exits non-zero, says why, and saves
