@@ -140,13 +140,10 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		}
 		arg, about := flag.UnquoteUsage(f)
-		if arg != "" {
-			arg = " " + arg
-		}
 		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
 			about += " (default " + f.DefValue + ")"
 		}
-		fmt.Fprintf(tw, "  --%s%s\t%s\n", f.Name, arg, about)
+		fmt.Fprintf(tw, "  --%s %s\t%s\n", f.Name, arg, about)
 	})
 	if tw != nil {
 		tw.Flush()
