@@ -94,7 +94,7 @@ func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.host, "host", "127.0.0.1", "bind `address`")
 	fs.IntVar(&cfg.port, "port", 6443, "REST API `port` (0 picks a free one)")
 	fs.StringVar(&cfg.dataDir, "data-dir", defaultDataDir(), "`dir`ectory for state, keys and certificates")
-	fs.StringVar(&cfg.tlsMode, "tls", "auto", "`mode`: auto (HTTPS unless bound to loopback), on, off")
+	fs.StringVar(&cfg.tlsMode, "tls", "auto", "`mode`: auto (HTTPS unless bound to loopback without --tls-cert), on, off")
 	fs.BoolVar(&cfg.insecureHTTP, "insecure-http", false, "acknowledge plain HTTP on a non-loopback address")
 	fs.StringVar(&cfg.apiToken, "api-token", "", "API `token` to accept (default $HELYOS_API_TOKEN)")
 	fs.StringVar(&cfg.advertiseAddr, "advertise-addr", "", "`host[:port]` clients dial: added to the certificate, the login hint and every new token's login line")
@@ -147,9 +147,11 @@ func (c *daemonConfig) validate() error {
 	return nil
 }
 
-// useTLS applies --tls: auto means HTTPS unless the bind host is loopback.
+// useTLS applies --tls: auto means HTTPS unless the bind host is loopback
+// and no --tls-cert was given (an operator who brings a certificate wants
+// it served).
 func (c *daemonConfig) useTLS() bool {
-	return c.tlsMode == "on" || (c.tlsMode == "auto" && !isLoopback(c.host))
+	return c.tlsMode == "on" || (c.tlsMode == "auto" && (c.tlsCert != "" || !isLoopback(c.host)))
 }
 
 // checkExposure is the plain-HTTP guardrail. Serving a reachable address in

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -366,6 +367,9 @@ func TestLoginHintHost(t *testing.T) {
 	}
 }
 
+// TestBringYourOwnCertificate: --tls-cert/--tls-key mean HTTPS with that
+// certificate, also on a loopback bind under the default --tls auto, and no
+// self-signed CA is made.
 func TestBringYourOwnCertificate(t *testing.T) {
 	t.Parallel()
 	// A CA and leaf made by our own code, standing in for an operator's.
@@ -374,24 +378,36 @@ func TestBringYourOwnCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ca.issueServerCert(dir, []string{"127.0.0.1", "localhost"}, time.Now()); err != nil {
+	leaf, err := ca.issueServerCert(dir, []string{"127.0.0.1", "localhost"}, time.Now())
+	if err != nil {
 		t.Fatal(err)
 	}
-	home := t.TempDir()
-	d := startDaemon(t, home, []string{"--tls-cert", filepath.Join(dir, serverCertFile), "--tls-key", filepath.Join(dir, serverKeyFile)})
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.cert)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	resp, err := client.Get(d.url + "/api/v1/ca")
-	if err != nil {
-		t.Fatalf("the operator's certificate was not served: %v", err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 404 {
-		t.Errorf("GET /api/v1/ca with an operator certificate = %d, want 404", resp.StatusCode)
-	}
-	if _, err := os.Stat(filepath.Join(d.dataDir, caCertFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("a self-signed CA was made although the operator brought a certificate")
+	for _, tlsMode := range []string{"auto", "on"} {
+		t.Run(tlsMode, func(t *testing.T) {
+			t.Parallel()
+			d := startDaemon(t, t.TempDir(), []string{"--tls", tlsMode, "--tls-cert", filepath.Join(dir, serverCertFile), "--tls-key", filepath.Join(dir, serverKeyFile)})
+			if !strings.HasPrefix(d.url, "https://") {
+				t.Errorf("--tls %s with --tls-cert serves %s", tlsMode, d.url)
+			}
+			conn, err := tls.Dial("tcp", "127.0.0.1:"+d.port, &tls.Config{RootCAs: pool})
+			if err != nil {
+				t.Fatalf("the operator's certificate was not served: %v", err)
+			}
+			defer conn.Close()
+			if !conn.ConnectionState().PeerCertificates[0].Equal(leaf.Leaf) {
+				t.Errorf("the daemon served another certificate than --tls-cert")
+			}
+			conn.Write([]byte("GET /api/v1/ca HTTP/1.1\r\nHost: localhost\r\n\r\n"))
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil || resp.StatusCode != http.StatusNotFound {
+				t.Errorf("GET /api/v1/ca with an operator certificate = %v %v, want 404", resp, err)
+			}
+			if _, err := os.Stat(filepath.Join(d.dataDir, caCertFile)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("a self-signed CA was made although the operator brought a certificate")
+			}
+		})
 	}
 }
 
