@@ -206,7 +206,17 @@ func runDaemon(args []string, stderr io.Writer) error {
 	reload := make(chan os.Signal, 1)
 	signal.Notify(reload, syscall.SIGHUP)
 	defer signal.Stop(reload)
-	return cfg.run(ctx, reload, newLogger(cfg.logFormat, cfg.journal, stderr), stderr)
+	logger := newLogger(cfg.logFormat, cfg.journal, stderr)
+	err = cfg.run(ctx, reload, logger, stderr)
+	if err != nil && cfg.logFormat == "json" { // the reason, too, in the log's own format
+		logger.Printf("error: %s", redactTokens(err.Error()))
+		var h *hintError
+		if errors.As(err, &h) {
+			logger.Printf("hint: %s", redactTokens(h.hint))
+		}
+		return errLogged
+	}
+	return err
 }
 
 // underSystemd: systemd sets $NOTIFY_SOCKET for Type=notify and

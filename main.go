@@ -179,11 +179,17 @@ func withHint(err error, hint string) error {
 	return &hintError{err: err, hint: hint}
 }
 
+// errLogged is an error the daemon has already written to its JSON log.
+var errLogged = errors.New("the error is in the log")
+
 // report prints err the one way every command's errors are printed and
 // returns the exit code.
 func report(err error, w io.Writer) int {
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
+	}
+	if err == errLogged {
+		return 1
 	}
 	// An error may repeat what a server sent or what the user typed: its
 	// control characters are escaped and anything shaped like a token is

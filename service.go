@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
+	"time"
 )
 
 // Running under systemd: readiness notifications, log lines for the
@@ -52,12 +55,27 @@ func newLogger(format string, journal bool, w io.Writer) *log.Logger {
 				return a
 			}
 		}
-		return slog.NewLogLogger(slog.NewJSONHandler(w, opts), slog.LevelInfo)
+		return log.New(jsonLines{slog.NewJSONHandler(w, opts)}, "", 0)
 	}
 	if journal {
 		return log.New(w, "helyos: ", 0)
 	}
 	return log.New(w, "helyos: ", log.LstdFlags)
+}
+
+// jsonLines turns each line the daemon logs into one JSON object: a line
+// starting "error: " or "warning: " at that level, without the word, so a
+// log shipper can alert on it; every other line at INFO.
+type jsonLines struct{ h slog.Handler }
+
+func (j jsonLines) Write(p []byte) (int, error) {
+	msg, level := strings.TrimSuffix(string(p), "\n"), slog.LevelInfo
+	if m, ok := strings.CutPrefix(msg, "error: "); ok {
+		msg, level = m, slog.LevelError
+	} else if m, ok := strings.CutPrefix(msg, "warning: "); ok {
+		msg, level = m, slog.LevelWarn
+	}
+	return len(p), j.h.Handle(context.Background(), slog.NewRecord(time.Now(), level, msg, 0))
 }
 
 // writeBootstrapToken stores the first-run token in path, readable by the

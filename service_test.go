@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -321,6 +322,37 @@ func pollUntil(t *testing.T, what string, ok func() bool) {
 	for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within 20s", what)
+		}
+	}
+}
+
+// TestJSONLogLevels: with --log-format json a warning or an error carries
+// its level, and a daemon that cannot start says why, with the hint, in JSON
+// lines too.
+func TestJSONLogLevels(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	d := startDaemon(t, home, []string{"--log-format", "json"}, "NOTIFY_SOCKET=/nonexistent/notify")
+	refused := runHelyos(t, home, "", nil, "daemon", "--port", "0", "--log-format", "json") // the data dir is in use
+	d.stop(t)
+	if refused.code != 1 {
+		t.Errorf("a second daemon on the data dir: exit %d", refused.code)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(d.out.String()+refused.stderr), "\n") {
+		var obj struct{ Level, Msg string }
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Errorf("not a JSON log object: %q", line)
+		}
+		got = append(got, obj.Level+" "+obj.Msg)
+	}
+	for _, want := range []string{
+		"WARN notify systemd (READY=1): dial unixgram /nonexistent/notify: ",
+		"ERROR data dir " + d.dataDir + " is in use by another helyos daemon",
+		"INFO hint: stop that daemon, or give this one its own --data-dir",
+	} {
+		if !slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, want) }) {
+			t.Errorf("no log line %q in:\n%s", want, strings.Join(got, "\n"))
 		}
 	}
 }
