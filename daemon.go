@@ -330,7 +330,7 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 // CA or the operator's certificate files.
 func (c *daemonConfig) loadTLS(now func() time.Time) (*tls.Config, *certAuthority, *certFiles, error) {
 	if c.tlsCert != "" {
-		files := &certFiles{certPath: c.tlsCert, keyPath: c.tlsKey}
+		files := &certFiles{certPath: c.tlsCert, keyPath: c.tlsKey, now: now}
 		if err := files.load(); err != nil {
 			return nil, nil, nil, err
 		}

@@ -236,22 +236,24 @@ func TestBootstrapTokenFileNeverOverwritten(t *testing.T) {
 
 // TestSIGHUPReloadsCertificate: after the operator's files are replaced and
 // SIGHUP sent, new connections get the new certificate while an open
-// keep-alive connection still answers; a broken pair leaves the one in
-// service.
+// keep-alive connection still answers; a broken pair (key and certificate
+// apart, a certificate out of date, a key every user may read) leaves the
+// one in service, and is refused at start as well.
 func TestSIGHUPReloadsCertificate(t *testing.T) {
 	t.Parallel()
 	ca, err := createCA(t.TempDir(), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	issue := func() (dir string, serial *big.Int) {
+	issueAt := func(now time.Time) (dir string, serial *big.Int) {
 		dir = t.TempDir()
-		c, err := ca.issueServerCert(dir, []string{"127.0.0.1", "localhost"}, time.Now())
+		c, err := ca.issueServerCert(dir, []string{"127.0.0.1", "localhost"}, now)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return dir, c.Leaf.SerialNumber
 	}
+	issue := func() (string, *big.Int) { return issueAt(time.Now()) }
 	live, first := issue()
 	certPath, keyPath := filepath.Join(live, serverCertFile), filepath.Join(live, serverKeyFile)
 	d := startDaemon(t, t.TempDir(), []string{"--tls", "on", "--tls-cert", certPath, "--tls-key", keyPath})
@@ -293,16 +295,35 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 		t.Errorf("the open connection changed certificate")
 	}
 
-	broken, _ := issue() // its certificate with another key
-	copyFile(t, filepath.Join(broken, serverCertFile), certPath)
-	d.cmd.Process.Signal(syscall.SIGHUP)
-	pollUntil(t, "the broken pair is reported", func() bool {
-		return strings.Contains(d.out.String(), "error: SIGHUP: keeping the certificate in service: load --tls-cert and --tls-key: tls: private key does not match public key")
-	})
-	if servedSerial().Cmp(second) != 0 {
-		t.Errorf("a broken pair replaced the certificate in service")
+	other, _ := issue()
+	expired, _ := issueAt(time.Now().Add(-2 * serverValidity))
+	loose, _ := issue()
+	for _, b := range []struct {
+		from, log string
+		keyMode   os.FileMode
+	}{
+		{other, "tls: private key does not match public key", 0o600}, // its certificate with the old key
+		{expired, "is valid from ", 0o600},
+		{loose, keyPath + " is readable by every user (mode 0644); chmod o-rwx it", 0o644},
+	} {
+		copyFile(t, filepath.Join(b.from, serverCertFile), certPath)
+		if b.from != other {
+			copyFile(t, filepath.Join(b.from, serverKeyFile), keyPath)
+		}
+		os.Chmod(keyPath, b.keyMode)
+		if r := runHelyos(t, t.TempDir(), "", nil, "daemon", "--port", "0", "--tls-cert", certPath, "--tls-key", keyPath); r.code != 1 || !strings.Contains(r.stderr, b.log) {
+			t.Errorf("start with a broken pair: exit %d, want 1 and %q:\n%s", r.code, b.log, r.stderr)
+		}
+		d.cmd.Process.Signal(syscall.SIGHUP)
+		pollUntil(t, "the broken pair is reported", func() bool {
+			return strings.Contains(d.out.String(), "error: SIGHUP: keeping the certificate in service: load --tls-cert and --tls-key: ") &&
+				strings.Contains(d.out.String(), b.log)
+		})
+		if servedSerial().Cmp(second) != 0 {
+			t.Errorf("a broken pair replaced the certificate in service")
+		}
+		health()
 	}
-	health()
 }
 
 func copyFile(t *testing.T, from, to string) {
