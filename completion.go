@@ -170,7 +170,8 @@ func flagsAt(path []string) map[string]bool {
 }
 
 // contextNames are the contexts in the config file; none when it cannot be
-// read.
+// read. A name the CLI would not accept (one edited in by hand, say "p;id")
+// is left out: bash puts a candidate into the command line unquoted.
 func contextNames() []string {
 	_, cfg, err := loadClientConfig()
 	if err != nil {
@@ -178,7 +179,9 @@ func contextNames() []string {
 	}
 	var names []string
 	for _, c := range cfg.Contexts {
-		names = append(names, c.Name)
+		if checkContextName(c.Name) == nil {
+			names = append(names, c.Name)
+		}
 	}
 	return names
 }

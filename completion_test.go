@@ -108,3 +108,27 @@ func TestCompletionScripts(t *testing.T) {
 		t.Errorf("completion tcsh: %d %s", r.code, r.stderr)
 	}
 }
+
+// TestCompletionSkipsHostileContextNames: a config edited by hand (or handed
+// over) may name a context "p;id" or "p$(…)". bash puts a candidate into the
+// command line as it is, so only names the CLI itself accepts are offered.
+func TestCompletionSkipsHostileContextNames(t *testing.T) {
+	home := t.TempDir()
+	path := filepath.Join(home, "config.toml")
+	config := `[context.prod]` + "\n" + `server = "https://prod.test:6443"` + "\n"
+	for _, name := range []string{`p$(touch pwned)`, "p;id", "p`id`", `p two\nthree`, "p two", "p'q"} {
+		config += `[context."` + strings.ReplaceAll(name, `"`, `\"`) + `"]` + "\n" + `server = "https://x.test:6443"` + "\n"
+	}
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HELYOS_CONFIG", path)
+	if _, err := loadConfig(path); err != nil {
+		t.Fatal(err)
+	}
+	for _, words := range [][]string{{"context", "use", "p"}, {"--context", "p"}} {
+		if got := completions(words); !slices.Equal(got, []string{"prod"}) {
+			t.Errorf("complete %q = %q, want only prod", words, got)
+		}
+	}
+}
