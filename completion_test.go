@@ -1,11 +1,13 @@
 package main
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -130,5 +132,45 @@ func TestCompletionSkipsHostileContextNames(t *testing.T) {
 		if got := completions(words); !slices.Equal(got, []string{"prod"}) {
 			t.Errorf("complete %q = %q, want only prod", words, got)
 		}
+	}
+}
+
+// TestCompletionRunsNothing: completing after every command, subcommand and
+// flag reads the config alone: the context's token command never runs and
+// its server is never dialled.
+func TestCompletionRunsNothing(t *testing.T) {
+	home := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var dialled atomic.Int32
+	go func() {
+		for conn, err := ln.Accept(); err == nil; conn, err = ln.Accept() {
+			dialled.Add(1)
+			conn.Close()
+		}
+	}()
+	marker := filepath.Join(home, "token-command-ran")
+	mustRun(t, home, nil, "context", "set", "prod", "--server", "http://"+ln.Addr().String(), "--token-command", "touch "+marker)
+	mustRun(t, home, nil, "context", "use", "prod")
+	t.Setenv("HELYOS_CONFIG", filepath.Join(home, ".helyos", "config.toml"))
+	var walk func(path []string)
+	walk = func(path []string) {
+		for _, last := range []string{"", "-", "--context", "p"} {
+			completions(append(slices.Clone(path), last))
+			completions(append([]string{"--context", "prod"}, append(slices.Clone(path), last)...))
+		}
+		for _, sub := range subcommands(path) {
+			walk(append(slices.Clone(path), sub))
+		}
+	}
+	walk(nil)
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("completion ran the context's token command")
+	}
+	if n := dialled.Load(); n > 0 {
+		t.Errorf("completion dialled the context's server %d times", n)
 	}
 }
