@@ -71,7 +71,7 @@ func defaultDataDir() string {
 }
 
 func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
-	cfg := &daemonConfig{notifySocket: os.Getenv("NOTIFY_SOCKET"), journal: os.Getenv("JOURNAL_STREAM") != ""}
+	cfg := &daemonConfig{notifySocket: os.Getenv("NOTIFY_SOCKET"), journal: stderrIsJournal(os.Getenv("JOURNAL_STREAM"))}
 	if _, err := parseFlags(daemonFlags(cfg, stderr), args, 0, 0); err != nil {
 		return nil, err
 	}
@@ -219,8 +219,8 @@ func runDaemon(args []string, stderr io.Writer) error {
 	return err
 }
 
-// underSystemd: systemd sets $NOTIFY_SOCKET for Type=notify and
-// $JOURNAL_STREAM when stderr is the journal.
+// underSystemd: systemd sets $NOTIFY_SOCKET for Type=notify, and
+// $JOURNAL_STREAM to stderr's stream when stderr is the journal.
 func (c *daemonConfig) underSystemd() bool {
 	return c.notifySocket != "" || c.journal
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -100,6 +101,10 @@ func startDaemon(t testing.TB, home string, args []string, env ...string) *testD
 	d := &testDaemon{home: home, dataDir: filepath.Join(home, ".helyos", "data"), out: &syncBuffer{}, exited: make(chan struct{})}
 	all := append([]string{"daemon", "--port", "0"}, args...)
 	d.cmd = exec.Command(helyosBin, all...)
+	if slices.Contains(env, journalStderr) {
+		// As systemd does: $JOURNAL_STREAM names the stream that is stderr.
+		d.cmd = exec.Command("/bin/sh", append([]string{"-c", `JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec "$0" "$@"`, helyosBin}, all...)...)
+	}
 	d.cmd.Env = testEnv(home, env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	if err := d.cmd.Start(); err != nil {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -39,6 +40,18 @@ func sdNotify(socket, state string) error {
 		return fmt.Errorf("notify systemd (%s): %w", state, err)
 	}
 	return nil
+}
+
+// stderrIsJournal tells whether stderr is the journal stream systemd names
+// in $JOURNAL_STREAM ("DEV:INODE"). Children inherit the variable, a shell
+// started by a service among them, so it counts only when it names stderr
+// (systemd.exec(5)).
+func stderrIsJournal(stream string) bool {
+	var st syscall.Stat_t
+	if stream == "" || syscall.Fstat(2, &st) != nil {
+		return false
+	}
+	return stream == fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }
 
 // newLogger writes the daemon's log: "helyos: DATE TIME message" by default,

@@ -119,12 +119,18 @@ func randomHex(t *testing.T) string {
 	return hex.EncodeToString(b)
 }
 
+// journalStderr in startDaemon's env stands for $JOURNAL_STREAM set to the
+// daemon's stderr, as systemd sets it when stderr is the journal.
+const journalStderr = "JOURNAL_STREAM=stderr"
+
 var logStampRE = regexp.MustCompile(`^helyos: \d{4}/\d\d/\d\d \d\d:\d\d:\d\d `)
 
 // TestDaemonLogFormats: the shape of every log line and where the first-run
 // token goes, for each format, under systemd and not. Under systemd or with
 // JSON logs the token is only in DATA_DIR/bootstrap-token, never in the
-// output, and no CLI context is written for the service's user.
+// output, and no CLI context is written for the service's user. A
+// $JOURNAL_STREAM that is not stderr (inherited from a service that started
+// the shell) is not the journal.
 func TestDaemonLogFormats(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -133,10 +139,11 @@ func TestDaemonLogFormats(t *testing.T) {
 		json, stamp, inFile, service bool
 	}{
 		{"text", nil, nil, false, true, false, false},
-		{"text in the journal", nil, []string{"JOURNAL_STREAM=8:1234"}, false, false, true, true},
+		{"text in the journal", nil, []string{journalStderr}, false, false, true, true},
+		{"text, $JOURNAL_STREAM inherited", nil, []string{"JOURNAL_STREAM=8:1234"}, false, true, false, false},
 		{"text with a notify socket", nil, []string{"NOTIFY_SOCKET=/nonexistent/notify"}, false, true, true, true},
 		{"json", []string{"--log-format", "json"}, nil, true, true, true, false},
-		{"json in the journal", []string{"--log-format", "json"}, []string{"JOURNAL_STREAM=8:1234"}, true, false, true, true},
+		{"json in the journal", []string{"--log-format", "json"}, []string{journalStderr}, true, false, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -221,7 +228,7 @@ func TestBootstrapTokenFileNeverOverwritten(t *testing.T) {
 	os.MkdirAll(dataDir, 0o700)
 	path := filepath.Join(dataDir, bootstrapTokenFile)
 	os.WriteFile(path, []byte("left over\n"), 0o600)
-	r := runHelyos(t, home, "", []string{"JOURNAL_STREAM=8:1"}, "daemon", "--port", "0", "--data-dir", dataDir)
+	r := runHelyos(t, home, "", []string{"NOTIFY_SOCKET=/nonexistent/notify"}, "daemon", "--port", "0", "--data-dir", dataDir)
 	if r.code != 1 || !strings.Contains(r.stderr, path+" already exists but the token store is empty") ||
 		!strings.Contains(r.stderr, "helyos: hint: it is left from an earlier first start: delete it") {
 		t.Fatalf("exit %d:\n%s", r.code, r.stderr)
