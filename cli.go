@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -26,6 +27,7 @@ import (
 const (
 	defaultServer      = "http://localhost:6443"
 	defaultPort        = "6443"
+	expiryWarning      = 7 * 24 * time.Hour // warn when the token in use expires sooner
 	requestTimeout     = 30 * time.Second
 	tokenCommandTimout = 10 * time.Second
 	maxResponseBytes   = 4 << 20
@@ -271,7 +273,9 @@ type target struct {
 	tokenSource string   // for messages: never the token itself
 	ctx         *Context // the context whose server this is, if any
 	client      *http.Client
-	tlsMode     string // pinned, system, insecure, http
+	tlsMode     string    // pinned, system, insecure, http
+	stderr      io.Writer // for the expiry warning; nil: none
+	warned      bool      // the expiry warning was given
 }
 
 // resolve applies the precedence rules: flag > environment > context >
@@ -322,7 +326,7 @@ func (g *globals) resolve() (*target, error) {
 	if err := checkTokenShape(token, tokenFrom); token != "" && err != nil {
 		return nil, err
 	}
-	t := &target{server: server, token: token, tokenSource: tokenFrom, ctx: ctx}
+	t := &target{server: server, token: token, tokenSource: tokenFrom, ctx: ctx, stderr: g.io.err}
 	if err := t.setTrust(); err != nil {
 		return nil, err
 	}
@@ -514,6 +518,7 @@ func (t *target) call(method, path string, body, out any) error {
 		return t.transportError(err)
 	}
 	defer resp.Body.Close()
+	t.warnExpiry(resp.Header)
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 	if err != nil {
 		return fmt.Errorf("read answer from %s: %w", t.server, err)
@@ -541,6 +546,18 @@ func (t *target) call(method, path string, body, out any) error {
 		return fmt.Errorf("answer from %s %s is not the JSON expected: %w", method, path, err)
 	}
 	return nil
+}
+
+// warnExpiry warns, once per command, when the daemon says that the token
+// in use expires within expiryWarning.
+func (t *target) warnExpiry(h http.Header) {
+	exp, err := time.Parse(time.RFC3339, h.Get("Helyos-Token-Expires"))
+	if err != nil || t.stderr == nil || t.warned || time.Until(exp) > expiryWarning {
+		return
+	}
+	t.warned = true
+	fmt.Fprintf(t.stderr, "helyos: warning: token %q expires in %s (%s); ask an admin to rotate it, or for a new one\n",
+		h.Get("Helyos-Token-Name"), strings.TrimSuffix(time.Until(exp).Round(time.Minute).String(), "0s"), exp.UTC().Format(time.RFC3339))
 }
 
 func (t *target) statusError(status int, data []byte) error {
@@ -676,7 +693,7 @@ func cmdWhoami(g *globals, args []string) error {
 		return fmt.Errorf("decode whoami answer: %w", err)
 	}
 	tw := g.table()
-	fmt.Fprintf(tw, "name:\t%s\nscope:\t%s\nexpires:\t%s\nlast used:\t%s\n", sanitize(info.Name), sanitize(info.Scope), formatTime(info.ExpiresAt, "never"), formatTime(info.LastUsedAt, "never"))
+	fmt.Fprintf(tw, "name:\t%s\nscope:\t%s\nexpires:\t%s\nlast used:\t%s\nallowed from:\t%s\n", sanitize(info.Name), sanitize(info.Scope), formatTime(info.ExpiresAt, "never"), formatTime(info.LastUsedAt, "never"), allowedFrom(info.AllowFrom))
 	return tw.Flush()
 }
 
@@ -832,7 +849,7 @@ func cmdLogin(g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	t := &target{server: server, token: token, tokenSource: source, client: newHTTPClient(clientTLSConfig(pin, *insecure)), tlsMode: "system"}
+	t := &target{server: server, token: token, tokenSource: source, client: newHTTPClient(clientTLSConfig(pin, *insecure)), tlsMode: "system", stderr: g.io.err}
 	switch {
 	case strings.HasPrefix(server, "http://"):
 		t.tlsMode = "http"
@@ -1400,7 +1417,7 @@ func cmdContextSet(g *globals, args []string) error {
 
 func tokenCommands() map[string]func(*globals, []string) error {
 	return map[string]func(*globals, []string) error{
-		"create": cmdTokenCreate, "ls": cmdTokenList, "list": cmdTokenList, "revoke": cmdTokenRevoke,
+		"create": cmdTokenCreate, "ls": cmdTokenList, "list": cmdTokenList, "revoke": cmdTokenRevoke, "rotate": cmdTokenRotate,
 	}
 }
 
@@ -1416,7 +1433,7 @@ func cmdAuth(g *globals, args []string) error {
 	if len(args) == 0 || args[0] != "token" {
 		return subcommandError("auth", strings.Join(args[:min(len(args), 1)], " "), "token")
 	}
-	return subcommandError("auth token", strings.Join(args[1:min(len(args), 2)], " "), "create, ls, revoke")
+	return subcommandError("auth token", strings.Join(args[1:min(len(args), 2)], " "), "create, ls, revoke, rotate")
 }
 
 // subcommandError tells a missing subcommand from a mistyped one.
@@ -1429,36 +1446,80 @@ func subcommandError(cmd, got, choices string) error {
 
 const authUsage = `Usage: helyos auth token SUBCOMMAND
 
-  create NAME [--ttl DURATION] [--scope SCOPE]  mint a token; its secret is shown once
-  ls (list)                                     list active tokens
-  revoke NAME                                   revoke a token at once
+  create NAME [--ttl DURATION] [--scope admin|read] [--allow-from CIDR]...
+                          mint a token; its secret is shown once
+  ls (list)               list active tokens: scope, expiry, bindings
+  revoke NAME             revoke a token at once
+  rotate NAME [--grace DURATION]
+                          give a token a new secret; the old one stops working
+                          at once, or after the grace period
 
 DURATION: 90s, 15m, 12h, 30d, or whole seconds.
 `
 
 func cmdTokenCreate(g *globals, args []string) error {
-	fs := g.newFlags("auth token create", "NAME [--ttl DURATION] [--scope SCOPE]", "Mint a named API token. Its secret is printed once, on stdout.")
+	fs := g.newFlags("auth token create", "NAME [--ttl DURATION] [--scope admin|read] [--allow-from CIDR]...",
+		"Mint a named API token. Its secret is printed once, on stdout.\n"+
+			"A read token may use every GET under /api/v1/ and change nothing. A token with --allow-from is\n"+
+			"accepted only from those source addresses. Behind a proxy the daemon sees the proxy's address\n"+
+			"(X-Forwarded-For is not trusted), so bind to the proxy or not at all.")
 	var ttl time.Duration
 	fs.Func("ttl", "lifetime: a `duration` such as 90s, 15m, 12h or 30d, or whole seconds (default: no expiry)", func(s string) (err error) {
 		ttl, err = parseDuration(s)
 		return err
 	})
-	scope := fs.String("scope", "", "`scope` of the token; only admin exists until scopes are enforced")
+	scope := fs.String("scope", "", "`scope`: admin (everything; the default) or read (every GET, no changes)")
+	var allowFrom []string
+	fs.Func("allow-from", "accept the token only from this source `CIDR`, e.g. 10.0.0.0/8 or 192.0.2.7/32 (repeatable)", func(v string) error {
+		allowFrom = append(allowFrom, v)
+		return nil
+	})
 	pos, err := parseFlags(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
+	body := map[string]any{"name": pos[0], "ttl_secs": int64(ttl / time.Second), "allow_from": allowFrom}
+	if *scope != "" {
+		body["scope"] = *scope
+	}
+	return g.requestNewToken("create", pos[0], "/api/v1/tokens", body)
+}
+
+func cmdTokenRotate(g *globals, args []string) error {
+	fs := g.newFlags("auth token rotate", "NAME [--grace DURATION]",
+		"Give a token a new secret with the same name, scope, bindings and expiry. The new secret is\n"+
+			"printed once, on stdout. The old one is refused from the next request, or after --grace.")
+	var grace time.Duration
+	fs.Func("grace", "keep the old secret working this `duration` longer (90s, 15m, 12h, 1d), for clients that need time to pick up the new one", func(v string) (err error) {
+		grace, err = parseDuration(v)
+		return err
+	})
+	pos, err := parseFlags(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	path := "/api/v1/tokens/" + url.PathEscape(pos[0]) + "/rotate"
+	if err := g.requestNewToken("rotate", pos[0], path, map[string]int64{"grace_secs": int64(grace / time.Second)}); err != nil {
+		return err
+	}
+	when := "now"
+	if grace > 0 {
+		when = "in " + grace.String()
+	}
+	fmt.Fprintf(g.io.err, "The old secret stops working %s.\n", when)
+	return nil
+}
+
+// requestNewToken posts a request whose answer is a new secret (create,
+// rotate) and prints that answer.
+func (g *globals) requestNewToken(verb, name, path string, body any) error {
 	t, err := g.resolve()
 	if err != nil {
 		return err
 	}
 	var raw json.RawMessage
-	body := map[string]any{"name": pos[0], "ttl_secs": int64(ttl / time.Second)}
-	if *scope != "" {
-		body["scope"] = *scope
-	}
-	if err := t.call("POST", "/api/v1/tokens", body, &raw); err != nil {
-		return fmt.Errorf("create token %q: %w", pos[0], err)
+	if err := t.call("POST", path, body, &raw); err != nil {
+		return fmt.Errorf("%s token %q: %w", verb, name, err)
 	}
 	return g.printNewToken(raw)
 }
@@ -1484,8 +1545,8 @@ func (g *globals) printNewToken(raw json.RawMessage) error {
 	if isLoopback(hostOf(created.Login.Server)) {
 		where = "Only this machine reaches the daemon (loopback); to log in with the token here, run this and paste the token"
 	}
-	fmt.Fprintf(g.io.err, "token %q (scope %s, expires %s): its secret is printed once, on stdout; save it now.\n%s:\n  %s --token-stdin\n",
-		created.Name, sanitize(created.Scope), formatTime(created.ExpiresAt, "never"), where, sanitize(login))
+	fmt.Fprintf(g.io.err, "token %q (scope %s, expires %s, allowed from %s): its secret is printed once, on stdout; save it now.\n%s:\n  %s --token-stdin\n",
+		created.Name, sanitize(created.Scope), formatTime(created.ExpiresAt, "never"), allowedFrom(created.AllowFrom), where, sanitize(login))
 	return nil
 }
 
@@ -1510,6 +1571,17 @@ func parseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
+func allowedFrom(prefixes []netip.Prefix) string {
+	if len(prefixes) == 0 {
+		return "any address"
+	}
+	var s []string
+	for _, p := range prefixes {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, ", ")
+}
+
 func cmdTokenList(g *globals, args []string) error {
 	fs := g.newFlags("auth token ls", "", "List the daemon's active API tokens (never their secrets).")
 	if _, err := parseFlags(fs, args, 0, 0); err != nil {
@@ -1531,9 +1603,13 @@ func cmdTokenList(g *globals, args []string) error {
 		return fmt.Errorf("decode the token list: %w", err)
 	}
 	tw := g.table()
-	fmt.Fprintln(tw, "NAME\tSCOPE\tCREATED\tEXPIRES\tLAST USED")
+	fmt.Fprintln(tw, "NAME\tSCOPE\tCREATED\tEXPIRES\tLAST USED\tALLOWED FROM")
 	for _, i := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", sanitize(i.Name), sanitize(i.Scope), formatTime(&i.CreatedAt, "-"), formatTime(i.ExpiresAt, "never"), formatTime(i.LastUsedAt, "never"))
+		expires := formatTime(i.ExpiresAt, "never")
+		if i.Bootstrap {
+			expires += " (bootstrap: exempt from --max-ttl)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", sanitize(i.Name), sanitize(i.Scope), formatTime(&i.CreatedAt, "-"), expires, formatTime(i.LastUsedAt, "never"), allowedFrom(i.AllowFrom))
 	}
 	return tw.Flush()
 }

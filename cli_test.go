@@ -885,8 +885,7 @@ func TestCLIAuthTokens(t *testing.T) {
 		}
 		mustRun(t, home, nil, "auth", "token", "revoke", "ttl-"+ttl)
 	}
-	// A scope that is not enforced is not offered: "read" would be a lie.
-	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "ro", "--scope", "read"), 1, `scope "read" is not available`)
+	wantFail(t, runHelyos(t, home, "", nil, "auth", "token", "create", "ro", "--scope", "reader"), 1, `scope "reader" is not valid: use admin or read`)
 	var created struct {
 		Name, Scope, Token string
 		ExpiresAt          *string `json:"expires_at"`
@@ -902,8 +901,8 @@ func TestCLIAuthTokens(t *testing.T) {
 	}
 
 	text := mustRun(t, home, nil, "auth", "token", "ls").stdout
-	if !regexp.MustCompile(`^NAME\s+SCOPE\s+CREATED\s+EXPIRES\s+LAST USED\n`).MatchString(text) ||
-		!regexp.MustCompile(`(?m)^ci\s+admin\s+\S+Z\s+\S+Z\s+never$`).MatchString(text) ||
+	if !regexp.MustCompile(`^NAME\s+SCOPE\s+CREATED\s+EXPIRES\s+LAST USED\s+ALLOWED FROM\n`).MatchString(text) ||
+		!regexp.MustCompile(`(?m)^ci\s+admin\s+\S+Z\s+\S+Z\s+never\s+any address$`).MatchString(text) ||
 		!regexp.MustCompile(`(?m)^forever\s+admin\s+\S+Z\s+never\s+`).MatchString(text) {
 		t.Errorf("auth token ls:\n%s", text)
 	}
@@ -1157,8 +1156,8 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"whoami", "--server"}, 2, "flag --server needs a value"},
 		{[]string{"auth"}, 2, "helyos: error: auth: give a subcommand: token\n"},
 		{[]string{"auth", "tokens"}, 2, `helyos: error: auth: unknown subcommand "tokens"; use token` + "\n"},
-		{[]string{"auth", "token"}, 2, "helyos: error: auth token: give a subcommand: create, ls, revoke\n"},
-		{[]string{"auth", "token", "bogus"}, 2, `helyos: error: auth token: unknown subcommand "bogus"; use create, ls, revoke` + "\n"},
+		{[]string{"auth", "token"}, 2, "helyos: error: auth token: give a subcommand: create, ls, revoke, rotate\n"},
+		{[]string{"auth", "token", "bogus"}, 2, `helyos: error: auth token: unknown subcommand "bogus"; use create, ls, revoke, rotate` + "\n"},
 		{[]string{"auth", "token", "create"}, 2, "wrong number of arguments"},
 		{[]string{"auth", "token", "create", "x", "--ttl", "-1"}, 2, `auth token create: invalid value "-1" for flag --ttl: want a duration such as 90s, 15m, 12h or 30d, or whole seconds`},
 		{[]string{"auth", "token", "create", "x", "--ttl", "1.5d"}, 2, `invalid value "1.5d" for flag --ttl`},

@@ -40,7 +40,7 @@ func TestCompletions(t *testing.T) {
 		{[]string{"--context", ""}, "prod staging"},
 		{[]string{"whoami", "--context", "p"}, "prod"},
 		{[]string{"--json", "--server", "https://x.test", "auth", ""}, "token"},
-		{[]string{"auth", "token", ""}, "create list ls revoke"},
+		{[]string{"auth", "token", ""}, "create list ls revoke rotate"},
 		{[]string{"auth", "token", "create", "ci", "--t"}, "--token --ttl"},
 		{[]string{"whoami", "--"}, "--context --json --server --token"},
 		{[]string{"login", "--ca-f"}, "--ca-file --ca-fingerprint"},

@@ -55,8 +55,9 @@ type daemonConfig struct {
 	tlsSANs       []string
 	tlsCert       string
 	tlsKey        string
-	logFormat     string // text, json
-	configPath    string // where the local CLI context goes; "" when there is no home
+	logFormat     string        // text, json
+	maxTTL        time.Duration // longest life of a created or rotated token; 0: no limit
+	configPath    string        // where the local CLI context goes; "" when there is no home
 
 	// Set by systemd: where readiness goes, and whether stderr is the journal.
 	notifySocket string
@@ -105,6 +106,10 @@ func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "serve this certificate `file` (PEM) instead of the self-signed one")
 	fs.StringVar(&cfg.tlsKey, "tls-key", "", "private key `file` (PEM) for --tls-cert; SIGHUP re-reads both")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log `format`: text, or json (one object per line)")
+	fs.Func("max-ttl", "created and rotated tokens may live at most this `duration` (90s, 12h, 30d); the bootstrap token is exempt", func(v string) (err error) {
+		cfg.maxTTL, err = parseDuration(v)
+		return err
+	})
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n")
 		printFlags(stderr, fs)
@@ -250,6 +255,7 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 		return err
 	}
 	store := newTokenStore(filepath.Join(c.dataDir, tokenStoreFile), records, now)
+	store.maxTTL = c.maxTTL
 	var given *tokenRecord
 	if c.apiToken != "" {
 		if given, err = store.findToken(ctx, c.apiToken); err != nil {
@@ -359,13 +365,12 @@ func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, gi
 	case c.apiToken != "" && given != nil:
 		return c.apiToken, nil
 	case c.apiToken != "":
-		if err := store.revoke(bootstrapName); err == nil {
-			logger.Printf("a new --api-token replaces the earlier %q token, which is now revoked", bootstrapName)
-		} else if !errors.Is(err, errNoSuchToken) {
-			return "", err
-		}
-		if _, err := store.add(ctx, c.apiToken, bootstrapName, defaultScope, 0); err != nil {
+		old := store.activeNamed(bootstrapName)
+		if _, err := store.add(ctx, c.apiToken, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, old, 0); err != nil {
 			return "", fmt.Errorf("store --api-token: %w", err)
+		}
+		if old != nil {
+			logger.Printf("a new --api-token replaces the earlier %q token, which is now revoked", bootstrapName)
 		}
 		return c.apiToken, nil
 	case len(store.records) == 0:
@@ -384,7 +389,7 @@ func (c *daemonConfig) firstToken(ctx context.Context, store *tokenStore) (strin
 			return "", err
 		}
 	}
-	if _, err := store.add(ctx, token, bootstrapName, defaultScope, 0); err != nil {
+	if _, err := store.add(ctx, token, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, nil, 0); err != nil {
 		if c.keepTokenOutOfLog() {
 			os.Remove(path)
 		}
@@ -602,17 +607,35 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/version", s.handleVersion)
 	mux.HandleFunc("GET /api/v1/ca", s.handleCA)
 
-	mux.Handle("GET /api/v1/whoami", s.requireAuth(s.handleWhoami))
-	mux.Handle("POST /api/v1/tokens", s.requireAuth(s.handleCreateToken))
-	mux.Handle("GET /api/v1/tokens", s.requireAuth(s.handleListTokens))
-	mux.Handle("DELETE /api/v1/tokens/{name}", s.requireAuth(s.handleRevokeToken))
-
-	// Unknown API paths need a token before they say "not found", so an
-	// anonymous caller learns nothing about which routes exist.
-	mux.Handle("/api/v1/", s.requireAuth(handleNotFound))
-	mux.Handle("/api/v1", s.requireAuth(handleNotFound))
+	for _, r := range s.apiRoutes() {
+		mux.Handle(r.pattern, s.requireScope(r.scope, r.handler))
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { writeError(w, http.StatusNotFound, "not found") })
 	return s.observe(mux)
+}
+
+// apiRoute is a route that needs a token of at least the given scope.
+type apiRoute struct {
+	pattern string
+	scope   string
+	handler authedHandler
+}
+
+// apiRoutes is every route that needs a token, with the scope it needs:
+// compare it with SPEC §5 line by line. read is every GET and nothing that
+// changes state; admin is everything.
+func (s *server) apiRoutes() []apiRoute {
+	return []apiRoute{
+		{"GET /api/v1/whoami", scopeRead, s.handleWhoami},
+		{"GET /api/v1/tokens", scopeRead, s.handleListTokens},
+		{"POST /api/v1/tokens", scopeAdmin, s.handleCreateToken},
+		{"POST /api/v1/tokens/{name}/rotate", scopeAdmin, s.handleRotateToken},
+		{"DELETE /api/v1/tokens/{name}", scopeAdmin, s.handleRevokeToken},
+		// Unknown API paths need a token before they say "not found", so an
+		// anonymous caller learns nothing about which routes exist.
+		{"/api/v1/", scopeRead, handleNotFound},
+		{"/api/v1", scopeRead, handleNotFound},
+	}
 }
 
 // observe counts and times every request by its route pattern, sets the
@@ -664,19 +687,34 @@ func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter 
 // authedHandler is a handler that runs only for a verified token.
 type authedHandler func(http.ResponseWriter, *http.Request, *tokenRecord)
 
-// requireAuth admits a request only with a valid bearer token. Every refusal
-// looks the same to the caller; the reason goes to the metrics only.
-func (s *server) requireAuth(next authedHandler) http.Handler {
+// requireScope admits a request only with a valid bearer token, used from
+// an address it is bound to, whose scope grants need; it checks all three on
+// every request, remembered token or not. Every 401 looks the same to the
+// caller, a token bound elsewhere included; the reason goes to the metrics
+// only. A token's expiry goes back in Helyos-Token-Expires (with its name in
+// Helyos-Token-Name), so the CLI can warn before it runs out.
+func (s *server) requireScope(need string, next authedHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, err := bearerToken(r.Header)
 		var rec *tokenRecord
 		if err == nil {
 			rec, err = s.tokens.verify(r.Context(), token)
 		}
+		if err == nil && !rec.allows(r.RemoteAddr) {
+			err = errTokenAddress
+		}
 		if err != nil {
 			s.metrics.authFailure(err)
 			w.Header().Set("WWW-Authenticate", "Bearer")
 			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
+			return
+		}
+		if rec.ExpiresAt != nil {
+			w.Header().Set("Helyos-Token-Name", rec.Name)
+			w.Header().Set("Helyos-Token-Expires", rec.ExpiresAt.Format(time.RFC3339))
+		}
+		if !rec.grants(need) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("token %q has scope %s; this needs %s", rec.Name, rec.Scope, need))
 			return
 		}
 		next(w, r, rec)
@@ -728,9 +766,10 @@ func (s *server) handleWhoami(w http.ResponseWriter, r *http.Request, caller *to
 
 // createTokenRequest is the body of POST /api/v1/tokens.
 type createTokenRequest struct {
-	Name    string `json:"name"`
-	TTLSecs int64  `json:"ttl_secs"`
-	Scope   string `json:"scope"`
+	Name      string   `json:"name"`
+	TTLSecs   int64    `json:"ttl_secs"`
+	Scope     string   `json:"scope"`
+	AllowFrom []string `json:"allow_from"`
 }
 
 func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
@@ -739,22 +778,70 @@ func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request, _ *to
 		writeError(w, code, err.Error())
 		return
 	}
-	ttl := time.Duration(min(max(req.TTLSecs, -1), int64(maxTTL/time.Second)+1)) * time.Second
-	if err := validateTokenRequest(req.Name, req.Scope, ttl); err != nil {
+	ttl := secondsArg(req.TTLSecs)
+	allowFrom, err := parseAllowFrom(req.AllowFrom)
+	if err == nil {
+		err = validateTokenRequest(req.Name, req.Scope, ttl)
+	}
+	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	token, info, err := s.tokens.create(r.Context(), req.Name, req.Scope, ttl)
-	switch {
-	case errors.Is(err, errNameTaken):
-		writeError(w, http.StatusConflict, fmt.Sprintf("an active token named %q already exists; revoke it first or pick another name", req.Name))
+	token, info, err := s.tokens.create(r.Context(), req.Name, req.Scope, ttl, allowFrom...)
+	s.answerNewToken(w, req.Name, token, info, err)
+}
+
+// handleRotateToken gives a token a new secret; the old one works for
+// grace_secs more (0: it is refused from the next request).
+func (s *server) handleRotateToken(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+	var req struct {
+		GraceSecs int64 `json:"grace_secs"`
+	}
+	if code, err := decodeJSON(w, r, &req); err != nil {
+		writeError(w, code, err.Error())
 		return
-	case err != nil:
-		s.logger.Printf("error: create token %q: %v", req.Name, err)
-		writeError(w, http.StatusInternalServerError, "could not store the token")
+	}
+	grace := secondsArg(req.GraceSecs)
+	if grace < 0 || grace > maxTTL {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("grace_secs (--grace) must be between 0 and %d seconds", int64(maxTTL/time.Second)))
+		return
+	}
+	name := r.PathValue("name")
+	token, info, err := s.tokens.rotate(r.Context(), name, grace)
+	s.answerNewToken(w, name, token, info, err)
+}
+
+// secondsArg turns a request's seconds into a duration, clamped to just
+// beyond maxTTL on either side so that it cannot overflow.
+func secondsArg(secs int64) time.Duration {
+	return time.Duration(min(max(secs, -1), int64(maxTTL/time.Second)+1)) * time.Second
+}
+
+// answerNewToken answers create and rotate alike: 201 with the record and
+// its secret, this once.
+func (s *server) answerNewToken(w http.ResponseWriter, name, token string, info tokenInfo, err error) {
+	if err != nil {
+		s.answerStoreError(w, name, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, newToken{info, token, s.login})
+}
+
+// answerStoreError turns the token store's refusals into answers.
+func (s *server) answerStoreError(w http.ResponseWriter, name string, err error) {
+	switch {
+	case errors.Is(err, errNameTaken):
+		writeError(w, http.StatusConflict, fmt.Sprintf("an active token named %q already exists; revoke it first or pick another name", name))
+	case errors.Is(err, errNoSuchToken):
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no active token named %q", name))
+	case errors.Is(err, errLastAdmin):
+		writeError(w, http.StatusConflict, fmt.Sprintf("token %q is the last active admin token; revoking it would lock every admin out: create another admin token first, or restart the daemon with --api-token", name))
+	case errors.Is(err, errMaxTTL):
+		writeError(w, http.StatusBadRequest, err.Error())
+	default:
+		s.logger.Printf("error: token %q: %v", name, err)
+		writeError(w, http.StatusInternalServerError, "could not store the token change")
+	}
 }
 
 func (s *server) handleListTokens(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
@@ -763,15 +850,11 @@ func (s *server) handleListTokens(w http.ResponseWriter, r *http.Request, _ *tok
 
 func (s *server) handleRevokeToken(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
 	name := r.PathValue("name")
-	switch err := s.tokens.revoke(name); {
-	case errors.Is(err, errNoSuchToken):
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no active token named %q", name))
-	case err != nil:
-		s.logger.Printf("error: revoke token %q: %v", name, err)
-		writeError(w, http.StatusInternalServerError, "could not revoke the token")
-	default:
-		w.WriteHeader(http.StatusNoContent)
+	if err := s.tokens.revoke(name); err != nil {
+		s.answerStoreError(w, name, err)
+		return
 	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func handleNotFound(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {

@@ -55,7 +55,7 @@ func commands() []command {
 		{"logout", "[NAME]", "forget the token of a context (default: the active one)", cmdLogout},
 		{"whoami", "", "show the identity of the active token", cmdWhoami},
 		{"context", "ls|use|current|rename|rm|set", "list and manage contexts", cmdContext},
-		{"auth", "token create|ls|revoke", "mint, list and revoke API tokens", cmdAuth},
+		{"auth", "token create|ls|revoke|rotate", "mint, list, revoke and rotate API tokens", cmdAuth},
 		{"status", "", "check the daemon: reachable, version, TLS, identity", cmdStatus},
 		{"version", "", "print the client and daemon versions", cmdVersion},
 		{"completion", "bash|zsh|fish", "print a shell completion script", cmdCompletion},

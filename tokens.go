@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -11,9 +12,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,10 +47,20 @@ const (
 	argonKeyLen    = 32
 )
 
+// Scopes: admin may do everything, read every GET under /api/v1/ and
+// nothing that changes state. The route table in daemon.go says which scope
+// each route needs.
 const (
-	defaultScope  = "admin"
+	scopeAdmin = "admin"
+	scopeRead  = "read"
+)
+
+const (
+	defaultScope  = scopeAdmin
 	bootstrapName = "bootstrap"
 	maxTTL        = 10 * 366 * 24 * time.Hour
+	// maxAllowFrom bounds a token's source bindings, checked on every request.
+	maxAllowFrom = 32
 	// lastUsedFlushInterval bounds how stale last_used_at may be on disk.
 	lastUsedFlushInterval = time.Minute
 )
@@ -73,27 +86,35 @@ var (
 	errTokenMismatch  = errors.New("mismatch")
 	errTokenExpired   = errors.New("expired")
 	errTokenRevoked   = errors.New("revoked")
+	errTokenAddress   = errors.New("address") // a real token, from outside its allow_from
 )
 
-var authFailureReasons = []error{errTokenMissing, errTokenMalformed, errTokenUnknown, errTokenMismatch, errTokenExpired, errTokenRevoked}
+var authFailureReasons = []error{errTokenMissing, errTokenMalformed, errTokenUnknown, errTokenMismatch, errTokenExpired, errTokenRevoked, errTokenAddress}
 
-// errNameTaken and errNoSuchToken are returned by create and revoke.
+// Refusals of create, rotate and revoke.
 var (
 	errNameTaken   = errors.New("an active token with that name already exists")
 	errNoSuchToken = errors.New("no active token with that name")
+	errLastAdmin   = errors.New("it is the last active admin token")
+	errMaxTTL      = errors.New("the token would outlive this daemon's --max-ttl")
 )
 
-// tokenRecord is one stored token. The secret itself is never stored: only
-// its Argon2id hash and its non-secret lookup key.
+// tokenRecord is one stored secret. The secret itself is never stored: only
+// its Argon2id hash and its non-secret lookup key. Rotation stores a new
+// record with the same name, scope, bindings and expiry, and gives the old
+// one a RevokedAt at the end of its grace period: a RevokedAt in the future
+// is when that secret stops working.
 type tokenRecord struct {
-	Name       string     `json:"name"`
-	Scope      string     `json:"scope"`
-	Lookup     string     `json:"lookup"`
-	Hash       string     `json:"hash"`
-	CreatedAt  time.Time  `json:"created_at"`
-	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
-	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
-	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
+	Name       string         `json:"name"`
+	Scope      string         `json:"scope"`
+	Lookup     string         `json:"lookup"`
+	Hash       string         `json:"hash"`
+	CreatedAt  time.Time      `json:"created_at"`
+	ExpiresAt  *time.Time     `json:"expires_at,omitempty"`
+	LastUsedAt *time.Time     `json:"last_used_at,omitempty"`
+	RevokedAt  *time.Time     `json:"revoked_at,omitempty"`
+	AllowFrom  []netip.Prefix `json:"allow_from,omitempty"` // source addresses it is accepted from; none: any
+	Bootstrap  bool           `json:"bootstrap,omitempty"`  // the daemon's own token: exempt from --max-ttl
 
 	// lastUsed is the in-memory last use (unix nanoseconds), updated on
 	// every authenticated request without taking the store's lock and
@@ -103,11 +124,13 @@ type tokenRecord struct {
 
 // tokenInfo is what the API shows of a token: never the hash or lookup.
 type tokenInfo struct {
-	Name       string     `json:"name"`
-	Scope      string     `json:"scope"`
-	CreatedAt  time.Time  `json:"created_at"`
-	ExpiresAt  *time.Time `json:"expires_at"`
-	LastUsedAt *time.Time `json:"last_used_at"`
+	Name       string         `json:"name"`
+	Scope      string         `json:"scope"`
+	CreatedAt  time.Time      `json:"created_at"`
+	ExpiresAt  *time.Time     `json:"expires_at"`
+	LastUsedAt *time.Time     `json:"last_used_at"`
+	AllowFrom  []netip.Prefix `json:"allow_from"`
+	Bootstrap  bool           `json:"bootstrap,omitempty"`
 }
 
 type tokenFile struct {
@@ -124,20 +147,23 @@ type tokenFile struct {
 // failed its Argon2 check is not remembered; repeated attempts run Argon2
 // again, which is why the runs are bounded.
 //
-// Revocation and expiry are checked on the record at every verification, so
-// they take effect on the very next request. Every change is written to disk
-// before it is acknowledged.
+// Revocation, expiry and the end of a rotation's grace period are checked
+// on the record at every verification, so they take effect on the very next
+// request; a secret refused for them leaves the cache. Scope and source
+// bindings are the caller's to check, on every request (requireScope).
+// Every change is written to disk before it is acknowledged.
 //
 // Costs with n stored records: verify is O(1) (map lookups; one Argon2 run
-// the first time a token is seen); create is one Argon2 run plus an O(n)
-// rewrite of the store file; revoke is O(1) to find the record plus the same
-// O(n) rewrite and a sweep of the verification cache (at most one entry per
-// active token); list is O(n). Writes are rare and need to be durable, so one
+// the first time a token is seen); create and rotate are one Argon2 run plus
+// an O(n) rewrite of the store file; revoke and rotate scan the records and
+// sweep the verification cache (at most one entry per active secret), O(n);
+// list is O(n). Writes are rare and need to be durable, so one
 // file rewritten whole is the plain choice; BenchmarkStoreScale shows it at
 // 100 and 10,000 records.
 type tokenStore struct {
-	path string
-	now  func() time.Time
+	path   string
+	now    func() time.Time
+	maxTTL time.Duration // --max-ttl; 0: no limit. Set before serving.
 
 	mu       sync.RWMutex
 	records  []*tokenRecord          // every record ever stored, revoked ones too
@@ -175,7 +201,7 @@ func readTokenFile(path string) ([]*tokenRecord, error) {
 	}
 	seen := map[string]bool{}
 	for i, r := range f.Tokens {
-		if r == nil || !tokenNamePattern.MatchString(r.Name) || len(r.Lookup) != lookupLen || !isLowerHex(r.Lookup) {
+		if r == nil || !tokenNamePattern.MatchString(r.Name) || len(r.Lookup) != lookupLen || !isLowerHex(r.Lookup) || (r.Scope != scopeAdmin && r.Scope != scopeRead) {
 			return nil, fmt.Errorf("read token store %s: record %d is damaged", path, i)
 		}
 		if _, _, _, err := parsePHC(r.Hash); err != nil {
@@ -209,11 +235,9 @@ func newTokenStore(path string, records []*tokenRecord, now func() time.Time) *t
 		verified:   make(map[[32]byte]*tokenRecord),
 		argonSlots: make(chan struct{}, argonConcurrency()),
 	}
-	for _, r := range records {
+	for _, r := range records { // in creation order: the newest of a name wins
 		s.byLookup[r.Lookup] = r
-		if old := s.byName[r.Name]; old == nil || !old.active(now()) {
-			s.byName[r.Name] = r
-		}
+		s.byName[r.Name] = r
 	}
 	return s
 }
@@ -233,7 +257,27 @@ func (s *tokenStore) activeCount() int {
 }
 
 func (r *tokenRecord) active(now time.Time) bool {
-	return r.RevokedAt == nil && (r.ExpiresAt == nil || now.Before(*r.ExpiresAt))
+	return r.state(now) == nil
+}
+
+// allows reports whether the record accepts a request from remote (the
+// connection's "ip:port"). Behind a proxy that is the proxy's address.
+func (r *tokenRecord) allows(remote string) bool {
+	if len(r.AllowFrom) == 0 {
+		return true
+	}
+	ap, err := netip.ParseAddrPort(remote)
+	for _, p := range r.AllowFrom {
+		if err == nil && p.Contains(ap.Addr().Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+// grants reports whether the record's scope covers need.
+func (r *tokenRecord) grants(need string) bool {
+	return r.Scope == scopeAdmin || r.Scope == need
 }
 
 // newAPIToken returns a fresh random API token.
@@ -346,7 +390,13 @@ func (s *tokenStore) verify(ctx context.Context, token string) (*tokenRecord, er
 		return nil, errTokenUnknown
 	}
 	if state != nil {
-		// Revoked or expired: refused without an Argon2 run.
+		// Revoked or expired: refused without an Argon2 run, and no longer
+		// remembered.
+		if cached {
+			s.mu.Lock()
+			delete(s.verified, key)
+			s.mu.Unlock()
+		}
 		return nil, state
 	}
 	if !cached {
@@ -380,7 +430,7 @@ func (s *tokenStore) verify(ctx context.Context, token string) (*tokenRecord, er
 
 func (r *tokenRecord) state(now time.Time) error {
 	switch {
-	case r.RevokedAt != nil:
+	case r.RevokedAt != nil && !now.Before(*r.RevokedAt):
 		return errTokenRevoked
 	case r.ExpiresAt != nil && !now.Before(*r.ExpiresAt):
 		return errTokenExpired
@@ -389,25 +439,53 @@ func (r *tokenRecord) state(now time.Time) error {
 }
 
 // create mints a new token, stores its hash and returns the secret, which is
-// shown to the caller once and kept nowhere. ttl 0 means no expiry.
-func (s *tokenStore) create(ctx context.Context, name, scope string, ttl time.Duration) (string, tokenInfo, error) {
+// shown to the caller once and kept nowhere. ttl 0 means no expiry; a token
+// with allowFrom is accepted only from those source addresses.
+func (s *tokenStore) create(ctx context.Context, name, scope string, ttl time.Duration, allowFrom ...netip.Prefix) (string, tokenInfo, error) {
 	token := newAPIToken()
-	info, err := s.add(ctx, token, name, scope, ttl)
+	info, err := s.add(ctx, token, &tokenRecord{Name: name, Scope: scope, AllowFrom: allowFrom}, ttl, nil, 0)
 	return token, info, err
 }
 
-// add stores a given token under name. It fails if name is taken by an
-// active token or the token's lookup key is already in use.
-func (s *tokenStore) add(ctx context.Context, token, name, scope string, ttl time.Duration) (tokenInfo, error) {
+// rotate gives the active token called name a new secret with the same
+// scope, bindings and expiry. Its earlier secrets stop working after grace
+// (0: at once).
+func (s *tokenStore) rotate(ctx context.Context, name string, grace time.Duration) (string, tokenInfo, error) {
+	old := s.activeNamed(name)
+	if old == nil {
+		return "", tokenInfo{}, errNoSuchToken
+	}
+	token := newAPIToken()
+	rec := &tokenRecord{Name: old.Name, Scope: old.Scope, ExpiresAt: old.ExpiresAt, AllowFrom: old.AllowFrom, Bootstrap: old.Bootstrap}
+	info, err := s.add(ctx, token, rec, 0, old, grace)
+	return token, info, err
+}
+
+// add stores token as rec, whose name, scope and bindings the caller set;
+// ttl > 0 sets its expiry. With old nil the name must be free. With old set
+// (rotation, or a new --api-token), old must still be the active record of
+// that name, and every active secret of that name stops working after grace.
+func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, ttl time.Duration, old *tokenRecord, grace time.Duration) (tokenInfo, error) {
 	lookup, ok := parseAPIToken(token)
 	if !ok {
 		return tokenInfo{}, errors.New("token is not nxa-api_ followed by 64 lower-case hex characters")
 	}
-	if err := validateTokenRequest(name, scope, ttl); err != nil {
+	if err := validateTokenRequest(rec.Name, rec.Scope, ttl); err != nil {
 		return tokenInfo{}, err
 	}
-	if scope == "" {
-		scope = defaultScope
+	rec.Scope = cmp.Or(rec.Scope, defaultScope)
+	now := s.now().UTC().Truncate(time.Second)
+	rec.Lookup, rec.CreatedAt = lookup, now
+	if ttl > 0 {
+		exp := now.Add(ttl)
+		rec.ExpiresAt = &exp
+	}
+	if s.maxTTL > 0 && !rec.Bootstrap && (rec.ExpiresAt == nil || rec.ExpiresAt.Sub(now) > s.maxTTL) {
+		how := "give it a ttl_secs (--ttl)"
+		if old != nil {
+			how = "rotation keeps the expiry, so revoke it and create one with a ttl_secs (--ttl)"
+		}
+		return tokenInfo{}, fmt.Errorf("%w of %s; %s of at most %d seconds", errMaxTTL, s.maxTTL, how, int64(s.maxTTL/time.Second))
 	}
 	select { // hashing costs what verifying does, so it shares the bound
 	case s.argonSlots <- struct{}{}:
@@ -415,34 +493,36 @@ func (s *tokenStore) add(ctx context.Context, token, name, scope string, ttl tim
 		return tokenInfo{}, ctx.Err()
 	}
 	s.argonRuns.Add(1)
-	hash := hashToken(token)
+	rec.Hash = hashToken(token)
 	<-s.argonSlots
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now().UTC().Truncate(time.Second)
-	if s.activeNamedLocked(name, now) != nil {
+	switch current := s.activeNamedLocked(rec.Name, s.now()); {
+	case old == nil && current != nil:
 		return tokenInfo{}, errNameTaken
-	}
-	if s.byLookup[lookup] != nil {
+	case old != nil && current != old: // revoked or rotated while Argon2 ran
+		return tokenInfo{}, errNoSuchToken
+	case s.byLookup[lookup] != nil:
 		return tokenInfo{}, errors.New("token lookup key collides with a stored token; mint another")
 	}
-	rec := &tokenRecord{Name: name, Scope: scope, Lookup: lookup, Hash: hash, CreatedAt: now}
-	if ttl > 0 {
-		exp := now.Add(ttl)
-		rec.ExpiresAt = &exp
+	retired := func() {}
+	if old != nil {
+		// Whole seconds, like every stored time: without grace the old secret
+		// is refused at the time a revoke would record, not a moment later.
+		retired = s.retireLocked(rec.Name, s.now().UTC().Truncate(time.Second).Add(grace))
 	}
-	previous := s.byName[name]
+	previous := s.byName[rec.Name]
 	s.records = append(s.records, rec)
 	s.byLookup[lookup] = rec
-	s.byName[name] = rec
-	if err := s.saveLocked(); err != nil {
+	s.byName[rec.Name] = rec
+	err := s.commitLocked(func() {
+		retired()
 		s.records = s.records[:len(s.records)-1]
 		delete(s.byLookup, lookup)
-		s.byName[name] = previous
-		if previous == nil {
-			delete(s.byName, name)
-		}
+		s.byName[rec.Name] = previous
+	})
+	if err != nil {
 		return tokenInfo{}, err
 	}
 	return rec.info(), nil
@@ -452,15 +532,37 @@ func validateTokenRequest(name, scope string, ttl time.Duration) error {
 	if !tokenNamePattern.MatchString(name) {
 		return fmt.Errorf("token name %q is invalid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
 	}
-	// Scopes are recorded, not yet enforced, so the only one on offer is the
-	// one every token really has: a token labelled "read" would be a lie.
-	if scope != "" && scope != defaultScope {
-		return fmt.Errorf("scope %q is not available: every token is %s until scopes are enforced", scope, defaultScope)
+	if scope != "" && scope != scopeAdmin && scope != scopeRead {
+		return fmt.Errorf("scope %q is not valid: use %s or %s", scope, scopeAdmin, scopeRead)
 	}
 	if ttl < 0 || ttl > maxTTL {
 		return fmt.Errorf("ttl_secs (--ttl) must be between 0 (no expiry) and %d seconds", int64(maxTTL/time.Second))
 	}
 	return nil
+}
+
+// parseAllowFrom reads a token's source bindings. An address without a
+// prefix length is refused rather than guessed at.
+func parseAllowFrom(cidrs []string) ([]netip.Prefix, error) {
+	if len(cidrs) > maxAllowFrom {
+		return nil, fmt.Errorf("allow_from (--allow-from) holds %d CIDRs; at most %d are allowed", len(cidrs), maxAllowFrom)
+	}
+	var out []netip.Prefix
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil || p.Addr().Is4In6() {
+			return nil, fmt.Errorf("allow_from (--allow-from) %q is not a CIDR such as 10.0.0.0/8, 192.0.2.7/32 or ::1/128", redactTokens(c))
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// activeNamed returns the active record called name, or nil.
+func (s *tokenStore) activeNamed(name string) *tokenRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.activeNamedLocked(name, s.now())
 }
 
 func (s *tokenStore) activeNamedLocked(name string, now time.Time) *tokenRecord {
@@ -470,8 +572,10 @@ func (s *tokenStore) activeNamedLocked(name string, now time.Time) *tokenRecord 
 	return nil
 }
 
-// revoke marks the active token called name as revoked. It is on disk, and
-// the token refused, before revoke returns.
+// revoke makes every secret of the active token called name stop working.
+// It refuses to revoke the last active admin token, so that nobody locks
+// every admin out by accident. It is on disk, and the token refused, before
+// revoke returns.
 func (s *tokenStore) revoke(name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -480,13 +584,43 @@ func (s *tokenStore) revoke(name string) error {
 	if rec == nil {
 		return errNoSuchToken
 	}
-	rec.RevokedAt = &now
+	if rec.Scope == scopeAdmin && !slices.ContainsFunc(s.records, func(r *tokenRecord) bool {
+		return r.Name != name && r.Scope == scopeAdmin && r.active(now)
+	}) {
+		return errLastAdmin
+	}
+	return s.commitLocked(s.retireLocked(name, now))
+}
+
+// retireLocked makes the secrets of name that still work at `at` stop
+// working then, and returns a function that undoes it.
+func (s *tokenStore) retireLocked(name string, at time.Time) (undo func()) {
+	var changed []*tokenRecord
+	var before []*time.Time
+	for _, r := range s.records {
+		if r.Name == name && r.active(at) {
+			changed, before = append(changed, r), append(before, r.RevokedAt)
+			r.RevokedAt = &at
+		}
+	}
+	return func() {
+		for i, r := range changed {
+			r.RevokedAt = before[i]
+		}
+	}
+}
+
+// commitLocked writes the store, or calls undo when it cannot, so that a
+// change which is not on disk never takes effect. Secrets that no longer
+// work leave the verification cache.
+func (s *tokenStore) commitLocked(undo func()) error {
 	if err := s.saveLocked(); err != nil {
-		rec.RevokedAt = nil
+		undo()
 		return err
 	}
+	now := s.now()
 	for k, r := range s.verified {
-		if r == rec {
+		if !r.active(now) {
 			delete(s.verified, k)
 		}
 	}
@@ -516,14 +650,15 @@ func (s *tokenStore) findToken(ctx context.Context, token string) (*tokenRecord,
 	return rec, nil
 }
 
-// list returns the active tokens in creation order.
+// list returns the active tokens in creation order, each once: a secret
+// that still works for a rotation's grace period is not listed.
 func (s *tokenStore) list() []tokenInfo {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	now := s.now()
 	out := []tokenInfo{}
 	for _, r := range s.records {
-		if r.active(now) {
+		if r.active(now) && s.byName[r.Name] == r {
 			out = append(out, r.info())
 		}
 	}
@@ -531,7 +666,7 @@ func (s *tokenStore) list() []tokenInfo {
 }
 
 func (r *tokenRecord) info() tokenInfo {
-	info := tokenInfo{Name: r.Name, Scope: r.Scope, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt}
+	info := tokenInfo{Name: r.Name, Scope: r.Scope, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt, AllowFrom: r.AllowFrom, Bootstrap: r.Bootstrap}
 	if ns := r.lastUsed.Load(); ns != 0 {
 		t := time.Unix(0, ns).UTC().Truncate(time.Second)
 		info.LastUsedAt = &t

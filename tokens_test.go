@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -153,6 +156,7 @@ func TestCheapRefusals(t *testing.T) {
 func TestRevokeTakesEffectAtOnce(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
+	s.create(ctx, "keeper", "", 0) // so that alice is not the last admin
 	tok, _, _ := s.create(ctx, "alice", "", 0)
 	if _, err := s.verify(ctx, tok); err != nil {
 		t.Fatal(err)
@@ -168,7 +172,7 @@ func TestRevokeTakesEffectAtOnce(t *testing.T) {
 	}
 	// The revocation is on disk before revoke returned.
 	records, err := readTokenFile(s.path)
-	if err != nil || len(records) != 1 || records[0].RevokedAt == nil {
+	if err != nil || len(records) != 2 || records[1].RevokedAt == nil {
 		t.Errorf("stored records after revoke: %v %+v", err, records)
 	}
 }
@@ -212,7 +216,8 @@ func TestCreateValidation(t *testing.T) {
 	}{
 		{"alice", "", 0, true},
 		{"a.b_c-9", "admin", time.Second, true},
-		{"read-only", "read", 0, false}, // not enforced yet, so not offered
+		{"read-only", "read", 0, true},
+		{"capital", "Admin", 0, false},
 		{"", "", 0, false},
 		{"-lead", "", 0, false},
 		{"has space", "", 0, false},
@@ -237,12 +242,13 @@ func TestCreateValidation(t *testing.T) {
 func TestStoreWriteFailureChangesNothing(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
+	s.create(ctx, "keeper", "", 0)
 	tok, _, _ := s.create(ctx, "alice", "", 0)
 	s.path = filepath.Join(s.path, "not-a-dir", tokenStoreFile) // parent is a file: every write fails
 	if _, _, err := s.create(ctx, "bob", "", 0); err == nil {
 		t.Fatal("create succeeded although the store could not be written")
 	}
-	if len(s.list()) != 1 {
+	if len(s.list()) != 2 {
 		t.Errorf("the failed create left a record in memory: %+v", s.list())
 	}
 	if err := s.revoke("alice"); err == nil {
@@ -486,5 +492,163 @@ func BenchmarkStoreScale(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestRotate: a new secret for the same name, scope, bindings and expiry;
+// the old one refused at once, or from the end of the grace period (an
+// earlier grace ends with a later rotation); stored, so a restart keeps the
+// grace deadline; a retired secret leaves the cache.
+func TestRotate(t *testing.T) {
+	s, clock := newTestStore(t)
+	ctx := context.Background()
+	local := netip.MustParsePrefix("127.0.0.0/8")
+	first, before, _ := s.create(ctx, "ci", scopeRead, 48*time.Hour, local)
+	s.verify(ctx, first)
+	clock.advance(time.Hour)
+	second, after, err := s.rotate(ctx, "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Name != "ci" || after.Scope != scopeRead || !after.ExpiresAt.Equal(*before.ExpiresAt) || !slices.Equal(after.AllowFrom, []netip.Prefix{local}) || second == first {
+		t.Errorf("rotated %+v from %+v", after, before)
+	}
+	if _, cached := s.verified[sha256.Sum256([]byte(first))]; cached {
+		t.Error("the rotated secret is still in the verification cache")
+	}
+	if _, err := s.verify(ctx, first); !errors.Is(err, errTokenRevoked) {
+		t.Errorf("old secret after rotation without grace: %v", err)
+	}
+	if _, err := s.verify(ctx, second); err != nil {
+		t.Errorf("new secret: %v", err)
+	}
+
+	third, _, _ := s.rotate(ctx, "ci", time.Hour)
+	s.verify(ctx, third)
+	clock.advance(time.Hour - time.Nanosecond)
+	if _, err := s.verify(ctx, second); err != nil {
+		t.Errorf("old secret within its grace: %v", err)
+	}
+	if got := s.list(); len(got) != 1 || got[0].Name != "ci" {
+		t.Errorf("list during a grace period = %+v, want ci once", got)
+	}
+	reopened := newTokenStore(s.path, mustRead(t, s.path), clock.now)
+	if _, err := reopened.verify(ctx, second); err != nil {
+		t.Errorf("old secret within its grace after a restart: %v", err)
+	}
+	clock.advance(time.Nanosecond)
+	for _, st := range []*tokenStore{s, reopened} {
+		if _, err := st.verify(ctx, second); !errors.Is(err, errTokenRevoked) {
+			t.Errorf("old secret at the end of its grace: %v", err)
+		}
+		if _, cached := st.verified[sha256.Sum256([]byte(second))]; cached {
+			t.Error("a secret past its grace is still in the verification cache")
+		}
+	}
+
+	fourth, _, _ := s.rotate(ctx, "ci", time.Hour)
+	fifth, _, _ := s.rotate(ctx, "ci", 0)
+	for _, old := range []string{third, fourth} {
+		if _, err := s.verify(ctx, old); !errors.Is(err, errTokenRevoked) {
+			t.Errorf("a rotation without grace left an earlier secret working: %v", err)
+		}
+	}
+	if _, err := s.verify(ctx, fifth); err != nil {
+		t.Errorf("newest secret: %v", err)
+	}
+	if _, _, err := s.rotate(ctx, "nobody", 0); !errors.Is(err, errNoSuchToken) {
+		t.Errorf("rotate an unknown name: %v", err)
+	}
+	s.path = filepath.Join(s.path, "not-a-dir", tokenStoreFile)
+	if _, _, err := s.rotate(ctx, "ci", 0); err == nil {
+		t.Fatal("rotate succeeded although the store could not be written")
+	}
+	if _, err := s.verify(ctx, fifth); err != nil {
+		t.Errorf("a rotation that was not written took effect: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, path string) []*tokenRecord {
+	t.Helper()
+	records, err := readTokenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return records
+}
+
+// TestLastAdminKept: the last active admin token cannot be revoked; read
+// tokens, expired admins and the same token's older secrets do not count.
+func TestLastAdminKept(t *testing.T) {
+	s, clock := newTestStore(t)
+	ctx := context.Background()
+	s.create(ctx, "root", "", 0)
+	s.create(ctx, "reader", scopeRead, 0)
+	s.create(ctx, "brief", "", time.Minute)
+	s.rotate(ctx, "root", time.Hour) // its old secret still works, but is not another admin
+	if err := s.revoke("brief"); err != nil {
+		t.Fatalf("revoke an admin while another exists: %v", err)
+	}
+	s.create(ctx, "brief", "", time.Minute)
+	clock.advance(time.Minute)
+	if err := s.revoke("root"); !errors.Is(err, errLastAdmin) {
+		t.Errorf("revoke the last admin (the other expired): %v", err)
+	}
+	if err := s.revoke("reader"); err != nil {
+		t.Errorf("revoke a read token: %v", err)
+	}
+	if len(s.list()) != 1 {
+		t.Errorf("after the refusal: %+v", s.list())
+	}
+}
+
+// TestMaxTTLInStore: created and rotated tokens must expire within maxTTL
+// of now; the bootstrap token is exempt, rotated or not.
+func TestMaxTTLInStore(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	s.create(ctx, "old", "", 0) // before the limit was set
+	s.add(ctx, newAPIToken(), &tokenRecord{Name: bootstrapName, Bootstrap: true}, 0, nil, 0)
+	s.maxTTL = time.Hour
+	cases := []struct {
+		name string
+		ttl  time.Duration
+		ok   bool
+	}{{"none", 0, false}, {"longer", time.Hour + time.Second, false}, {"equal", time.Hour, true}, {"shorter", time.Minute, true}}
+	for _, c := range cases {
+		_, _, err := s.create(ctx, c.name, "", c.ttl)
+		if c.ok != (err == nil) || (!c.ok && (!errors.Is(err, errMaxTTL) || !strings.Contains(err.Error(), "--max-ttl of 1h0m0s; give it a ttl_secs (--ttl) of at most 3600 seconds"))) {
+			t.Errorf("create %s: %v", c.name, err)
+		}
+	}
+	if _, _, err := s.rotate(ctx, "equal", 0); err != nil {
+		t.Errorf("rotate a token within the limit: %v", err)
+	}
+	if _, _, err := s.rotate(ctx, "old", 0); !errors.Is(err, errMaxTTL) || !strings.Contains(err.Error(), "rotation keeps the expiry") {
+		t.Errorf("rotate a token that never expires: %v", err)
+	}
+	if _, _, err := s.rotate(ctx, bootstrapName, 0); err != nil {
+		t.Errorf("rotate the bootstrap token: %v", err)
+	}
+}
+
+// TestAllowsAndGrants: source bindings by CIDR (IPv4-mapped remotes count
+// as IPv4) and what each scope grants.
+func TestAllowsAndGrants(t *testing.T) {
+	bound := &tokenRecord{AllowFrom: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+	for remote, want := range map[string]bool{
+		"10.1.2.3:5000": true, "[::ffff:10.1.2.3]:5000": true, "[::1]:5000": true,
+		"11.0.0.1:5000": false, "127.0.0.1:5000": false, "garbage": false, "": false,
+	} {
+		if got := bound.allows(remote); got != want {
+			t.Errorf("allows(%q) = %v, want %v", remote, got, want)
+		}
+	}
+	if !(&tokenRecord{}).allows("garbage") {
+		t.Error("an unbound token is refused")
+	}
+	admin, read := &tokenRecord{Scope: scopeAdmin}, &tokenRecord{Scope: scopeRead}
+	if !admin.grants(scopeAdmin) || !admin.grants(scopeRead) || read.grants(scopeAdmin) || !read.grants(scopeRead) || (&tokenRecord{Scope: "other"}).grants(scopeRead) {
+		t.Error("scope grants are wrong")
 	}
 }
