@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -1629,4 +1631,189 @@ func cmdTokenRevoke(g *globals, args []string) error {
 	}
 	fmt.Fprintf(g.io.err, "revoked token %q\n", pos[0])
 	return nil
+}
+
+// ---- audit, events ----
+
+func cmdAudit(g *globals, args []string) error {
+	if len(args) == 0 || args[0] != "verify" {
+		fmt.Fprint(g.io.err, "Usage: helyos audit verify [FILE...] [--data-dir DIR]\n")
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return flag.ErrHelp
+		}
+		return subcommandError("audit", strings.Join(args[:min(len(args), 1)], " "), "verify")
+	}
+	fs := g.newFlags("audit verify", "[FILE...]", "Walk the audit log's hash chain and report the first record whose seq or prev does not follow.\nReads the files only: no daemon needed. Default: the data dir's audit.log.5 ... audit.log.1, audit.log.")
+	dataDir := fs.String("data-dir", defaultDataDir(), "the daemon's data `dir`ectory")
+	files, err := parseFlags(fs, args[1:], 0, 1<<16)
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		if files = auditFiles(*dataDir); len(files) == 0 {
+			return withHint(fmt.Errorf("no audit log in %s", *dataDir), "pass --data-dir DIR, or the files to check, oldest first")
+		}
+	}
+	sum, err := verifyChain(files)
+	if err != nil {
+		return withHint(fmt.Errorf("audit log chain broken: %w", err), "every record before that line chains intact; compare the rest with a copy kept off this host")
+	}
+	if g.json {
+		return g.printJSON(sum)
+	}
+	files = sum.Files
+	fmt.Fprintf(g.io.out, "intact: %d records, seq %d to %d, in %d file%s\n", sum.Records, sum.FirstSeq, sum.LastSeq, len(files), map[bool]string{true: "s"}[len(files) > 1])
+	if sum.FirstSeq > 1 {
+		fmt.Fprintf(g.io.out, "the chain starts at seq %d: the records before it were rotated away or are in files not given\n", sum.FirstSeq)
+	}
+	return nil
+}
+
+// eventRow is a line of the `helyos events` table.
+const eventRow = "%-24s %6s  %-20s %-12s %-15s %-12s %-8s %s\n"
+
+const (
+	eventRetries     = 5                  // reconnections in a row before `events --follow` gives up
+	eventIdleTimeout = 3 * eventKeepAlive // silence this long means the connection is dead
+)
+
+func cmdEvents(g *globals, args []string) error {
+	fs := g.newFlags("events", "[--follow] [--since DURATION|SEQ]", "Show the daemon's audit events: a table, or JSON lines with --json.\nWithout --since: every record still on disk, or with --follow only new ones.")
+	follow := fs.Bool("follow", false, "keep streaming; reconnect after a dropped connection")
+	since := fs.String("since", "", "start after record `SEQ`, or this long ago (90s, 15m, 12h, 7d)")
+	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+		return err
+	}
+	from, err := sinceQuery(*since, *follow)
+	if err != nil {
+		return err
+	}
+	t, err := g.resolve()
+	if err != nil {
+		return err
+	}
+	header := !g.json
+	emit := func(name, data string) {
+		if header {
+			fmt.Fprintf(g.io.out, eventRow, "TIME", "SEQ", "EVENT", "ACTOR", "REMOTE", "TARGET", "OUTCOME", "DETAIL")
+			header = false
+		}
+		g.printEvent(name, data)
+	}
+	lastID, failures := "", 0
+	for {
+		progressed, err := t.readEvents(emit, from, &lastID, *follow)
+		var apiErr *apiError
+		if progressed {
+			failures = 0
+		}
+		if err == nil || (errors.As(err, &apiErr) && apiErr.status != http.StatusServiceUnavailable) || (lastID == "" && !progressed) {
+			return err
+		}
+		if failures++; failures > eventRetries {
+			return fmt.Errorf("gave up after %d reconnections in a row: %w", eventRetries, err)
+		}
+		wait := time.Duration(1<<failures) * 250 * time.Millisecond
+		fmt.Fprintf(g.io.err, "helyos: warning: %v; reconnecting in %s\n", err, wait)
+		time.Sleep(wait)
+	}
+}
+
+// sinceQuery turns --since into the stream's since parameter: a record
+// number, or a time so long ago. Without --since, a listing starts at the
+// beginning and --follow at the live edge.
+func sinceQuery(since string, follow bool) (string, error) {
+	if since == "" && !follow {
+		return "0", nil
+	}
+	if _, err := strconv.ParseUint(since, 10, 64); err == nil || since == "" {
+		return since, nil
+	}
+	d, err := parseDuration(since)
+	if err != nil {
+		return "", usageErrorf("--since %q is neither a record number nor a duration such as 15m, 12h or 7d", redactTokens(since))
+	}
+	return time.Now().Add(-d).UTC().Format(time.RFC3339), nil
+}
+
+// readEvents reads one connection's worth of the event stream and prints
+// it. It returns nil when a listing (no --follow) has reached the live edge;
+// otherwise why the stream ended, and whether it got anywhere first.
+func (t *target) readEvents(emit func(name, data string), since string, lastID *string, follow bool) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", t.server+"/api/v1/events?since="+url.QueryEscape(since), nil)
+	if err != nil {
+		return false, fmt.Errorf("build request: %w", err)
+	}
+	if *lastID != "" {
+		req.Header.Set("Last-Event-ID", *lastID)
+	}
+	if t.token != "" {
+		req.Header.Set("Authorization", "Bearer "+t.token)
+	}
+	client := *t.client
+	client.Timeout = 0 // a stream has no end; eventIdleTimeout catches a dead one
+	resp, err := client.Do(req)
+	if err != nil {
+		return false, t.transportError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+		return false, t.statusError(resp.StatusCode, data)
+	}
+	idle := time.AfterFunc(eventIdleTimeout, cancel)
+	defer idle.Stop()
+	var id, name, data string
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), maxResponseBytes)
+	for sc.Scan() {
+		idle.Reset(eventIdleTimeout)
+		line := sc.Text()
+		switch field, value, _ := strings.Cut(line, ": "); {
+		case line == "": // the end of an event
+			if id != "" {
+				*lastID, progressed = id, true
+			}
+			if data != "" {
+				emit(name, data)
+			}
+			id, name, data = "", "", ""
+		case line == ": live" && !follow:
+			return true, nil
+		case field == "id":
+			id = value
+		case field == "event":
+			name = value
+		case field == "data":
+			data = value
+		}
+	}
+	return progressed, fmt.Errorf("the event stream from %s ended (%v)", t.server, cmp.Or(sc.Err(), io.EOF))
+}
+
+// printEvent prints one event: its JSON as it came with --json, else a
+// table row. A warning about missed events goes to stderr in a table.
+func (g *globals) printEvent(name, data string) {
+	data = sanitize(data)
+	if g.json {
+		fmt.Fprintln(g.io.out, data)
+		return
+	}
+	var rec auditRecord
+	if name == "warning" || json.Unmarshal([]byte(data), &rec) != nil {
+		fmt.Fprintf(g.io.err, "helyos: warning: %s\n", data)
+		return
+	}
+	detail, _ := json.Marshal(rec.Detail)
+	fmt.Fprintf(g.io.out, eventRow, rec.Time.Format(time.RFC3339), strconv.FormatUint(rec.Seq, 10), sanitize(rec.Event),
+		orDash(sanitize(deref(rec.Actor))), orDash(sanitize(deref(rec.Remote))), orDash(sanitize(deref(rec.Target))), sanitize(rec.Outcome), sanitize(string(detail)))
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

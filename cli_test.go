@@ -1139,6 +1139,9 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"--context", "x", "whoami", "--help"}, 0, "Usage: helyos whoami"},
 		{[]string{"daemon", "--help"}, 0, "--advertise-addr host[:port]"},
 		{[]string{"--version"}, 0, "helyos " + binVersion + "\n"},
+		{[]string{"events", "--help"}, 0, "Usage: helyos events"},
+		{[]string{"audit", "--help"}, 0, "Usage: helyos audit verify"},
+		{[]string{"audit", "verify", "--help"}, 0, "data-dir"},
 
 		{nil, 2, "Commands:"},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
@@ -1165,6 +1168,10 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"auth", "token", "create", "x", "--ttl", shaped}, 2, `invalid value "nxa-api_<redacted>" for flag --ttl`},
 		{[]string{"context", "rm"}, 2, "wrong number of arguments"},
 		{[]string{"daemon", "--tls", "maybe"}, 2, "--tls must be auto, on or off"},
+		{[]string{"audit"}, 2, "helyos: error: audit: give a subcommand: verify\n"},
+		{[]string{"audit", "check"}, 2, `audit: unknown subcommand "check"; use verify`},
+		{[]string{"events", "--since", "-5m"}, 2, `--since "-5m" is neither a record number nor a duration`},
+		{[]string{"events", "extra"}, 2, "wrong number of arguments"},
 		{[]string{"--json", "login", refused}, 2, fmt.Sprintf(noJSON, "login")},
 		{[]string{"logout", "--json"}, 2, fmt.Sprintf(noJSON, "logout")},
 		{[]string{"context", "use", "x", "--json"}, 2, fmt.Sprintf(noJSON, "context use")},
@@ -1180,6 +1187,7 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"login", "https://127.0.0.1:1", "--token", "hunter2"}, 1, notAToken},
 		{[]string{"--server", refused, "whoami", "--token", shaped}, 1, "cannot reach " + refused + ": connection refused"},
 		{[]string{"--server", refused, "status"}, 1, "is the daemon running? start one with 'helyos daemon'"},
+		{[]string{"--server", refused, "events", "--follow", "--token", shaped}, 1, "is the daemon running?"},
 		{[]string{"--server", "https://127.0.0.1:1", "auth", "token", "ls", "--token", shaped}, 1, "connection refused"},
 		// A name no resolver can hold (a label ends in '-') fails without a
 		// DNS query: the message says so, with a hint.

@@ -138,6 +138,8 @@ func subcommands(path []string) []string {
 		return slices.Collect(maps.Keys(tokenCommands()))
 	case "completion":
 		return []string{"bash", "zsh", "fish"}
+	case "audit":
+		return []string{"verify"}
 	}
 	return nil
 }

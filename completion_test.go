@@ -28,7 +28,7 @@ func TestCompletions(t *testing.T) {
 		words []string
 		want  string
 	}{
-		{[]string{""}, "auth completion context daemon login logout status version whoami"},
+		{[]string{""}, "audit auth completion context daemon events login logout status version whoami"},
 		{[]string{"co"}, "completion context"},
 		{[]string{"context", ""}, "current list ls rename rm set use"},
 		{[]string{"context", "use", ""}, "prod staging"},
@@ -49,8 +49,12 @@ func TestCompletions(t *testing.T) {
 		{[]string{"daemon", "--tls-"}, "--tls-cert --tls-key --tls-san"},
 		{[]string{"daemon", "--log-format", ""}, ""},
 		{[]string{"completion", ""}, "bash fish zsh"},
+		{[]string{"audit", ""}, "verify"},
+		{[]string{"audit", "verify", "--d"}, "--data-dir"},
+		{[]string{"events", "--"}, "--context --follow --json --server --since --token"},
+		{[]string{"daemon", "--au"}, "--audit-max-size"},
 		{[]string{"whoami", ""}, ""},
-		{nil, "auth completion context daemon login logout status version whoami"},
+		{nil, "audit auth completion context daemon events login logout status version whoami"},
 	} {
 		if got := strings.Join(completions(tc.words), " "); got != tc.want {
 			t.Errorf("complete %q = %q, want %q", tc.words, got, tc.want)

@@ -34,6 +34,9 @@ const (
 	serverReadTimeout       = 30 * time.Second
 	serverWriteTimeout      = 30 * time.Second
 	serverIdleTimeout       = 2 * time.Minute
+	// eventKeepAlive is how often an idle event stream gets a comment line,
+	// so proxies keep it open and clients notice a dead connection.
+	eventKeepAlive = 15 * time.Second
 )
 
 // The plain-HTTP guardrail's messages, word for word from the security model.
@@ -57,6 +60,7 @@ type daemonConfig struct {
 	tlsKey        string
 	logFormat     string        // text, json
 	maxTTL        time.Duration // longest life of a created or rotated token; 0: no limit
+	auditMaxSize  int64         // audit.log is rotated before it grows past this
 	configPath    string        // where the local CLI context goes; "" when there is no home
 
 	// Set by systemd: where readiness goes, and whether stderr is the journal.
@@ -72,7 +76,7 @@ func defaultDataDir() string {
 }
 
 func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
-	cfg := &daemonConfig{notifySocket: os.Getenv("NOTIFY_SOCKET"), journal: stderrIsJournal(os.Getenv("JOURNAL_STREAM"))}
+	cfg := &daemonConfig{notifySocket: os.Getenv("NOTIFY_SOCKET"), journal: stderrIsJournal(os.Getenv("JOURNAL_STREAM")), auditMaxSize: defaultAuditMaxSize}
 	if _, err := parseFlags(daemonFlags(cfg, stderr), args, 0, 0); err != nil {
 		return nil, err
 	}
@@ -108,6 +112,11 @@ func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log `format`: text, or json (one object per line)")
 	fs.Func("max-ttl", "created and rotated tokens may live at most this `duration` (90s, 12h, 30d); the bootstrap token is exempt", func(v string) (err error) {
 		cfg.maxTTL, err = parseDuration(v)
+		return err
+	})
+	fs.Func("audit-max-size", "rotate audit.log when it would grow past `size` (bytes, or with KiB, MiB, GiB; default 64MiB)", func(v string) error {
+		n, err := parseSize(v)
+		cfg.auditMaxSize = n
 		return err
 	})
 	fs.Usage = func() {
@@ -150,6 +159,24 @@ func (c *daemonConfig) validate() error {
 		}
 	}
 	return nil
+}
+
+// parseSize reads a byte count of at least 1 KiB, bare or with a KiB, MiB
+// or GiB suffix.
+func parseSize(v string) (int64, error) {
+	for _, u := range []struct {
+		suffix string
+		unit   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"", 1}} {
+		if num, ok := strings.CutSuffix(v, u.suffix); ok {
+			n, err := strconv.ParseInt(num, 10, 64)
+			if err != nil || n < 1 || n > (1<<50)/u.unit || n*u.unit < 1<<10 {
+				break
+			}
+			return n * u.unit, nil
+		}
+	}
+	return 0, fmt.Errorf("%q is not a size of at least 1KiB, such as 1048576, 512KiB or 64MiB", v)
 }
 
 // useTLS applies --tls: auto means HTTPS unless the bind host is loopback
@@ -284,16 +311,21 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 		}
 	}
 	removeStaleTemps(c.dataDir, tokenStoreFile, caCertFile, caKeyFile, serverCertFile, serverKeyFile)
+	audit, err := openAuditLog(c.dataDir, c.auditMaxSize, now, logger)
+	if err != nil {
+		return err
+	}
+	defer audit.close()
 
-	srv := &server{tokens: store, metrics: newMetrics(), logger: logger, notifySocket: c.notifySocket}
+	srv := &server{tokens: store, metrics: newMetrics(), logger: logger, notifySocket: c.notifySocket, audit: audit, keepAlive: eventKeepAlive}
 	var tlsConfig *tls.Config
 	if c.useTLS() {
-		if tlsConfig, srv.ca, srv.certs, err = c.loadTLS(now); err != nil {
+		if tlsConfig, srv.ca, srv.certs, err = c.loadTLS(now, audit); err != nil {
 			return err
 		}
 		ln = tls.NewListener(ln, tlsConfig)
 	}
-	plaintext, err := c.bootstrapToken(ctx, store, given, logger)
+	plaintext, err := c.bootstrapToken(ctx, store, given, audit, logger)
 	if err != nil {
 		return err
 	}
@@ -327,14 +359,31 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 	if n := store.activeCount(); n == 0 {
 		logger.Printf("warning: no active API token; restart with --api-token to add one")
 	}
+	if err := c.recordStart(audit, port, tlsConfig != nil); err != nil {
+		return err
+	}
 	// The last line of start-up: scripts and tests wait for it.
 	logger.Printf("listening on %s://%s", scheme, net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)))
 	return srv.serve(ctx, ln, reload)
 }
 
+// recordStart writes daemon.started; a daemon that cannot record it does
+// not serve.
+func (c *daemonConfig) recordStart(audit *auditLog, port int, useTLS bool) error {
+	mode := "off"
+	switch {
+	case useTLS && c.tlsCert != "":
+		mode = "own certificate"
+	case useTLS:
+		mode = "self-signed"
+	}
+	return audit.record("daemon.started", "", "", "", outcomeSuccess, map[string]any{"version": buildVersion(), "tls": mode,
+		"bind": net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)), "advertise": orNull(c.advertiseAddr)})
+}
+
 // loadTLS returns the serving TLS configuration and either the daemon's own
 // CA or the operator's certificate files.
-func (c *daemonConfig) loadTLS(now func() time.Time) (*tls.Config, *certAuthority, *certFiles, error) {
+func (c *daemonConfig) loadTLS(now func() time.Time, audit *auditLog) (*tls.Config, *certAuthority, *certFiles, error) {
 	if c.tlsCert != "" {
 		files := &certFiles{certPath: c.tlsCert, keyPath: c.tlsKey, now: now}
 		if err := files.load(); err != nil {
@@ -346,7 +395,7 @@ func (c *daemonConfig) loadTLS(now func() time.Time) (*tls.Config, *certAuthorit
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	cert, err := newServingCert(ca, c.dataDir, certSANs(c.host, c.advertiseAddr, c.tlsSANs), now)
+	cert, err := newServingCert(ca, c.dataDir, certSANs(c.host, c.advertiseAddr, c.tlsSANs), now, audit)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -357,7 +406,10 @@ func (c *daemonConfig) loadTLS(now func() time.Time) (*tls.Config, *certAuthorit
 // it in plaintext when this start knows it: generated now (an empty store),
 // or given by --api-token. A given token that was revoked or has expired
 // stays refused; a new given token replaces the earlier bootstrap token.
-func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, given *tokenRecord, logger *log.Logger) (string, error) {
+//
+// These changes are made by the operator through flags, not by a caller:
+// their records have no actor and no remote.
+func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, given *tokenRecord, audit *auditLog, logger *log.Logger) (string, error) {
 	switch {
 	case c.apiToken != "" && given != nil && !given.active(store.now()):
 		logger.Printf("warning: the token from --api-token / HELYOS_API_TOKEN (%q) was revoked or has expired; it stays refused", given.Name)
@@ -366,7 +418,8 @@ func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, gi
 		return c.apiToken, nil
 	case c.apiToken != "":
 		old := store.activeNamed(bootstrapName)
-		if _, err := store.add(ctx, c.apiToken, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, old, 0); err != nil {
+		event := map[bool]string{true: "token.rotated", false: "token.created"}[old != nil]
+		if _, err := store.add(ctx, c.apiToken, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, old, 0, audit.change(event, "", "")); err != nil {
 			return "", fmt.Errorf("store --api-token: %w", err)
 		}
 		if old != nil {
@@ -374,7 +427,7 @@ func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, gi
 		}
 		return c.apiToken, nil
 	case len(store.records) == 0:
-		return c.firstToken(ctx, store)
+		return c.firstToken(ctx, store, audit)
 	}
 	return "", nil
 }
@@ -382,14 +435,14 @@ func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, gi
 // firstToken mints the token of a first start. When it must stay out of
 // the log, its file is written before the store, so the store never holds a
 // token that nobody was given.
-func (c *daemonConfig) firstToken(ctx context.Context, store *tokenStore) (string, error) {
+func (c *daemonConfig) firstToken(ctx context.Context, store *tokenStore, audit *auditLog) (string, error) {
 	token, path := newAPIToken(), filepath.Join(c.dataDir, bootstrapTokenFile)
 	if c.keepTokenOutOfLog() {
 		if err := writeBootstrapToken(path, token); err != nil {
 			return "", err
 		}
 	}
-	if _, err := store.add(ctx, token, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, nil, 0); err != nil {
+	if _, err := store.add(ctx, token, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, nil, 0, audit.change("token.created", "", "")); err != nil {
 		if c.keepTokenOutOfLog() {
 			os.Remove(path)
 		}
@@ -496,11 +549,13 @@ func (c *daemonConfig) writeLocalContext(token, scheme string, port int, ca *cer
 
 // server is the REST API: built once from the flags, no globals.
 type server struct {
-	tokens  *tokenStore
-	ca      *certAuthority // nil when TLS is off or the certificate is the operator's
-	login   loginInfo
-	metrics *metrics
-	logger  *log.Logger
+	tokens    *tokenStore
+	ca        *certAuthority // nil when TLS is off or the certificate is the operator's
+	login     loginInfo
+	metrics   *metrics
+	logger    *log.Logger
+	audit     *auditLog
+	keepAlive time.Duration // between comment lines on an idle event stream
 
 	certs        *certFiles // the operator's --tls-cert/--tls-key, re-read on SIGHUP; else nil
 	notifySocket string     // systemd's $NOTIFY_SOCKET, or ""
@@ -530,30 +585,37 @@ func (s *server) serve(ctx context.Context, ln net.Listener, reload <-chan os.Si
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          s.logger,
 	}
-	done := make(chan struct{})
+	hs.RegisterOnShutdown(s.audit.closeSubscribers) // event streams never go idle by themselves
+	done, auditDone := make(chan struct{}), make(chan struct{})
 	go s.flushLoop(ctx, done)
+	go s.audit.run(auditDone)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	s.notify("READY=1")
+	var err error
 	for stopping := false; !stopping; {
 		select {
-		case err := <-errc:
-			return fmt.Errorf("serve: %w", err)
+		case err = <-errc:
+			err, stopping = fmt.Errorf("serve: %w", err), true
 		case <-reload:
 			s.reload()
 		case <-ctx.Done():
 			stopping = true
 		}
 	}
-	s.notify("STOPPING=1")
-	s.logger.Printf("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	err := hs.Shutdown(sctx)
-	<-done
+	if err == nil {
+		s.notify("STOPPING=1")
+		s.logger.Printf("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		err = hs.Shutdown(sctx)
+		<-done
+	}
 	if ferr := s.tokens.flushLastUsed(); ferr != nil {
 		err = errors.Join(err, ferr)
 	}
+	close(auditDone)
+	s.audit.stop(err)
 	return err
 }
 
@@ -569,10 +631,13 @@ func (s *server) reload() {
 	}
 	if err := s.certs.load(); err != nil {
 		s.logger.Printf("error: SIGHUP: keeping the certificate in service: %v", err)
+		s.audit.record("cert.reissued", "", "", s.certs.certPath, outcomeFailure, map[string]any{"reason": "SIGHUP", "error": err.Error()})
 		return
 	}
 	leaf := s.certs.pair.Load().Leaf
 	s.logger.Printf("SIGHUP: now serving %s (%q, expires %s)", s.certs.certPath, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339))
+	s.audit.record("cert.reissued", "", "", s.certs.certPath, outcomeSuccess,
+		map[string]any{"reason": "SIGHUP", "subject": leaf.Subject.CommonName, "serial": leaf.SerialNumber.Text(16), "not_after": leaf.NotAfter})
 }
 
 // notify tells systemd, when it is listening, what the daemon is doing.
@@ -631,6 +696,7 @@ func (s *server) apiRoutes() []apiRoute {
 		{"POST /api/v1/tokens", scopeAdmin, s.handleCreateToken},
 		{"POST /api/v1/tokens/{name}/rotate", scopeAdmin, s.handleRotateToken},
 		{"DELETE /api/v1/tokens/{name}", scopeAdmin, s.handleRevokeToken},
+		{"GET /api/v1/events", scopeRead, s.handleEvents},
 		// Unknown API paths need a token before they say "not found", so an
 		// anonymous caller learns nothing about which routes exist.
 		{"/api/v1/", scopeRead, handleNotFound},
@@ -691,7 +757,9 @@ type authedHandler func(http.ResponseWriter, *http.Request, *tokenRecord)
 // an address it is bound to, whose scope grants need; it checks all three on
 // every request, remembered token or not. Every 401 looks the same to the
 // caller, a token bound elsewhere included; the reason goes to the metrics
-// only. A token's expiry goes back in Helyos-Token-Expires (with its name in
+// and to the audit log's tally (no I/O here), and an expired token's first
+// refused use is recorded. A refused scope is tallied as scope.denied. A
+// token's expiry goes back in Helyos-Token-Expires (with its name in
 // Helyos-Token-Name), so the CLI can warn before it runs out.
 func (s *server) requireScope(need string, next authedHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -704,7 +772,12 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 			err = errTokenAddress
 		}
 		if err != nil {
-			s.metrics.authFailure(err)
+			reason := failureReason(err)
+			s.metrics.authFailure(reason)
+			s.audit.authFailed(remoteIP(r), reason)
+			if errors.Is(err, errTokenExpired) && rec.expiryRecorded.CompareAndSwap(false, true) {
+				s.audit.later("token.expired", "", remoteIP(r), rec.Name)
+			}
 			w.Header().Set("WWW-Authenticate", "Bearer")
 			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
 			return
@@ -714,11 +787,21 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 			w.Header().Set("Helyos-Token-Expires", rec.ExpiresAt.Format(time.RFC3339))
 		}
 		if !rec.grants(need) {
+			s.audit.scopeDenied(rec.Name, remoteIP(r), r.Pattern)
 			writeError(w, http.StatusForbidden, fmt.Sprintf("token %q has scope %s; this needs %s", rec.Name, rec.Scope, need))
 			return
 		}
 		next(w, r, rec)
 	})
+}
+
+// remoteIP is the address a request came from, without its port.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // bearerToken reads "Authorization: Bearer TOKEN", the scheme in any case.
@@ -772,7 +855,7 @@ type createTokenRequest struct {
 	AllowFrom []string `json:"allow_from"`
 }
 
-func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request, caller *tokenRecord) {
 	var req createTokenRequest
 	if code, err := decodeJSON(w, r, &req); err != nil {
 		writeError(w, code, err.Error())
@@ -787,13 +870,13 @@ func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request, _ *to
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	token, info, err := s.tokens.create(r.Context(), req.Name, req.Scope, ttl, allowFrom...)
+	token, info, err := s.tokens.create(r.Context(), req.Name, req.Scope, ttl, s.audit.change("token.created", caller.Name, remoteIP(r)), allowFrom...)
 	s.answerNewToken(w, req.Name, token, info, err)
 }
 
 // handleRotateToken gives a token a new secret; the old one works for
 // grace_secs more (0: it is refused from the next request).
-func (s *server) handleRotateToken(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+func (s *server) handleRotateToken(w http.ResponseWriter, r *http.Request, caller *tokenRecord) {
 	var req struct {
 		GraceSecs int64 `json:"grace_secs"`
 	}
@@ -807,7 +890,7 @@ func (s *server) handleRotateToken(w http.ResponseWriter, r *http.Request, _ *to
 		return
 	}
 	name := r.PathValue("name")
-	token, info, err := s.tokens.rotate(r.Context(), name, grace)
+	token, info, err := s.tokens.rotate(r.Context(), name, grace, s.audit.change("token.rotated", caller.Name, remoteIP(r)))
 	s.answerNewToken(w, name, token, info, err)
 }
 
@@ -838,6 +921,8 @@ func (s *server) answerStoreError(w http.ResponseWriter, name string, err error)
 		writeError(w, http.StatusConflict, fmt.Sprintf("token %q is the last active admin token; revoking it would lock every admin out: create another admin token first, or restart the daemon with --api-token", name))
 	case errors.Is(err, errMaxTTL):
 		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, errAuditUnavailable): // fail closed: nothing unrecorded is done
+		writeError(w, http.StatusServiceUnavailable, "the audit log cannot be written, so nothing was changed; the daemon's log says why")
 	default:
 		s.logger.Printf("error: token %q: %v", name, err)
 		writeError(w, http.StatusInternalServerError, "could not store the token change")
@@ -848,13 +933,123 @@ func (s *server) handleListTokens(w http.ResponseWriter, r *http.Request, _ *tok
 	writeJSON(w, http.StatusOK, s.tokens.list())
 }
 
-func (s *server) handleRevokeToken(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+func (s *server) handleRevokeToken(w http.ResponseWriter, r *http.Request, caller *tokenRecord) {
 	name := r.PathValue("name")
-	if err := s.tokens.revoke(name); err != nil {
+	if err := s.tokens.revoke(name, s.audit.change("token.revoked", caller.Name, remoteIP(r))); err != nil {
 		s.answerStoreError(w, name, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleEvents streams audit records as server-sent events: after
+// Last-Event-ID or ?since=, the records still on disk first, then live
+// ones. The subscription is taken before the files are opened and both
+// carry seq numbers, so nothing is lost or repeated at the switch. A
+// subscriber that falls behind never slows anyone: it loses records and is
+// told how many. Each write gets its own deadline, so the stream outlives
+// the server's write timeout while a client that stops reading is still cut
+// off. (net/http clears the read deadline itself once the request is read.)
+func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+	after, from, replaying, err := eventsStart(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	sub, files, head, err := s.audit.subscribe(replaying)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	defer s.audit.unsubscribe(sub)
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.WriteHeader(http.StatusOK)
+	st := &eventStream{w: w, rc: rc, last: min(after, head), known: from.IsZero()}
+	if !replaying {
+		st.last = head
+	}
+	err = replay(files, func(ev auditEvent, t time.Time) error {
+		if !st.known && t.Before(from) {
+			return nil
+		}
+		if !st.known {
+			st.last, st.known = ev.seq-1, true
+		}
+		return st.send(ev)
+	})
+	if !st.known {
+		st.last, st.known = head, true
+	}
+	if err == nil { // the id lets a client that saw nothing yet resume from here
+		err = st.write(fmt.Sprintf("id: %d\n: live\n\n", st.last))
+	}
+	tick := time.NewTicker(s.keepAlive)
+	defer tick.Stop()
+	for err == nil {
+		select {
+		case ev, ok := <-sub.ch:
+			if !ok {
+				return // the daemon is stopping
+			}
+			err = st.send(ev)
+		case <-tick.C:
+			err = st.write(": keep-alive\n\n")
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// eventsStart reads where a stream starts: after the record numbered by
+// Last-Event-ID or ?since=N, or (?since=TIME, RFC 3339) at the first record
+// from then on. With neither, only live records are sent.
+func eventsStart(r *http.Request) (after uint64, from time.Time, replay bool, err error) {
+	v := r.Header.Get("Last-Event-ID")
+	if v == "" {
+		v = r.URL.Query().Get("since")
+	}
+	if v == "" {
+		return 0, time.Time{}, false, nil
+	}
+	if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+		return n, time.Time{}, true, nil
+	}
+	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return 0, t, true, nil
+	}
+	return 0, time.Time{}, false, fmt.Errorf("since %q is neither a record number nor an RFC 3339 time", redactTokens(v))
+}
+
+// eventStream writes one subscriber's events.
+type eventStream struct {
+	w     io.Writer
+	rc    *http.ResponseController
+	last  uint64 // seq of the last record sent, or of the one the client saw
+	known bool   // false while a replay from a time has not reached its first record
+}
+
+// send writes ev unless it was sent already, after a warning when records
+// between the last one and ev were lost.
+func (st *eventStream) send(ev auditEvent) error {
+	if ev.seq <= st.last {
+		return nil
+	}
+	if ev.seq > st.last+1 {
+		if err := st.write(fmt.Sprintf("event: warning\ndata: {\"warning\":\"missed %d events\"}\n\n", ev.seq-st.last-1)); err != nil {
+			return err
+		}
+	}
+	st.last = ev.seq
+	return st.write(fmt.Sprintf("id: %d\nevent: %s\ndata: %s\n\n", ev.seq, ev.name, ev.line))
+}
+
+func (st *eventStream) write(s string) error {
+	st.rc.SetWriteDeadline(time.Now().Add(serverWriteTimeout))
+	if _, err := io.WriteString(st.w, s); err != nil {
+		return err
+	}
+	return st.rc.Flush()
 }
 
 func handleNotFound(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {

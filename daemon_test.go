@@ -167,6 +167,9 @@ func TestDaemonUsageErrors(t *testing.T) {
 	}{
 		{"bad tls mode", []string{"--tls", "maybe"}, nil, `--tls must be auto, on or off, not "maybe"`},
 		{"bad log format", []string{"--log-format", "xml"}, nil, `--log-format must be text or json, not "xml"`},
+		{"audit size too small", []string{"--audit-max-size", "1000"}, nil, `daemon: invalid value "1000" for flag --audit-max-size: "1000" is not a size of at least 1KiB`},
+		{"audit size in MB", []string{"--audit-max-size", "64MB"}, nil, `"64MB" is not a size of at least 1KiB, such as 1048576, 512KiB or 64MiB`},
+		{"audit size negative", []string{"--audit-max-size", "-1MiB"}, nil, `"-1MiB" is not a size`},
 		{"cert without key", []string{"--tls-cert", "c.pem"}, nil, "--tls-cert and --tls-key go together: give both or neither"},
 		{"key without cert", []string{"--tls-key", "k.pem"}, nil, "--tls-cert and --tls-key go together: give both or neither"},
 		{"cert with tls off", []string{"--tls", "off", "--tls-cert", "c.pem", "--tls-key", "k.pem"}, nil, "--tls-cert and --tls-key need TLS, but --tls is off"},
@@ -833,7 +836,7 @@ func TestFileModes(t *testing.T) {
 		t.Errorf("~/.helyos mode %o", m)
 	}
 	files := filesUnder(t, d.dataDir)
-	for _, want := range []string{caCertFile, caKeyFile, serverCertFile, serverKeyFile, tokenStoreFile} {
+	for _, want := range []string{caCertFile, caKeyFile, serverCertFile, serverKeyFile, tokenStoreFile, auditFileName} {
 		if !slices.Contains(files, want) {
 			t.Errorf("data dir lacks %s: %v", want, files)
 		}

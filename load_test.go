@@ -55,11 +55,15 @@ func benchmarkRoute(b *testing.B, path string, withToken bool) {
 // in process, with no network, so the cost of authentication stands alone.
 func BenchmarkMiddleware(b *testing.B) {
 	store, _ := newTestStore(b)
-	token, _, err := store.create(context.Background(), "alice", "", 0)
+	token, _, err := store.create(context.Background(), "alice", "", 0, noAudit)
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := (&server{tokens: store, metrics: newMetrics(), logger: log.New(io.Discard, "", 0)}).routes()
+	audit, err := openAuditLog(b.TempDir(), defaultAuditMaxSize, time.Now, log.New(io.Discard, "", 0))
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := (&server{tokens: store, metrics: newMetrics(), logger: log.New(io.Discard, "", 0), audit: audit}).routes()
 	for _, c := range []struct{ name, path, token string }{
 		{"health", "/health", ""},
 		{"whoami", "/api/v1/whoami", token},
@@ -225,7 +229,9 @@ func floodWith(d *testDaemon, pool *x509.CertPool, conns int, path string, next 
 }
 
 // BenchmarkRandomTokenFlood: 16 connections of random well-formed tokens.
-// Reports the flood's rate, the Argon2 runs it caused (target 0), and a
+// Reports the flood's rate, the Argon2 runs it caused (target 0), the
+// auth.failed records it left in the audit log against the 10 s windows it
+// spanned (target: at most one per window, all from 127.0.0.1), and a
 // valid client's p99 with no flood, under the token flood (target ≤ 2 × the
 // quiet p99), and under a flood of the same shape at the public GET /health.
 // The last one is the control: on a machine whose cores the load generator
@@ -236,6 +242,7 @@ func BenchmarkRandomTokenFlood(b *testing.B) {
 	pool := d.caPool(b)
 	whoami := d.url + "/api/v1/whoami"
 	loadRun(b, whoami, d.token, pool, 1, 100*time.Millisecond) // the token's one Argon2 run
+	start := time.Now()
 	flood := func(path string, next func() string) (rate float64, valid []time.Duration) {
 		stop := make(chan struct{})
 		start := time.Now()
@@ -259,6 +266,10 @@ func BenchmarkRandomTokenFlood(b *testing.B) {
 		b.ReportMetric(float64(p99Flood)/float64(p99Quiet), "p99-flood/quiet")
 		b.ReportMetric(float64(p99Flood)/float64(p99Public), "p99-flood/health-flood")
 	}
+	d.stop(b)
+	failed := eventsNamed(readAuditFile(b, filepath.Join(d.dataDir, auditFileName)), "auth.failed")
+	b.ReportMetric(float64(len(failed)), "auth.failed-records")
+	b.ReportMetric(time.Since(start).Seconds()/auditWindow.Seconds(), "10s-windows")
 }
 
 // BenchmarkKnownPrefixFlood is the worst case: the attacker knows the
@@ -291,16 +302,10 @@ func BenchmarkKnownPrefixFlood(b *testing.B) {
 	}
 }
 
-// TestRandomTokensNeverReachArgon2 sends a few thousand random well-formed
-// tokens and malformed ones and counts: no Argon2 run, every one refused
-// and counted as a failure with its reason.
-func TestRandomTokensNeverReachArgon2(t *testing.T) {
-	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+// sendRandomTokens sends each random well-formed tokens on each of conns
+// connections and returns how many were refused.
+func sendRandomTokens(t *testing.T, d *testDaemon, conns, each int) int {
 	pool := d.caPool(t)
-	runs := metricValue(t, d, "helyos_argon2_runs_total")
-	unknown := metricValue(t, d, `helyos_auth_failures_total{reason="unknown"}`)
-	const conns, each = 8, 250
 	var wg sync.WaitGroup
 	var refused atomic.Int64
 	for range conns {
@@ -327,7 +332,19 @@ func TestRandomTokensNeverReachArgon2(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if got := refused.Load(); got != conns*each {
+	return int(refused.Load())
+}
+
+// TestRandomTokensNeverReachArgon2 sends a few thousand random well-formed
+// tokens and counts: no Argon2 run, every one refused and counted as a
+// failure with its reason.
+func TestRandomTokensNeverReachArgon2(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	runs := metricValue(t, d, "helyos_argon2_runs_total")
+	unknown := metricValue(t, d, `helyos_auth_failures_total{reason="unknown"}`)
+	const conns, each = 8, 250
+	if got := sendRandomTokens(t, d, conns, each); got != conns*each {
 		t.Errorf("%d of %d random tokens refused", got, conns*each)
 	}
 	if got := metricValue(t, d, "helyos_argon2_runs_total") - runs; got != 0 {

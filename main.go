@@ -56,6 +56,8 @@ func commands() []command {
 		{"whoami", "", "show the identity of the active token", cmdWhoami},
 		{"context", "ls|use|current|rename|rm|set", "list and manage contexts", cmdContext},
 		{"auth", "token create|ls|revoke|rotate", "mint, list, revoke and rotate API tokens", cmdAuth},
+		{"events", "[--follow] [--since DURATION|SEQ]", "show the daemon's audit events, or follow them", cmdEvents},
+		{"audit", "verify [FILE...]", "check the audit log's hash chain (no daemon needed)", cmdAudit},
 		{"status", "", "check the daemon: reachable, version, TLS, identity", cmdStatus},
 		{"version", "", "print the client and daemon versions", cmdVersion},
 		{"completion", "bash|zsh|fish", "print a shell completion script", cmdCompletion},

@@ -76,16 +76,21 @@ func (m *metrics) observe(method, pattern string, code int, d time.Duration) {
 	h.count++
 }
 
-func (m *metrics) authFailure(reason error) {
-	label := "error"
+func (m *metrics) authFailure(reason string) {
+	m.mu.Lock()
+	m.authFailures[reason]++
+	m.mu.Unlock()
+}
+
+// failureReason names why a token was refused: one of the errToken*
+// reasons, or "error" (Argon2 slot wait cut short, say).
+func failureReason(err error) string {
 	for _, r := range authFailureReasons {
-		if errors.Is(reason, r) {
-			label = r.Error()
+		if errors.Is(err, r) {
+			return r.Error()
 		}
 	}
-	m.mu.Lock()
-	m.authFailures[label]++
-	m.mu.Unlock()
+	return "error"
 }
 
 // write renders every metric, sorted so the output is stable.

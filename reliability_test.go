@@ -246,7 +246,7 @@ func TestReliabilityRaceRevokedNeverAccepted(t *testing.T) {
 	t.Parallel()
 	s, _ := newTestStore(t)
 	ctx := context.Background()
-	s.create(ctx, "keeper", "", 0) // so that no worker's token is the last admin
+	s.create(ctx, "keeper", "", 0, noAudit) // so that no worker's token is the last admin
 	const workers, perWorker = 4, 2
 	var wg sync.WaitGroup
 	var accepted, refused atomic.Int64
@@ -256,7 +256,7 @@ func TestReliabilityRaceRevokedNeverAccepted(t *testing.T) {
 			defer wg.Done()
 			for i := range perWorker {
 				name := fmt.Sprintf("w%d-%d", w, i)
-				secret, _, err := s.create(ctx, name, "", 0)
+				secret, _, err := s.create(ctx, name, "", 0, noAudit)
 				if err != nil {
 					t.Errorf("create %s: %v", name, err)
 					return
@@ -299,9 +299,9 @@ func TestReliabilityRaceRevokedNeverAccepted(t *testing.T) {
 					time.Sleep(time.Millisecond)
 				}
 				if i == 0 {
-					err = s.revoke(name)
+					err = s.revoke(name, noAudit)
 				} else {
-					_, _, err = s.rotate(ctx, name, 0)
+					_, _, err = s.rotate(ctx, name, 0, noAudit)
 				}
 				if err != nil {
 					t.Errorf("revoke or rotate %s: %v", name, err)

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -330,6 +331,19 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 			t.Errorf("a broken pair replaced the certificate in service")
 		}
 		health()
+	}
+	var reloads []auditRecord
+	pollUntil(t, "the reloads are in the audit log", func() bool {
+		reloads = eventsNamed(readAuditFile(t, filepath.Join(d.dataDir, auditFileName)), "cert.reissued")
+		return len(reloads) == 4
+	})
+	if r := reloads[0]; r.Outcome != outcomeSuccess || str(r.Target) != certPath || r.Detail["reason"] != "SIGHUP" || r.Detail["serial"] != second.Text(16) {
+		t.Errorf("the reload's record: %+v", r)
+	}
+	for _, r := range reloads[1:] {
+		if r.Outcome != outcomeFailure || !strings.Contains(fmt.Sprint(r.Detail["error"]), "load --tls-cert and --tls-key: ") {
+			t.Errorf("a failed reload's record: %+v", r)
+		}
 	}
 }
 

@@ -240,22 +240,24 @@ func (ca *certAuthority) issueServerCert(dir string, sans []string, now time.Tim
 }
 
 // loadServerCert returns the stored serving certificate if it was signed by
-// ca, carries exactly sans and is not near expiry; otherwise nil.
-func (ca *certAuthority) loadServerCert(dir string, sans []string, now time.Time) *tls.Certificate {
+// ca, carries exactly sans and is not near expiry; otherwise nil and why.
+func (ca *certAuthority) loadServerCert(dir string, sans []string, now time.Time) (*tls.Certificate, string) {
 	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, serverCertFile), filepath.Join(dir, serverKeyFile))
 	if err != nil {
-		return nil
+		return nil, "no usable serving certificate"
 	}
 	leaf, err := x509.ParseCertificate(pair.Certificate[0])
-	if err != nil || leaf.CheckSignatureFrom(ca.cert) != nil || now.After(leaf.NotAfter.Add(-renewBefore)) {
-		return nil
-	}
-	if !slices.Equal(leafSANs(leaf), sans) {
-		return nil
+	switch {
+	case err != nil || leaf.CheckSignatureFrom(ca.cert) != nil:
+		return nil, "not signed by this CA"
+	case now.After(leaf.NotAfter.Add(-renewBefore)):
+		return nil, "near expiry"
+	case !slices.Equal(leafSANs(leaf), sans):
+		return nil, "names changed"
 	}
 	pair.Leaf = leaf
 	pair.Certificate = [][]byte{pair.Certificate[0], ca.cert.Raw}
-	return &pair
+	return &pair, ""
 }
 
 func leafSANs(leaf *x509.Certificate) []string {
@@ -271,24 +273,23 @@ func leafSANs(leaf *x509.Certificate) []string {
 // same CA when it nears expiry, so a daemon that runs for years keeps a
 // valid certificate without a restart. Safe for concurrent use.
 type servingCert struct {
-	ca   *certAuthority
-	dir  string
-	sans []string
-	now  func() time.Time
+	ca    *certAuthority
+	dir   string
+	sans  []string
+	now   func() time.Time
+	audit *auditLog
 
 	mu   sync.Mutex
 	cert *tls.Certificate
 }
 
-func newServingCert(ca *certAuthority, dir string, sans []string, now func() time.Time) (*servingCert, error) {
-	s := &servingCert{ca: ca, dir: dir, sans: sans, now: now}
-	s.cert = ca.loadServerCert(dir, sans, now())
-	if s.cert == nil {
-		c, err := ca.issueServerCert(dir, sans, now())
-		if err != nil {
+func newServingCert(ca *certAuthority, dir string, sans []string, now func() time.Time, audit *auditLog) (*servingCert, error) {
+	s := &servingCert{ca: ca, dir: dir, sans: sans, now: now, audit: audit}
+	var why string
+	if s.cert, why = ca.loadServerCert(dir, sans, now()); s.cert == nil {
+		if err := s.issue(why); err != nil {
 			return nil, err
 		}
-		s.cert = c
 	}
 	return s, nil
 }
@@ -296,12 +297,10 @@ func newServingCert(ca *certAuthority, dir string, sans []string, now func() tim
 func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now := s.now(); now.After(s.cert.Leaf.NotAfter.Add(-renewBefore)) {
-		c, err := s.ca.issueServerCert(s.dir, s.sans, now)
-		if err != nil {
+	if s.now().After(s.cert.Leaf.NotAfter.Add(-renewBefore)) {
+		if err := s.issue("near expiry"); err != nil {
 			return nil, err
 		}
-		s.cert = c
 	}
 	return s.cert, nil
 }
@@ -348,6 +347,20 @@ func (c *certFiles) read() (*tls.Certificate, error) {
 
 func (c *certFiles) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return c.pair.Load(), nil
+}
+
+// issue replaces the serving certificate and records cert.reissued. The
+// record is best effort (a failure is logged): refusing to renew would
+// take the daemon off the air when its certificate expires.
+func (s *servingCert) issue(why string) error {
+	c, err := s.ca.issueServerCert(s.dir, s.sans, s.now())
+	if err != nil {
+		return err
+	}
+	s.cert = c
+	s.audit.record("cert.reissued", "", "", serverCertFile, outcomeSuccess,
+		map[string]any{"reason": why, "names": s.sans, "serial": c.Leaf.SerialNumber.Text(16), "not_after": c.Leaf.NotAfter})
+	return nil
 }
 
 // serverTLSConfig is the daemon's TLS policy: TLS 1.2 at least.

@@ -88,19 +88,20 @@ func TestServingCertRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	sans := certSANs("127.0.0.1", "", nil)
-	sc, err := newServingCert(ca, dir, sans, clock.now)
+	audit := newTestAudit(t, t.TempDir(), defaultAuditMaxSize, clock.now)
+	sc, err := newServingCert(ca, dir, sans, clock.now, audit)
 	if err != nil {
 		t.Fatal(err)
 	}
 	first, _ := sc.get(nil)
-	again, err := newServingCert(ca, dir, sans, clock.now)
+	again, err := newServingCert(ca, dir, sans, clock.now, audit)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c, _ := again.get(nil); c.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) != 0 {
 		t.Error("an unchanged certificate was re-issued")
 	}
-	withNew, _ := newServingCert(ca, dir, certSANs("127.0.0.1", "new.test", nil), clock.now)
+	withNew, _ := newServingCert(ca, dir, certSANs("127.0.0.1", "new.test", nil), clock.now, audit)
 	if c, _ := withNew.get(nil); c.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 || !slices.Contains(c.Leaf.DNSNames, "new.test") {
 		t.Error("new SANs did not re-issue the certificate")
 	}
@@ -117,6 +118,15 @@ func TestServingCertRenewal(t *testing.T) {
 	roots.AddCert(ca.cert)
 	if _, err := renewed.Leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: "localhost", CurrentTime: clock.now()}); err != nil {
 		t.Errorf("re-issued certificate does not verify under the same CA: %v", err)
+	}
+	var reasons []string
+	for _, rec := range readAuditFile(t, audit.path(0)) {
+		if rec.Event == "cert.reissued" && *rec.Target == serverCertFile {
+			reasons = append(reasons, rec.Detail["reason"].(string))
+		}
+	}
+	if want := []string{"no usable serving certificate", "names changed", "near expiry"}; !slices.Equal(reasons, want) {
+		t.Errorf("cert.reissued reasons %q, want %q", reasons, want)
 	}
 	reloaded, err := loadOrCreateCA(dir, clock.now())
 	if err != nil || !reloaded.cert.Equal(ca.cert) {

@@ -120,7 +120,20 @@ type tokenRecord struct {
 	// every authenticated request without taking the store's lock and
 	// copied into LastUsedAt when the store is written.
 	lastUsed atomic.Int64
+	// expiryRecorded is set once token.expired was recorded for this
+	// record's first refused use since the daemon started.
+	expiryRecorded atomic.Bool
 }
+
+// recordChange writes a token change to the audit log and fsyncs it. The
+// store calls it under its write lock, once the change has passed every
+// check and is made in memory (where no reader can see it before the lock
+// is released), and before the store file is written. If it fails, the
+// change is undone and the file never touched. If writing the file then
+// fails, the change is undone and recordChange is called again with
+// outcomeFailure, so the log never shows a change the store does not hold
+// without saying it was undone.
+type recordChange func(t tokenInfo, outcome string) error
 
 // tokenInfo is what the API shows of a token: never the hash or lookup.
 type tokenInfo struct {
@@ -361,7 +374,9 @@ func (s *tokenStore) checkHash(ctx context.Context, token, phc string) (bool, er
 }
 
 // verify returns the active record that token belongs to, or one of the
-// errToken* reasons. It records the use in memory only.
+// errToken* reasons. It records the use in memory only. A revoked or
+// expired token is refused with its record, found by its lookup key alone
+// (no Argon2 run), so the caller can name it.
 func (s *tokenStore) verify(ctx context.Context, token string) (*tokenRecord, error) {
 	lookup, ok := parseAPIToken(token)
 	if !ok {
@@ -397,7 +412,7 @@ func (s *tokenStore) verify(ctx context.Context, token string) (*tokenRecord, er
 			delete(s.verified, key)
 			s.mu.Unlock()
 		}
-		return nil, state
+		return rec, state
 	}
 	if !cached {
 		match, err := s.checkHash(ctx, token, rec.Hash)
@@ -441,23 +456,23 @@ func (r *tokenRecord) state(now time.Time) error {
 // create mints a new token, stores its hash and returns the secret, which is
 // shown to the caller once and kept nowhere. ttl 0 means no expiry; a token
 // with allowFrom is accepted only from those source addresses.
-func (s *tokenStore) create(ctx context.Context, name, scope string, ttl time.Duration, allowFrom ...netip.Prefix) (string, tokenInfo, error) {
+func (s *tokenStore) create(ctx context.Context, name, scope string, ttl time.Duration, record recordChange, allowFrom ...netip.Prefix) (string, tokenInfo, error) {
 	token := newAPIToken()
-	info, err := s.add(ctx, token, &tokenRecord{Name: name, Scope: scope, AllowFrom: allowFrom}, ttl, nil, 0)
+	info, err := s.add(ctx, token, &tokenRecord{Name: name, Scope: scope, AllowFrom: allowFrom}, ttl, nil, 0, record)
 	return token, info, err
 }
 
 // rotate gives the active token called name a new secret with the same
 // scope, bindings and expiry. Its earlier secrets stop working after grace
 // (0: at once).
-func (s *tokenStore) rotate(ctx context.Context, name string, grace time.Duration) (string, tokenInfo, error) {
+func (s *tokenStore) rotate(ctx context.Context, name string, grace time.Duration, record recordChange) (string, tokenInfo, error) {
 	old := s.activeNamed(name)
 	if old == nil {
 		return "", tokenInfo{}, errNoSuchToken
 	}
 	token := newAPIToken()
 	rec := &tokenRecord{Name: old.Name, Scope: old.Scope, ExpiresAt: old.ExpiresAt, AllowFrom: old.AllowFrom, Bootstrap: old.Bootstrap}
-	info, err := s.add(ctx, token, rec, 0, old, grace)
+	info, err := s.add(ctx, token, rec, 0, old, grace, record)
 	return token, info, err
 }
 
@@ -465,7 +480,7 @@ func (s *tokenStore) rotate(ctx context.Context, name string, grace time.Duratio
 // ttl > 0 sets its expiry. With old nil the name must be free. With old set
 // (rotation, or a new --api-token), old must still be the active record of
 // that name, and every active secret of that name stops working after grace.
-func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, ttl time.Duration, old *tokenRecord, grace time.Duration) (tokenInfo, error) {
+func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, ttl time.Duration, old *tokenRecord, grace time.Duration, record recordChange) (tokenInfo, error) {
 	lookup, ok := parseAPIToken(token)
 	if !ok {
 		return tokenInfo{}, errors.New("token is not nxa-api_ followed by 64 lower-case hex characters")
@@ -516,7 +531,7 @@ func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, tt
 	s.records = append(s.records, rec)
 	s.byLookup[lookup] = rec
 	s.byName[rec.Name] = rec
-	err := s.commitLocked(func() {
+	err := s.commitLocked(rec.info(), record, func() {
 		retired()
 		s.records = s.records[:len(s.records)-1]
 		delete(s.byLookup, lookup)
@@ -576,7 +591,7 @@ func (s *tokenStore) activeNamedLocked(name string, now time.Time) *tokenRecord 
 // It refuses to revoke the last active admin token, so that nobody locks
 // every admin out by accident. It is on disk, and the token refused, before
 // revoke returns.
-func (s *tokenStore) revoke(name string) error {
+func (s *tokenStore) revoke(name string, record recordChange) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now().UTC().Truncate(time.Second)
@@ -589,7 +604,7 @@ func (s *tokenStore) revoke(name string) error {
 	}) {
 		return errLastAdmin
 	}
-	return s.commitLocked(s.retireLocked(name, now))
+	return s.commitLocked(rec.info(), record, s.retireLocked(name, now))
 }
 
 // retireLocked makes the secrets of name that still work at `at` stop
@@ -610,12 +625,19 @@ func (s *tokenStore) retireLocked(name string, at time.Time) (undo func()) {
 	}
 }
 
-// commitLocked writes the store, or calls undo when it cannot, so that a
-// change which is not on disk never takes effect. Secrets that no longer
-// work leave the verification cache.
-func (s *tokenStore) commitLocked(undo func()) error {
+// commitLocked records the change made in memory (which no reader sees
+// while the caller holds s.mu) and then writes the store; when either
+// fails it calls undo, so that a change which is not both recorded and on
+// disk never takes effect. Secrets that no longer work leave the
+// verification cache.
+func (s *tokenStore) commitLocked(info tokenInfo, record recordChange, undo func()) error {
+	if err := record(info, outcomeSuccess); err != nil {
+		undo()
+		return err
+	}
 	if err := s.saveLocked(); err != nil {
 		undo()
+		record(info, outcomeFailure)
 		return err
 	}
 	now := s.now()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -94,7 +95,7 @@ func TestHashIsArgon2idPHC(t *testing.T) {
 func TestVerifyAndCache(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
-	tok, _, err := s.create(ctx, "alice", "", 0)
+	tok, _, err := s.create(ctx, "alice", "", 0, noAudit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +125,7 @@ func TestVerifyAndCache(t *testing.T) {
 func TestCheapRefusals(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
-	tok, _, _ := s.create(ctx, "alice", "", 0)
+	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	runs := s.argonRuns.Load()
 	cases := []struct {
 		name, token string
@@ -156,18 +157,18 @@ func TestCheapRefusals(t *testing.T) {
 func TestRevokeTakesEffectAtOnce(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
-	s.create(ctx, "keeper", "", 0) // so that alice is not the last admin
-	tok, _, _ := s.create(ctx, "alice", "", 0)
+	s.create(ctx, "keeper", "", 0, noAudit) // so that alice is not the last admin
+	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	if _, err := s.verify(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.revoke("alice"); err != nil {
+	if err := s.revoke("alice", noAudit); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.verify(ctx, tok); !errors.Is(err, errTokenRevoked) {
 		t.Errorf("remembered token after revoke: %v", err)
 	}
-	if err := s.revoke("alice"); !errors.Is(err, errNoSuchToken) {
+	if err := s.revoke("alice", noAudit); !errors.Is(err, errNoSuchToken) {
 		t.Errorf("second revoke: %v", err)
 	}
 	// The revocation is on disk before revoke returned.
@@ -180,7 +181,7 @@ func TestRevokeTakesEffectAtOnce(t *testing.T) {
 func TestExpiry(t *testing.T) {
 	s, clock := newTestStore(t)
 	ctx := context.Background()
-	tok, info, err := s.create(ctx, "ci", "", time.Hour)
+	tok, info, err := s.create(ctx, "ci", "", time.Hour, noAudit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +202,7 @@ func TestExpiry(t *testing.T) {
 	if len(s.list()) != 0 || s.activeCount() != 0 {
 		t.Error("an expired token is still listed as active")
 	}
-	if _, _, err := s.create(ctx, "ci", "", 0); err != nil {
+	if _, _, err := s.create(ctx, "ci", "", 0, noAudit); err != nil {
 		t.Errorf("the name of an expired token is free again: %v", err)
 	}
 }
@@ -227,12 +228,12 @@ func TestCreateValidation(t *testing.T) {
 		{"long", "", maxTTL + time.Second, false},
 	}
 	for _, c := range cases {
-		_, _, err := s.create(ctx, c.name, c.scope, c.ttl)
+		_, _, err := s.create(ctx, c.name, c.scope, c.ttl, noAudit)
 		if (err == nil) != c.ok {
 			t.Errorf("create(%q, %q, %v) err = %v, want ok=%v", c.name, c.scope, c.ttl, err, c.ok)
 		}
 	}
-	if _, _, err := s.create(ctx, "alice", "", 0); !errors.Is(err, errNameTaken) {
+	if _, _, err := s.create(ctx, "alice", "", 0, noAudit); !errors.Is(err, errNameTaken) {
 		t.Errorf("duplicate name: %v", err)
 	}
 }
@@ -242,20 +243,51 @@ func TestCreateValidation(t *testing.T) {
 func TestStoreWriteFailureChangesNothing(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
-	s.create(ctx, "keeper", "", 0)
-	tok, _, _ := s.create(ctx, "alice", "", 0)
+	s.create(ctx, "keeper", "", 0, noAudit)
+	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	s.path = filepath.Join(s.path, "not-a-dir", tokenStoreFile) // parent is a file: every write fails
-	if _, _, err := s.create(ctx, "bob", "", 0); err == nil {
+	var recorded []string
+	record := func(t tokenInfo, outcome string) error { recorded = append(recorded, t.Name+" "+outcome); return nil }
+	if _, _, err := s.create(ctx, "bob", "", 0, record); err == nil {
 		t.Fatal("create succeeded although the store could not be written")
 	}
 	if len(s.list()) != 2 {
 		t.Errorf("the failed create left a record in memory: %+v", s.list())
 	}
-	if err := s.revoke("alice"); err == nil {
+	if err := s.revoke("alice", record); err == nil {
 		t.Fatal("revoke succeeded although the store could not be written")
 	}
 	if _, err := s.verify(ctx, tok); err != nil {
 		t.Errorf("a revoke that was not written took effect: %v", err)
+	}
+	// Each change was recorded before it was tried, and its undoing after.
+	if want := []string{"bob success", "bob failure", "alice success", "alice failure"}; !slices.Equal(recorded, want) {
+		t.Errorf("recorded %q, want %q", recorded, want)
+	}
+}
+
+// TestStoreRecordsBeforeChanging: a change whose record cannot be written
+// is not made, in memory or on disk.
+func TestStoreRecordsBeforeChanging(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
+	before, err := os.ReadFile(s.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refuse := func(tokenInfo, string) error { return errAuditUnavailable }
+	if _, _, err := s.create(ctx, "bob", "", 0, refuse); !errors.Is(err, errAuditUnavailable) {
+		t.Errorf("create with no audit: %v", err)
+	}
+	if err := s.revoke("alice", refuse); !errors.Is(err, errAuditUnavailable) {
+		t.Errorf("revoke with no audit: %v", err)
+	}
+	if _, err := s.verify(ctx, tok); err != nil || len(s.list()) != 1 {
+		t.Errorf("an unrecorded change took effect: %v %+v", err, s.list())
+	}
+	if after, _ := os.ReadFile(s.path); !bytes.Equal(before, after) {
+		t.Error("an unrecorded change reached the store file")
 	}
 }
 
@@ -294,7 +326,7 @@ func TestReadTokenFileRejectsDamage(t *testing.T) {
 func TestArgonRunsBounded(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
-	tok, _, _ := s.create(ctx, "alice", "", 0)
+	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	wrong := tok[:8+lookupLen] + strings.Repeat("0", 64-lookupLen)
 	if c := cap(s.argonSlots); c < 1 || c > 4 {
 		t.Fatalf("Argon2 bound is %d", c)
@@ -325,7 +357,7 @@ func TestArgonRunsBounded(t *testing.T) {
 func BenchmarkVerifyRemembered(b *testing.B) {
 	s, _ := newTestStore(b)
 	ctx := context.Background()
-	tok, _, _ := s.create(ctx, "alice", "", 0)
+	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	s.verify(ctx, tok)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -339,7 +371,7 @@ func BenchmarkVerifyRemembered(b *testing.B) {
 func BenchmarkVerifyFirst(b *testing.B) {
 	s, _ := newTestStore(b)
 	ctx := context.Background()
-	tok, _, _ := s.create(ctx, "alice", "", 0)
+	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	b.ReportAllocs()
 	for b.Loop() {
 		s.mu.Lock()
@@ -354,7 +386,7 @@ func BenchmarkVerifyFirst(b *testing.B) {
 func BenchmarkVerifyUnknown(b *testing.B) {
 	s, _ := newTestStore(b)
 	ctx := context.Background()
-	s.create(ctx, "alice", "", 0)
+	s.create(ctx, "alice", "", 0, noAudit)
 	random := newAPIToken()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -406,7 +438,7 @@ func FuzzReadTokenFile(f *testing.F) {
 // and only a string of the token format can ever be accepted.
 func FuzzVerify(f *testing.F) {
 	s, _ := newTestStore(f)
-	tok, _, _ := s.create(context.Background(), "alice", "", 0)
+	tok, _, _ := s.create(context.Background(), "alice", "", 0, noAudit)
 	f.Add(tok)
 	f.Add("")
 	f.Add(tok[:20])
@@ -432,7 +464,7 @@ func scaledStore(b *testing.B, n int) (*tokenStore, string) {
 		records[i] = &tokenRecord{Name: fmt.Sprintf("t%d", i), Scope: defaultScope, Lookup: fmt.Sprintf("%012x", i), Hash: hash, CreatedAt: clock.t}
 	}
 	s := newTokenStore(filepath.Join(b.TempDir(), tokenStoreFile), records, clock.now)
-	probe, _, err := s.create(context.Background(), "probe", "", 0)
+	probe, _, err := s.create(context.Background(), "probe", "", 0, noAudit)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -478,7 +510,7 @@ func BenchmarkStoreScale(b *testing.B) {
 			s, _ := scaledStore(b, n)
 			i := 0
 			for b.Loop() {
-				if _, _, err := s.create(ctx, fmt.Sprintf("new%d", i), "", 0); err != nil {
+				if _, _, err := s.create(ctx, fmt.Sprintf("new%d", i), "", 0, noAudit); err != nil {
 					b.Fatal(err)
 				}
 				i++
@@ -503,10 +535,10 @@ func TestRotate(t *testing.T) {
 	s, clock := newTestStore(t)
 	ctx := context.Background()
 	local := netip.MustParsePrefix("127.0.0.0/8")
-	first, before, _ := s.create(ctx, "ci", scopeRead, 48*time.Hour, local)
+	first, before, _ := s.create(ctx, "ci", scopeRead, 48*time.Hour, noAudit, local)
 	s.verify(ctx, first)
 	clock.advance(time.Hour)
-	second, after, err := s.rotate(ctx, "ci", 0)
+	second, after, err := s.rotate(ctx, "ci", 0, noAudit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -523,7 +555,7 @@ func TestRotate(t *testing.T) {
 		t.Errorf("new secret: %v", err)
 	}
 
-	third, _, _ := s.rotate(ctx, "ci", time.Hour)
+	third, _, _ := s.rotate(ctx, "ci", time.Hour, noAudit)
 	s.verify(ctx, third)
 	clock.advance(time.Hour - time.Nanosecond)
 	if _, err := s.verify(ctx, second); err != nil {
@@ -546,8 +578,8 @@ func TestRotate(t *testing.T) {
 		}
 	}
 
-	fourth, _, _ := s.rotate(ctx, "ci", time.Hour)
-	fifth, _, _ := s.rotate(ctx, "ci", 0)
+	fourth, _, _ := s.rotate(ctx, "ci", time.Hour, noAudit)
+	fifth, _, _ := s.rotate(ctx, "ci", 0, noAudit)
 	for _, old := range []string{third, fourth} {
 		if _, err := s.verify(ctx, old); !errors.Is(err, errTokenRevoked) {
 			t.Errorf("a rotation without grace left an earlier secret working: %v", err)
@@ -556,11 +588,11 @@ func TestRotate(t *testing.T) {
 	if _, err := s.verify(ctx, fifth); err != nil {
 		t.Errorf("newest secret: %v", err)
 	}
-	if _, _, err := s.rotate(ctx, "nobody", 0); !errors.Is(err, errNoSuchToken) {
+	if _, _, err := s.rotate(ctx, "nobody", 0, noAudit); !errors.Is(err, errNoSuchToken) {
 		t.Errorf("rotate an unknown name: %v", err)
 	}
 	s.path = filepath.Join(s.path, "not-a-dir", tokenStoreFile)
-	if _, _, err := s.rotate(ctx, "ci", 0); err == nil {
+	if _, _, err := s.rotate(ctx, "ci", 0, noAudit); err == nil {
 		t.Fatal("rotate succeeded although the store could not be written")
 	}
 	if _, err := s.verify(ctx, fifth); err != nil {
@@ -582,19 +614,19 @@ func mustRead(t *testing.T, path string) []*tokenRecord {
 func TestLastAdminKept(t *testing.T) {
 	s, clock := newTestStore(t)
 	ctx := context.Background()
-	s.create(ctx, "root", "", 0)
-	s.create(ctx, "reader", scopeRead, 0)
-	s.create(ctx, "brief", "", time.Minute)
-	s.rotate(ctx, "root", time.Hour) // its old secret still works, but is not another admin
-	if err := s.revoke("brief"); err != nil {
+	s.create(ctx, "root", "", 0, noAudit)
+	s.create(ctx, "reader", scopeRead, 0, noAudit)
+	s.create(ctx, "brief", "", time.Minute, noAudit)
+	s.rotate(ctx, "root", time.Hour, noAudit) // its old secret still works, but is not another admin
+	if err := s.revoke("brief", noAudit); err != nil {
 		t.Fatalf("revoke an admin while another exists: %v", err)
 	}
-	s.create(ctx, "brief", "", time.Minute)
+	s.create(ctx, "brief", "", time.Minute, noAudit)
 	clock.advance(time.Minute)
-	if err := s.revoke("root"); !errors.Is(err, errLastAdmin) {
+	if err := s.revoke("root", noAudit); !errors.Is(err, errLastAdmin) {
 		t.Errorf("revoke the last admin (the other expired): %v", err)
 	}
-	if err := s.revoke("reader"); err != nil {
+	if err := s.revoke("reader", noAudit); err != nil {
 		t.Errorf("revoke a read token: %v", err)
 	}
 	if len(s.list()) != 1 {
@@ -607,8 +639,8 @@ func TestLastAdminKept(t *testing.T) {
 func TestMaxTTLInStore(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
-	s.create(ctx, "old", "", 0) // before the limit was set
-	s.add(ctx, newAPIToken(), &tokenRecord{Name: bootstrapName, Bootstrap: true}, 0, nil, 0)
+	s.create(ctx, "old", "", 0, noAudit) // before the limit was set
+	s.add(ctx, newAPIToken(), &tokenRecord{Name: bootstrapName, Bootstrap: true}, 0, nil, 0, noAudit)
 	s.maxTTL = time.Hour
 	cases := []struct {
 		name string
@@ -616,18 +648,18 @@ func TestMaxTTLInStore(t *testing.T) {
 		ok   bool
 	}{{"none", 0, false}, {"longer", time.Hour + time.Second, false}, {"equal", time.Hour, true}, {"shorter", time.Minute, true}}
 	for _, c := range cases {
-		_, _, err := s.create(ctx, c.name, "", c.ttl)
+		_, _, err := s.create(ctx, c.name, "", c.ttl, noAudit)
 		if c.ok != (err == nil) || (!c.ok && (!errors.Is(err, errMaxTTL) || !strings.Contains(err.Error(), "--max-ttl of 1h0m0s; give it a ttl_secs (--ttl) of at most 3600 seconds"))) {
 			t.Errorf("create %s: %v", c.name, err)
 		}
 	}
-	if _, _, err := s.rotate(ctx, "equal", 0); err != nil {
+	if _, _, err := s.rotate(ctx, "equal", 0, noAudit); err != nil {
 		t.Errorf("rotate a token within the limit: %v", err)
 	}
-	if _, _, err := s.rotate(ctx, "old", 0); !errors.Is(err, errMaxTTL) || !strings.Contains(err.Error(), "rotation keeps the expiry") {
+	if _, _, err := s.rotate(ctx, "old", 0, noAudit); !errors.Is(err, errMaxTTL) || !strings.Contains(err.Error(), "rotation keeps the expiry") {
 		t.Errorf("rotate a token that never expires: %v", err)
 	}
-	if _, _, err := s.rotate(ctx, bootstrapName, 0); err != nil {
+	if _, _, err := s.rotate(ctx, bootstrapName, 0, noAudit); err != nil {
 		t.Errorf("rotate the bootstrap token: %v", err)
 	}
 }
