@@ -273,12 +273,16 @@ func TestAuditFullDisk(t *testing.T) {
 }
 
 // newTestServer is an in-process daemon with a real store and audit log,
-// and an admin token (created unrecorded).
+// and two admin tokens (created unrecorded): admin, whose secret it
+// returns, and keeper.
 func newTestServer(t *testing.T) (*server, string) {
 	t.Helper()
 	dir := t.TempDir()
 	store := newTokenStore(filepath.Join(dir, tokenStoreFile), nil, time.Now)
 	token, _, err := store.create(context.Background(), "admin", "", 0, noAudit)
+	if err == nil {
+		_, _, err = store.create(context.Background(), "keeper", "", 0, noAudit) // admin is not the last admin
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +299,7 @@ func serveOnce(h http.Handler, method, path, token, body string) *httptest.Respo
 }
 
 // TestAuditWriteFailureFailsClosed: when the audit log cannot be written,
-// token create and revoke answer 503 and change nothing; once it can again,
+// token create, rotate and revoke answer 503 and change nothing; once it can again,
 // they work and the chain is whole.
 func TestAuditWriteFailureFailsClosed(t *testing.T) {
 	s, token := newTestServer(t)
@@ -311,14 +315,17 @@ func TestAuditWriteFailureFailsClosed(t *testing.T) {
 	if rec := serveOnce(h, "POST", "/api/v1/tokens", token, `{"name":"ci"}`); rec.Code != 503 || !strings.Contains(rec.Body.String(), "audit log cannot be written") {
 		t.Errorf("create without an audit log: %d %s", rec.Code, rec.Body)
 	}
-	if rec := serveOnce(h, "DELETE", "/api/v1/tokens/admin", token, ""); rec.Code != 503 {
+	if rec := serveOnce(h, "DELETE", "/api/v1/tokens/keeper", token, ""); rec.Code != 503 {
 		t.Errorf("revoke without an audit log: %d %s", rec.Code, rec.Body)
 	}
-	if storeAfter, _ := os.ReadFile(s.tokens.path); !bytes.Equal(storeBefore, storeAfter) || len(s.tokens.list()) != 1 {
+	if rec := serveOnce(h, "POST", "/api/v1/tokens/admin/rotate", token, `{}`); rec.Code != 503 {
+		t.Errorf("rotate without an audit log: %d %s", rec.Code, rec.Body)
+	}
+	if storeAfter, _ := os.ReadFile(s.tokens.path); !bytes.Equal(storeBefore, storeAfter) || len(s.tokens.list()) != 2 {
 		t.Fatalf("the store changed: %+v", s.tokens.list())
 	}
 	if rec := serveOnce(h, "GET", "/api/v1/whoami", token, ""); rec.Code != 200 {
-		t.Errorf("the unrecorded revoke took effect: %d", rec.Code)
+		t.Errorf("the unrecorded rotation took effect: %d", rec.Code)
 	}
 	s.audit.f = good
 	if rec := serveOnce(h, "POST", "/api/v1/tokens", token, `{"name":"ci"}`); rec.Code != 201 {
@@ -382,6 +389,19 @@ func openStream(t *testing.T, c *http.Client, url, token string, header ...strin
 		t.Fatalf("events: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 	return bufio.NewReader(resp.Body)
+}
+
+// streamStatus opens an event stream at path and returns its status.
+func streamStatus(t *testing.T, d *testDaemon, path, token string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", d.url+path, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := d.client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // nextEvent reads lines up to and including the next blank line after a

@@ -271,6 +271,7 @@ func TestStoreWriteFailureChangesNothing(t *testing.T) {
 func TestStoreRecordsBeforeChanging(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
+	s.create(ctx, "keeper", "", 0, noAudit) // so that alice is not the last admin
 	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	before, err := os.ReadFile(s.path)
 	if err != nil {
@@ -283,7 +284,10 @@ func TestStoreRecordsBeforeChanging(t *testing.T) {
 	if err := s.revoke("alice", refuse); !errors.Is(err, errAuditUnavailable) {
 		t.Errorf("revoke with no audit: %v", err)
 	}
-	if _, err := s.verify(ctx, tok); err != nil || len(s.list()) != 1 {
+	if _, _, err := s.rotate(ctx, "alice", 0, refuse); !errors.Is(err, errAuditUnavailable) {
+		t.Errorf("rotate with no audit: %v", err)
+	}
+	if _, err := s.verify(ctx, tok); err != nil || len(s.list()) != 2 {
 		t.Errorf("an unrecorded change took effect: %v %+v", err, s.list())
 	}
 	if after, _ := os.ReadFile(s.path); !bytes.Equal(before, after) {
