@@ -353,8 +353,8 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 		}
 		logger.Printf("log in %swith: helyos login %s --ca-fingerprint %s", where, srv.login.Server, *fp)
 	}
-	if plaintext != "" && !c.underSystemd() { // a service's user is not the operator
-		c.writeLocalContext(plaintext, scheme, port, srv.ca, logger)
+	if !c.underSystemd() { // a service's user is not the operator
+		c.writeLocalContext(ctx, store, plaintext, scheme, port, srv.ca, logger)
 	}
 	if n := store.activeCount(); n == 0 {
 		logger.Printf("warning: no active API token; restart with --api-token to add one")
@@ -496,13 +496,18 @@ func splitAdvertiseAddr(s string) (host, port string, err error) {
 	return host, port, nil
 }
 
-// writeLocalContext gives the CLI on this machine a context named "local"
-// for this daemon, with token: in a new config file, or added to one that
-// has no "local". An existing "local" is never changed; when it is for
-// another server, one line says so and how to reach this daemon.
-func (c *daemonConfig) writeLocalContext(token, scheme string, port int, ca *certAuthority, logger *log.Logger) {
+// writeLocalContext keeps a context named "local" for this daemon in the
+// CLI's config on this machine. A start that knows a token adds one to a
+// config without "local". A "local" that holds one of this daemon's active
+// tokens is this daemon's own: when the daemon now listens elsewhere (another
+// port, TLS on or off), its server and pin follow. Any other "local" is never
+// changed; one line then says how to reach this daemon.
+func (c *daemonConfig) writeLocalContext(ctx context.Context, store *tokenStore, token, scheme string, port int, ca *certAuthority, logger *log.Logger) {
 	if c.configPath == "" {
 		return
+	}
+	if cfg, err := loadConfig(c.configPath); token == "" && (err != nil || cfg.Context("local") == nil) {
+		return // a restart adds no context, and writes no file
 	}
 	host := "localhost"
 	if !isLoopback(c.host) && !isWildcard(c.host) {
@@ -510,34 +515,38 @@ func (c *daemonConfig) writeLocalContext(token, scheme string, port int, ca *cer
 	}
 	server := scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port))
 	var local *Context
-	current, errExists := "", errors.New("local exists")
+	var was, current string
+	errKept := errors.New("local is kept")
 	err := updateConfig(c.configPath, func(cfg *Config) error {
-		if local = cfg.Context("local"); local != nil {
-			return errExists
+		switch local = cfg.Context("local"); {
+		case local != nil:
+			rec, err := store.findToken(ctx, local.Token)
+			if sameServer(local.Server, server) || err != nil || rec == nil || !rec.active(store.now()) {
+				return errKept
+			}
+			was = local.Server
+		case token == "":
+			return errKept
+		default:
+			local = addLocalContext(cfg, token)
 		}
-		if cfg.CurrentContext == "" && len(cfg.Contexts) == 1 {
-			cfg.CurrentContext = cfg.Contexts[0].Name // the context the CLI used stays the one it uses
-		}
-		local = &Context{Name: "local", Server: server, Token: token, TokenName: bootstrapName, Project: "default"}
+		local.Server, local.CA, local.CASHA256 = server, "", ""
 		if ca != nil {
-			local.CA = encodeCA(ca.pem)
-			local.CASHA256 = fingerprint(ca.cert.Raw)
-		}
-		cfg.Contexts = append(cfg.Contexts, local)
-		if cfg.CurrentContext == "" {
-			cfg.CurrentContext = local.Name
+			local.CA, local.CASHA256 = encodeCA(ca.pem), fingerprint(ca.cert.Raw)
 		}
 		current = cfg.CurrentContext
 		return nil
 	})
 	switch {
+	case err == nil && was != "":
+		logger.Printf("CLI context %q in %s holds this daemon's token; it now points here, at %s (was %s)", local.Name, c.configPath, server, was)
 	case err == nil && current == local.Name:
 		logger.Printf("wrote CLI context %q to %s", local.Name, c.configPath)
 	case err == nil:
 		logger.Printf("added CLI context %q to %s; the current context stays %q: reach this daemon with 'helyos --context local COMMAND'", local.Name, c.configPath, current)
-	case !errors.Is(err, errExists):
+	case !errors.Is(err, errKept):
 		logger.Printf("warning: could not write the local CLI context: %v", err)
-	case !sameServer(local.Server, server):
+	case local != nil && !sameServer(local.Server, server):
 		login := "helyos login " + server
 		if ca != nil {
 			login += " --ca-fingerprint " + fingerprint(ca.cert.Raw)
@@ -545,6 +554,20 @@ func (c *daemonConfig) writeLocalContext(token, scheme string, port int, ca *cer
 		logger.Printf("CLI context %q in %s is for %s, not this daemon, and is left as it is; reach this daemon by logging in with its token: %s --name local-%d",
 			local.Name, c.configPath, local.Server, login, port)
 	}
+}
+
+// addLocalContext adds the "local" context with token; a config's only
+// context, used until now, stays the one the CLI uses.
+func addLocalContext(cfg *Config, token string) *Context {
+	if cfg.CurrentContext == "" && len(cfg.Contexts) == 1 {
+		cfg.CurrentContext = cfg.Contexts[0].Name
+	}
+	local := &Context{Name: "local", Token: token, TokenName: bootstrapName, Project: "default"}
+	cfg.Contexts = append(cfg.Contexts, local)
+	if cfg.CurrentContext == "" {
+		cfg.CurrentContext = local.Name
+	}
+	return local
 }
 
 // server is the REST API: built once from the flags, no globals.

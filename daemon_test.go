@@ -863,7 +863,7 @@ func TestFileModes(t *testing.T) {
 // TestLocalContextNeverOverwritten: a first start adds a "local" context to
 // a config that has none, keeping the user's current context, and never
 // touches an existing "local": it says in one line how to reach this daemon.
-func TestLocalContextNeverOverwritten(t *testing.T) {
+func TestLocalContext(t *testing.T) {
 	t.Parallel()
 	const prod = "\n[context.prod]\nserver = \"https://prod.test:6443\"\n"
 	for _, tc := range []struct {
@@ -917,6 +917,30 @@ func TestLocalContextNeverOverwritten(t *testing.T) {
 	c := cfg.Contexts[0]
 	if c.Server != "https://localhost:"+d.port || c.Token != d.token || c.Project != "default" || c.CASHA256 != d.fp || c.CA == "" {
 		t.Errorf("local context = %+v", c)
+	}
+
+	// Restarted with TLS on another port, a daemon takes along the local
+	// context that holds its token, pin included; any other local stays as
+	// it is, and every start says how to reach the daemon.
+	home := t.TempDir()
+	first := startDaemon(t, home, nil)
+	first.stop(t)
+	moved := startDaemon(t, home, []string{"--tls", "on"})
+	if got := whoamiName(t, home, nil); got != "bootstrap" {
+		t.Errorf("whoami through local after the restart = %q", got)
+	}
+	if want := "it now points here, at https://localhost:" + moved.port + " (was http://localhost:" + first.port + ")"; !strings.Contains(moved.out.String(), want) {
+		t.Errorf("the restarted daemon did not say %q:\n%s", want, moved.out.String())
+	}
+	moved.stop(t)
+	otherDir := []string{"--data-dir", filepath.Join(home, "other")}
+	startDaemon(t, home, otherDir).stop(t)
+	again := startDaemon(t, home, otherDir)
+	if want := "is for https://localhost:" + moved.port + ", not this daemon, and is left as it is"; !strings.Contains(again.out.String(), want) {
+		t.Errorf("a restarted daemon with another token store did not say %q:\n%s", want, again.out.String())
+	}
+	if cfg, err := loadConfig(filepath.Join(home, ".helyos", "config.toml")); err != nil || cfg.Context("local").Server != "https://localhost:"+moved.port {
+		t.Errorf("another daemon's restart changed local: %v %+v", err, cfg.Context("local"))
 	}
 }
 
