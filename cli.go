@@ -605,7 +605,7 @@ func (t *target) transportError(err error) error {
 	case errors.As(err, &unknownCA), errors.As(err, &verifyErr):
 		hint := "log in again to check and re-pin its CA: helyos login " + t.server
 		if t.tlsMode == "system" {
-			hint = "the daemon's certificate is not trusted by the system; log in to pin its CA: helyos login " + t.server
+			hint = "the system's CAs do not trust its certificate; pin the CA that signed it: helyos login " + t.server + " (add --ca-file PEM for a certificate of your own)"
 		}
 		return withHint(fmt.Errorf("certificate problem talking to %s (%s trust): %w", t.server, t.tlsMode, err), hint)
 	case errors.As(err, &hostErr):
@@ -964,7 +964,8 @@ func checkSameServer(c *Context, server string) error {
 // loginTrust decides which CA the login pins: --ca-file, the CA the
 // daemon serves once its fingerprint matches --ca-fingerprint or a person
 // confirms it, or the pin an existing context for this server already
-// holds. It returns nil for plain HTTP and --insecure-skip-tls-verify.
+// holds. It returns nil for plain HTTP, --insecure-skip-tls-verify, and a
+// daemon with a certificate of its own, which the system's CAs then check.
 func (g *globals) loginTrust(server string, existing *Context, caFile, caFingerprint string, insecure bool) (*x509.Certificate, error) {
 	if strings.HasPrefix(server, "http://") || insecure {
 		return nil, nil
@@ -991,8 +992,15 @@ func (g *globals) loginTrust(server string, existing *Context, caFile, caFingerp
 		return parseCAPEM(pemBytes)
 	}
 	ca, err := fetchCA(server)
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, err
+	case ca == nil && caFingerprint != "":
+		return nil, withHint(fmt.Errorf("%s has no self-signed CA to pin: it serves a certificate of its own", server),
+			"drop --ca-fingerprint to let the system's trusted CAs check it, or pass --ca-file PEM with the CA that signed it")
+	case ca == nil:
+		fmt.Fprintf(g.io.err, "%s serves a certificate of its own, not a self-signed CA to pin: the system's trusted CAs check it\n", server)
+		return nil, nil
 	}
 	fp := fingerprint(ca.Raw)
 	if caFingerprint != "" {
@@ -1019,6 +1027,7 @@ func (g *globals) loginTrust(server string, existing *Context, caFile, caFingerp
 
 // fetchCA reads the daemon's CA from /api/v1/ca without verifying the
 // connection: what protects the user is the fingerprint check that follows.
+// It returns nil, nil for a daemon that has no self-signed CA.
 func fetchCA(server string) (*x509.Certificate, error) {
 	t := &target{server: server, client: newHTTPClient(clientTLSConfig(nil, true)), tlsMode: "insecure"}
 	var answer struct {
@@ -1027,8 +1036,7 @@ func fetchCA(server string) (*x509.Certificate, error) {
 	err := t.call("GET", "/api/v1/ca", nil, &answer)
 	var apiErr *apiError
 	if errors.As(err, &apiErr) && apiErr.status == http.StatusNotFound {
-		return nil, withHint(fmt.Errorf("%s has no self-signed CA to pin: it serves a certificate of its own", server),
-			"pass --ca-file PEM with the CA you trust, or rely on the system trust store: helyos context set NAME --server "+server)
+		return nil, nil // the daemon serves a certificate of its own
 	}
 	if err != nil {
 		return nil, fmt.Errorf("fetch the daemon's CA: %w", err)

@@ -412,6 +412,29 @@ func TestBringYourOwnCertificate(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(d.dataDir, caCertFile)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("a self-signed CA was made although the operator brought a certificate")
 			}
+			// login: the system's CAs check a certificate of the operator's
+			// own (here $SSL_CERT_FILE stands in for them); with no trust, or
+			// a --ca-fingerprint to match, it is refused with a way out.
+			server, trusted := "https://localhost:"+d.port, []string{"SSL_CERT_FILE=" + filepath.Join(dir, caCertFile)}
+			for _, tc := range []struct {
+				env   []string
+				flags []string
+				code  int
+				say   string
+			}{
+				{nil, nil, 1, "add --ca-file PEM for a certificate of your own"},
+				{trusted, []string{"--ca-fingerprint", strings.Repeat("ab", 32)}, 1, "drop --ca-fingerprint"},
+				{trusted, nil, 0, "the system's trusted CAs check it"},
+			} {
+				home := t.TempDir()
+				r := runHelyos(t, home, d.token+"\n", tc.env, append([]string{"login", server, "--token-stdin"}, tc.flags...)...)
+				if r.code != tc.code || !strings.Contains(r.stderr, tc.say) {
+					t.Errorf("login %v (%v): exit %d, want %d saying %q:\n%s", tc.flags, tc.env, r.code, tc.code, tc.say, r.stderr)
+				}
+				if tc.code == 0 && whoamiName(t, home, tc.env) != "bootstrap" {
+					t.Errorf("whoami after a login that trusts the system's CAs failed")
+				}
+			}
 		})
 	}
 }
