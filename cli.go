@@ -362,11 +362,11 @@ func (t *target) setTrust() error {
 		t.tlsMode = "http"
 	case t.ctx != nil && t.ctx.CA != "": // refused with insecure = true
 		pemBytes, err := t.ctx.decodeCA()
-		if err != nil {
-			return withHint(err, fmt.Sprintf("log in again to re-pin: helyos login %s", t.server))
+		if err == nil {
+			pinned, err = parseCAPEM(pemBytes)
 		}
-		if pinned, err = parseCAPEM(pemBytes); err != nil {
-			return withHint(fmt.Errorf("context %q: pinned CA: %w", t.ctx.Name, err), fmt.Sprintf("log in again to re-pin: helyos login %s", t.server))
+		if err != nil {
+			return withHint(fmt.Errorf("context %q: pinned CA: %w", t.ctx.Name, err), t.repin())
 		}
 		t.tlsMode = "pinned"
 	case t.ctx != nil && t.ctx.Insecure:
@@ -576,20 +576,39 @@ func (t *target) statusError(status int, data []byte) error {
 	switch status {
 	case http.StatusUnauthorized:
 		if t.token == "" {
-			return withHint(fmt.Errorf("no API token for %s: %w", t.server, err), "log in with 'helyos login "+t.server+"', or set $HELYOS_API_TOKEN")
-		}
-		again := "helyos login " + t.server
-		if t.ctx != nil {
-			again += " --name " + t.ctx.Name // log in to this context again, not a new one
+			return withHint(fmt.Errorf("no API token for %s: %w", t.server, err), "log in with '"+t.relogin()+"', or set $HELYOS_API_TOKEN")
 		}
 		return withHint(fmt.Errorf("the token from %s was refused: %w", t.tokenSource, err),
-			"it may be revoked or expired; mint a new one and run '"+again+"'")
+			"it may be revoked or expired; mint a new one and run '"+t.relogin()+"'")
 	case http.StatusBadRequest:
 		if strings.Contains(string(data), "HTTP request to an HTTPS server") {
-			return withHint(fmt.Errorf("%s: %w", t.server, err), "the daemon serves HTTPS: use https:// in the server address")
+			return withHint(fmt.Errorf("%s: %w", t.server, err), "the daemon serves HTTPS: use https:// in the server address"+t.moveHint())
 		}
 	}
 	return err
+}
+
+// relogin is the login that refreshes t's context rather than adding one.
+func (t *target) relogin() string {
+	if t.ctx == nil {
+		return "helyos login " + t.server
+	}
+	return "helyos login " + t.server + " --name " + t.ctx.Name
+}
+
+// repin says how to replace a pin: a login without --ca-fingerprint would
+// keep the old one.
+func (t *target) repin() string {
+	return "re-pin with the fingerprint the daemon's operator confirms: " + t.relogin() + " --ca-fingerprint FP"
+}
+
+// moveHint tells how to point t's context at where the daemon now is; the
+// context keeps its token and pin.
+func (t *target) moveHint() string {
+	if t.ctx == nil {
+		return ""
+	}
+	return "; if it now listens elsewhere: helyos context set " + t.ctx.Name + " --server URL"
 }
 
 func (t *target) transportError(err error) error {
@@ -603,9 +622,9 @@ func (t *target) transportError(err error) error {
 	case errors.As(err, &refused): // checkPeer's, which says it all
 		return refused
 	case errors.As(err, &unknownCA), errors.As(err, &verifyErr):
-		hint := "log in again to check and re-pin its CA: helyos login " + t.server
+		hint := "the daemon's CA is not the one pinned (made anew, or someone is in between); " + t.repin()
 		if t.tlsMode == "system" {
-			hint = "the system's CAs do not trust its certificate; pin the CA that signed it: helyos login " + t.server + " (add --ca-file PEM for a certificate of your own)"
+			hint = "the system's CAs do not trust its certificate; pin the CA that signed it: " + t.relogin() + " (add --ca-file PEM for a certificate of your own)"
 		}
 		return withHint(fmt.Errorf("certificate problem talking to %s (%s trust): %w", t.server, t.tlsMode, err), hint)
 	case errors.As(err, &hostErr):
@@ -617,10 +636,10 @@ func (t *target) transportError(err error) error {
 		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
 		return withHint(fmt.Errorf("%s does not speak TLS: %w", t.server, err), "the daemon serves plain HTTP: use http:// in the server address")
 	case errors.Is(err, syscall.ECONNREFUSED) && isLoopback(hostOf(t.server)):
-		return withHint(fmt.Errorf("cannot reach %s: connection refused", t.server), "is the daemon running? start one with 'helyos daemon'")
+		return withHint(fmt.Errorf("cannot reach %s: connection refused", t.server), "is the daemon running? start one with 'helyos daemon'"+t.moveHint())
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return withHint(fmt.Errorf("cannot reach %s: connection refused", t.server),
-			"is the daemon running there, on this port? On the server, 'helyos auth token create' prints the address to log in to")
+			"is the daemon running there, on this port? On the server, 'helyos auth token create' prints the address to log in to"+t.moveHint())
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
 		return withHint(fmt.Errorf("cannot reach %s: no host is named %q", t.server, dnsErr.Name),
 			"check the spelling of the host name, or give the daemon's IP address")
@@ -851,7 +870,7 @@ func cmdLogin(g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	t := &target{server: server, token: token, tokenSource: source, client: newHTTPClient(clientTLSConfig(pin, *insecure)), tlsMode: "system", stderr: g.io.err}
+	t := &target{server: server, token: token, tokenSource: source, ctx: existing, client: newHTTPClient(clientTLSConfig(pin, *insecure)), tlsMode: "system", stderr: g.io.err}
 	switch {
 	case strings.HasPrefix(server, "http://"):
 		t.tlsMode = "http"
@@ -987,7 +1006,7 @@ func (g *globals) loginTrust(server string, existing *Context, caFile, caFingerp
 	if caFingerprint == "" && existing != nil && sameServer(existing.Server, server) && existing.CA != "" {
 		pemBytes, err := existing.decodeCA()
 		if err != nil {
-			return nil, withHint(err, fmt.Sprintf("remove it with 'helyos context rm %s' and log in again", existing.Name))
+			return nil, withHint(err, (&target{server: server, ctx: existing}).repin())
 		}
 		return parseCAPEM(pemBytes)
 	}

@@ -492,16 +492,15 @@ func TestCLICertificateRefusals(t *testing.T) {
 		wants []string
 	}{
 		{"pinned to A, dialling B", []string{"--context", "moved", "whoami"},
-			[]string{"certificate problem talking to " + b.url, "(pinned trust)", "helyos: hint:", "helyos login " + b.url}},
+			[]string{"certificate problem talking to " + b.url, "(pinned trust)", "helyos: hint:", "helyos login " + b.url + " --name moved --ca-fingerprint FP\n"}},
 		{"system trust, self-signed daemon", []string{"--context", "system", "whoami", "--token", a.token},
-			[]string{"certificate problem talking to " + a.url, "(system trust)", "helyos login " + a.url}},
+			[]string{"certificate problem talking to " + a.url, "(system trust)", "helyos login " + a.url + " --name system (add --ca-file PEM"}},
 		{"--server elsewhere drops the pin", []string{"--context", "pinned", "--server", b.url, "--token", b.token, "whoami"},
-			[]string{"certificate problem talking to " + b.url, "(system trust)", "helyos login " + b.url}},
+			[]string{"certificate problem talking to " + b.url, "(system trust)", "helyos login " + b.url + " (add --ca-file PEM"}},
 		{"--server elsewhere drops insecure", []string{"--context", "insec", "--server", a.url, "--token", a.token, "whoami"},
 			[]string{"certificate problem talking to " + a.url, "(system trust)"}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
+		t.Run(tc.name, func(t *testing.T) { // not parallel: the hint is followed below
 			r := runHelyos(t, home, "", nil, tc.args...)
 			wantFail(t, r, 1, tc.wants...)
 			for _, tok := range []string{a.token, b.token} {
@@ -514,6 +513,13 @@ func TestCLICertificateRefusals(t *testing.T) {
 	// The pin still works against its own daemon.
 	if got := whoamiName(t, home, nil, "--context", "pinned"); got != "bootstrap" {
 		t.Errorf("whoami through the pin = %q", got)
+	}
+	// Following the hint re-pins "moved" (a login without the fingerprint
+	// would keep A's pin and fail again).
+	wantFail(t, runHelyos(t, home, b.token+"\n", nil, "login", b.url, "--name", "moved", "--token-stdin"), 1, "helyos login "+b.url+" --name moved --ca-fingerprint FP\n")
+	mustRun(t, home, nil, "login", b.url, "--name", "moved", "--ca-fingerprint", b.fp, "--token", b.token)
+	if got := whoamiName(t, home, nil, "--context", "moved"); got != "bootstrap" {
+		t.Errorf("whoami after following the re-pin hint = %q", got)
 	}
 }
 
@@ -822,7 +828,7 @@ func TestCLILogoutAndSinglePasteLogin(t *testing.T) {
 	if after.Token != "" || after.TokenName != "" || after.Server != before.Server || after.CA != before.CA || after.CASHA256 != before.CASHA256 || after.Project != before.Project {
 		t.Errorf("after logout: %+v", after)
 	}
-	wantFail(t, runHelyos(t, laptop, "", nil, "whoami"), 1, "no API token for "+before.Server, "helyos login")
+	wantFail(t, runHelyos(t, laptop, "", nil, "whoami"), 1, "no API token for "+before.Server, "helyos login "+before.Server+" --name localhost'")
 	wantFail(t, runHelyos(t, laptop, "", nil, "logout", "nope"), 1, `context "nope" does not exist`)
 
 	// Log in again: same server, no fingerprint, off a terminal: the kept pin.
@@ -848,6 +854,7 @@ func TestCLILogoutAndSinglePasteLogin(t *testing.T) {
 	if m == nil {
 		t.Fatalf("logout of local hinted:\n%s", r.stderr)
 	}
+	wantFail(t, runHelyos(t, d.home, "", nil, "whoami"), 1, "log in with 'helyos "+m[1]+"'")
 	mustRun(t, d.home, nil, append(strings.Fields(m[1]), "--token", secret)...)
 	if cfg := readCLIConfig(t, d.home); len(cfg.Contexts) != 1 || cfg.Contexts[0].Name != "local" || cfg.Contexts[0].Token != secret {
 		t.Errorf("following the logout hint: %v", cfg.Names())
@@ -955,13 +962,17 @@ func TestCLIPinnedCAUndecodable(t *testing.T) {
 			os.WriteFile(path, []byte(body), 0o600)
 			for _, args := range [][]string{{"whoami"}, {"status"}, {"login", d.url, "--token", d.token, "--name", "damaged"}} {
 				r := runHelyos(t, home, "", nil, args...)
-				wantFail(t, r, 1, `context "damaged"`, tc.want)
+				wantFail(t, r, 1, `context "damaged"`, tc.want, "helyos login "+d.url+" --name damaged --ca-fingerprint FP\n")
 				if strings.Contains(r.stderr, "certificate problem") {
 					t.Errorf("%v dialled the daemon without the pin:\n%s", args, r.stderr)
 				}
 			}
 			if got, _ := os.ReadFile(path); string(got) != body {
 				t.Errorf("config changed")
+			}
+			mustRun(t, home, nil, "login", d.url, "--name", "damaged", "--ca-fingerprint", d.fp, "--token", d.token) // the hint
+			if got := whoamiName(t, home, nil); got != "bootstrap" {
+				t.Errorf("whoami after following the hint = %q", got)
 			}
 		})
 	}
@@ -1231,19 +1242,23 @@ func TestCLIExitCodes(t *testing.T) {
 func TestCLIUnreachableHints(t *testing.T) {
 	refused := &url.Error{Op: "Get", URL: "x", Err: &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}}
 	unknown := &url.Error{Op: "Get", URL: "x", Err: &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "clustr.example.com", IsNotFound: true}}}
+	local := &Context{Name: "local"}
 	for _, tc := range []struct {
 		server    string
+		ctx       *Context
 		err       error
 		msg, hint string
 	}{
-		{"http://localhost:6443", refused, "cannot reach http://localhost:6443: connection refused", "start one with 'helyos daemon'"},
-		{"https://[::1]:6443", refused, "connection refused", "start one with 'helyos daemon'"},
-		{"https://cluster.example.com:6443", refused, "cannot reach https://cluster.example.com:6443: connection refused", "is the daemon running there, on this port?"},
-		{"https://clustr.example.com:6443", unknown, `cannot reach https://clustr.example.com:6443: no host is named "clustr.example.com"`, "check the spelling of the host name"},
+		{"http://localhost:6443", nil, refused, "cannot reach http://localhost:6443: connection refused", "start one with 'helyos daemon'\x00"},
+		{"http://localhost:6443", local, refused, "connection refused", "start one with 'helyos daemon'; if it now listens elsewhere: helyos context set local --server URL\x00"},
+		{"https://cluster.example.com:6443", local, refused, "connection refused", "on this port? On the server, 'helyos auth token create' prints the address to log in to; if it now listens elsewhere: helyos context set local --server URL\x00"},
+		{"https://[::1]:6443", nil, refused, "connection refused", "start one with 'helyos daemon'"},
+		{"https://cluster.example.com:6443", nil, refused, "cannot reach https://cluster.example.com:6443: connection refused", "is the daemon running there, on this port?"},
+		{"https://clustr.example.com:6443", nil, unknown, `cannot reach https://clustr.example.com:6443: no host is named "clustr.example.com"`, "check the spelling of the host name"},
 	} {
-		err := (&target{server: tc.server}).transportError(tc.err)
+		err := (&target{server: tc.server, ctx: tc.ctx}).transportError(tc.err)
 		var h *hintError
-		if !errors.As(err, &h) || !strings.HasSuffix(err.Error(), tc.msg) || !strings.Contains(h.hint, tc.hint) {
+		if !errors.As(err, &h) || !strings.HasSuffix(err.Error(), tc.msg) || !strings.Contains(h.hint+"\x00", tc.hint) {
 			t.Errorf("%s: %v (%+v); want %q, hint %q", tc.server, err, h, tc.msg, tc.hint)
 		}
 	}
