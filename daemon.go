@@ -152,6 +152,12 @@ func (c *daemonConfig) validate() error {
 		}
 		c.advertiseAddr, c.advertisePort = host, port
 	}
+	for _, san := range c.tlsSANs { // a certificate is public: no token, nothing but a name
+		if name := strings.TrimPrefix(strings.Trim(san, "[]"), "*."); net.ParseIP(name) == nil && (len(name) > 253 || !hostNamePattern.MatchString(name)) {
+			return withHint(usageErrorf("--tls-san %q is not a host name or IP address", redactTokens(san)),
+				"give another name clients dial, for example --tls-san helyos.internal or --tls-san 10.0.0.5")
+		}
+	}
 	if c.apiToken != "" {
 		if _, ok := parseAPIToken(c.apiToken); !ok {
 			return withHint(usageErrorf("the API token from --api-token / HELYOS_API_TOKEN is not nxa-api_ followed by 64 lower-case hex characters"),

@@ -191,6 +191,10 @@ func TestDaemonUsageErrors(t *testing.T) {
 		{"advertise an IPv6 zone", []string{"--advertise-addr", "fe80::1%eth0"}, nil, `--advertise-addr "fe80::1%eth0": want a host name`},
 		{"advertise a label ending in -", []string{"--advertise-addr", "cluster-.example.com"}, nil, `want a host name`},
 		{"advertise a token", []string{"--advertise-addr", "nxa-api_" + strings.Repeat("a", 64)}, nil, `--advertise-addr "nxa-api_<redacted>"`},
+		{"san a token", []string{"--tls-san", "nxa-api_" + strings.Repeat("a", 64)}, nil, `--tls-san "nxa-api_<redacted>" is not a host name or IP address` + "\nhelyos: hint: give another name"},
+		{"san a URL", []string{"--tls-san", "ok.example.com", "--tls-san", "https://x.example.com"}, nil, `--tls-san "https://x.example.com" is not`},
+		{"san empty", []string{"--tls-san", ""}, nil, `--tls-san "" is not`},
+		{"san for a shell", []string{"--tls-san", "a$(id).example.com"}, nil, `--tls-san "a$(id).example.com" is not`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
