@@ -475,7 +475,7 @@ func runTokenCommand(command string, stderr io.Writer) (string, error) {
 		err = fmt.Errorf("token command %q printed no token on its standard output", command)
 	}
 	if err != nil {
-		stderr.Write(errOut.Bytes())
+		io.WriteString(stderr, redactTokens(errOut.String())) // sh: nxa-api_…: not found
 		return "", err
 	}
 	return tok, nil

@@ -351,6 +351,7 @@ func TestCLIRedactsTokensInErrors(t *testing.T) {
 		{[]string{"--server", fakeToken, "whoami"}, notAServer},
 		{[]string{"--server", "http://" + fakeToken, "whoami"}, notAServer},
 		{[]string{"context", "set", "x", "--server", fakeToken}, notAServer},
+		{[]string{"login", d.url, "--token-command", fakeToken}, "token command"}, // and sh's "not found"
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Parallel()
