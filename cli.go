@@ -404,7 +404,7 @@ func contextToken(c *Context, stderr io.Writer) (string, error) {
 		v := strings.TrimSpace(os.Getenv(c.TokenEnv))
 		if v == "" {
 			return "", withHint(fmt.Errorf("context %q reads its token from $%s, which is unset or empty", c.Name, c.TokenEnv),
-				fmt.Sprintf("export %s=<token>, or pass --token", c.TokenEnv))
+				"export "+c.TokenEnv+"=<token> first")
 		}
 		return v, nil
 	case c.TokenCommand != "":

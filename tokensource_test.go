@@ -125,7 +125,7 @@ func TestCredentialSourceFailures(t *testing.T) {
 		env               []string
 		wants             []string // all in stderr
 	}{
-		{"env unset", "--token-env", "HELYOS_UNSET_VAR", nil, []string{"$HELYOS_UNSET_VAR", "unset or empty", "export HELYOS_UNSET_VAR="}},
+		{"env unset", "--token-env", "HELYOS_UNSET_VAR", nil, []string{"$HELYOS_UNSET_VAR", "unset or empty", "hint: export HELYOS_UNSET_VAR=<token> first\n"}},
 		{"env empty", "--token-env", "EMPTY_VAR", []string{"EMPTY_VAR="}, []string{"$EMPTY_VAR", "unset or empty"}},
 		{"env blank", "--token-env", "BLANK_VAR", []string{"BLANK_VAR=   "}, []string{"$BLANK_VAR", "unset or empty"}},
 		{"command fails", "--token-command", failing, nil, []string{failing, "failed: exit status 3", "vault is locked, run: vault unlock"}},
