@@ -1153,9 +1153,14 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"events", "--help"}, 0, "Usage: helyos events"},
 		{[]string{"audit", "--help"}, 0, "Usage: helyos audit verify"},
 		{[]string{"audit", "verify", "--help"}, 0, "data-dir"},
+		{[]string{"help", "whoami"}, 0, "Usage: helyos whoami"},
+		{[]string{"help", "auth", "token", "create"}, 0, "Usage: helyos auth token create"},
+		{[]string{"--context", "x", "--help"}, 0, "Commands:"},
 
 		{nil, 2, "Commands:"},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
+		{[]string{"--contxt", "x", "whoami"}, 2, `helyos: error: unknown flag "--contxt"` + "\nhelyos: hint: run 'helyos --help' to see the commands and the global flags\n"},
+		{[]string{"help", "bogus"}, 2, `unknown command "bogus"`},
 		{[]string{"login"}, 2, "wrong number of arguments"},
 		{[]string{"login", "a", "b"}, 2, "wrong number of arguments"},
 		{[]string{"login", "ftp://x"}, 2, "scheme must be https or http"},
@@ -1190,6 +1195,7 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"context", "rm", "x", "--json"}, 2, fmt.Sprintf(noJSON, "context rm")},
 		{[]string{"context", "set", "x", "--json"}, 2, fmt.Sprintf(noJSON, "context set")},
 		{[]string{"auth", "token", "revoke", "x", "--json"}, 2, fmt.Sprintf(noJSON, "auth token revoke")},
+		{[]string{"completion", "bash", "--json"}, 2, fmt.Sprintf(noJSON, "completion")},
 
 		// A token of the wrong shape is refused before any request: the
 		// server here would refuse the connection.

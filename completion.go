@@ -51,7 +51,7 @@ complete -c helyos -f -a '(__helyos_complete)'
 
 func cmdCompletion(g *globals, args []string) error {
 	fs := g.newFlags("completion", "bash|zsh|fish", "Print a completion script for the shell. Load it with:\n  bash: source <(helyos completion bash)\n  zsh:  source <(helyos completion zsh)\n  fish: helyos completion fish | source")
-	pos, err := parseFlags(fs, args, 1, 1)
+	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}

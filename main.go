@@ -80,6 +80,8 @@ func run(argv []string, io *stdio) int {
 	case len(args) == 0:
 		usage(io.err)
 		return 2
+	case len(args) > 1 && args[0] == "help": // help COMMAND is COMMAND --help
+		return run(append(append([]string{argv[0]}, args[1:]...), "--help"), io)
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		usage(io.out)
 		return 0
@@ -102,9 +104,15 @@ func runClient(args []string, io *stdio) error {
 	if err != nil {
 		return err
 	}
-	if len(rest) == 0 {
+	switch {
+	case len(rest) == 0:
 		usage(io.err)
 		return usageErrorf("no command given")
+	case rest[0] == "-h" || rest[0] == "--help":
+		usage(io.out)
+		return nil
+	case strings.HasPrefix(rest[0], "-"):
+		return withHint(usageErrorf("unknown flag %q", rest[0]), "run 'helyos --help' to see the commands and the global flags")
 	}
 	for _, c := range commands() {
 		if c.name == rest[0] {
