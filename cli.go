@@ -234,8 +234,8 @@ func contextNameFor(server string) string {
 }
 
 func checkContextName(name string) error {
-	if !tokenNamePattern.MatchString(name) {
-		return usageErrorf("context name %q is invalid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+	if err := checkName("context", name); err != nil {
+		return &usageError{err.Error()}
 	}
 	return nil
 }

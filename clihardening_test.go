@@ -340,11 +340,11 @@ func TestCLIRedactsTokensInErrors(t *testing.T) {
 		{[]string{"auth", "token", "create", fakeToken}, "create token"},
 		{[]string{"context", "use", fakeToken}, "does not exist"},
 		{[]string{"context", "rm", fakeToken}, "does not exist"},
-		{[]string{"context", "rename", "local", fakeToken}, "is invalid"},
+		{[]string{"context", "rename", "local", fakeToken}, "looks like an API token"},
 		{[]string{"logout", fakeToken}, "does not exist"},
 		{[]string{"--context", fakeToken, "whoami"}, "does not exist"},
 		{[]string{"--context=" + fakeToken, "whoami"}, "does not exist"},
-		{[]string{"login", "127.0.0.1:1", "--name", fakeToken}, "is invalid"},
+		{[]string{"login", "127.0.0.1:1", "--name", fakeToken}, "looks like an API token"},
 		{[]string{"login", "https://127.0.0.1:1", "--ca-fingerprint", fakeToken}, "--ca-fingerprint"},
 		{[]string{"login", fakeToken}, notAServer},
 		{[]string{"login", fakeToken[:20]}, notAServer},
@@ -352,6 +352,10 @@ func TestCLIRedactsTokensInErrors(t *testing.T) {
 		{[]string{"--server", "http://" + fakeToken, "whoami"}, notAServer},
 		{[]string{"context", "set", "x", "--server", fakeToken}, notAServer},
 		{[]string{"login", d.url, "--token-command", fakeToken}, "token command"}, // and sh's "not found"
+		// A token cut short fits a name: refused, not stored for all to see.
+		{[]string{"auth", "token", "create", fakeToken[:40]}, "token name looks like an API token"},
+		{[]string{"login", d.url, "--name", fakeToken[:40]}, "context name looks like an API token"},
+		{[]string{"context", "set", fakeToken[:40], "--server", d.url}, "context name looks like an API token"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Parallel()

@@ -543,9 +543,21 @@ func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, tt
 	return rec.info(), nil
 }
 
-func validateTokenRequest(name, scope string, ttl time.Duration) error {
+// checkName checks a token's or a context's name. A name is shown
+// everywhere, so one that looks like a token (a paste cut short) is refused.
+func checkName(kind, name string) error {
+	if tokenLikePattern.MatchString(name) {
+		return fmt.Errorf("%s name looks like an API token, and a name is shown everywhere: give the secret where a token belongs", kind)
+	}
 	if !tokenNamePattern.MatchString(name) {
-		return fmt.Errorf("token name %q is invalid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+		return fmt.Errorf("%s name %q is invalid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", kind, name)
+	}
+	return nil
+}
+
+func validateTokenRequest(name, scope string, ttl time.Duration) error {
+	if err := checkName("token", name); err != nil {
+		return err
 	}
 	if scope != "" && scope != scopeAdmin && scope != scopeRead {
 		return fmt.Errorf("scope %q is not valid: use %s or %s", scope, scopeAdmin, scopeRead)
