@@ -1758,7 +1758,7 @@ func cmdEvents(g *globals, args []string) error {
 			return fmt.Errorf("gave up after %d reconnections in a row: %w", eventRetries, err)
 		}
 		wait := time.Duration(1<<failures) * 250 * time.Millisecond
-		fmt.Fprintf(g.io.err, "helyos: warning: %v; reconnecting in %s\n", err, wait)
+		fmt.Fprintf(g.io.err, "helyos: warning: %s; reconnecting in %s\n", sanitize(redactTokens(err.Error())), wait)
 		time.Sleep(wait)
 	}
 }

@@ -252,6 +252,7 @@ func rawControl(s string) string {
 func hostileDaemon(t *testing.T, tls bool) string {
 	t.Helper()
 	info := map[string]any{"name": hostile, "scope": hostile, "created_at": "2024-01-01T00:00:00Z"}
+	var streams atomic.Int32
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		answer := func(status int, v any) {
 			w.Header().Set("Content-Type", "application/json")
@@ -268,6 +269,15 @@ func hostileDaemon(t *testing.T, tls bool) string {
 			answer(201, map[string]any{"name": hostile, "scope": hostile, "token": hostile, "created_at": "2024-01-01T00:00:00Z", "login": login})
 		case "GET /api/v1/version":
 			answer(200, map[string]string{"version": hostile, "api": hostile})
+		case "GET /api/v1/events": // an event, a busy answer to the reconnection, then the live edge
+			switch streams.Add(1) {
+			case 1:
+				io.WriteString(w, "id: 1\ndata: {}\n\n")
+			case 2:
+				answer(503, map[string]string{"error": hostile})
+			default:
+				io.WriteString(w, ": live\n")
+			}
 		case "DELETE /api/v1/tokens/text":
 			w.WriteHeader(500)
 			io.WriteString(w, hostile+"\n")
@@ -300,7 +310,7 @@ func TestCLIEscapesServerText(t *testing.T) {
 		{"whoami"}, {"whoami", "--json"},
 		{"auth", "token", "ls"}, {"auth", "token", "ls", "--json"},
 		{"auth", "token", "create", "x"}, {"auth", "token", "create", "x", "--json"},
-		{"status"}, {"status", "--json"}, {"version"}, {"version", "--json"},
+		{"status"}, {"status", "--json"}, {"version"}, {"version", "--json"}, {"events"},
 		{"auth", "token", "revoke", "json"}, {"auth", "token", "revoke", "text"}, {"auth", "token", "revoke", "moved"},
 		{"login", withTLS, "--ca-fingerprint", strings.Repeat("ab", 32), "--token", fakeToken},
 	} {
