@@ -795,10 +795,7 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 		token, err := bearerToken(r.Header)
 		var rec *tokenRecord
 		if err == nil {
-			rec, err = s.tokens.verify(r.Context(), token)
-		}
-		if err == nil && !rec.allows(r.RemoteAddr) {
-			err = errTokenAddress
+			rec, err = s.tokens.verify(r.Context(), token, r.RemoteAddr)
 		}
 		if err != nil {
 			reason := failureReason(err)

@@ -270,7 +270,7 @@ func TestReliabilityRaceRevokedNeverAccepted(t *testing.T) {
 					vg.Go(func() {
 						for after := 0; after < 100; {
 							wasRevoked := revoked.Load()
-							_, err := s.verify(ctx, secret)
+							_, err := s.verify(ctx, secret, "")
 							switch {
 							case err == nil && wasRevoked:
 								t.Errorf("token %s accepted after its revoke returned", name)
@@ -308,7 +308,7 @@ func TestReliabilityRaceRevokedNeverAccepted(t *testing.T) {
 				}
 				revoked.Store(true)
 				vg.Wait()
-				if _, err := s.verify(ctx, secret); err != errTokenRevoked {
+				if _, err := s.verify(ctx, secret, ""); err != errTokenRevoked {
 					t.Errorf("verify %s after revoke: %v, want %v", name, err, errTokenRevoked)
 				}
 				_ = s.list()

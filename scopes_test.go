@@ -212,6 +212,26 @@ func TestBoundTokens(t *testing.T) {
 			t.Errorf("token %s from %s is refused unlike an unknown token:\n%v %s\nvs\n%v %s", c.token, c.from, header, body, unknownHeader, unknownBody)
 		}
 	}
+	// From elsewhere a real token costs what an unknown one does: no Argon2
+	// run and no cache hit (so neither timing nor /metrics tells it is
+	// real), and it is not recorded as used.
+	elsewhere := createWith(t, d, d.token, `{"name":"elsewhere","allow_from":["127.0.0.2/32"]}`)
+	counters := []string{"helyos_argon2_runs_total", "helyos_token_cache_hits_total"}
+	before := []float64{metricValue(t, d, counters[0]), metricValue(t, d, counters[1])}
+	for _, token := range []string{elsewhere, elsewhere, tokens["two"]} {
+		if code, _, _ := whoamiFrom(t, one, d, token); code != 401 {
+			t.Errorf("a token bound to 127.0.0.2 from 127.0.0.1: %d", code)
+		}
+		refusals++
+	}
+	for i, name := range counters {
+		if got := metricValue(t, d, name); got != before[i] {
+			t.Errorf("tokens from the wrong address moved %s from %v to %v", name, before[i], got)
+		}
+	}
+	if _, _, list := d.do(t, "GET", "/api/v1/tokens", d.token, ""); !strings.Contains(list, `"name":"elsewhere","scope":"admin","created_at":`) || !regexp.MustCompile(`"name":"elsewhere"[^}]*"last_used_at":null`).MatchString(list) {
+		t.Errorf("a token only refused for its address shows a last use: %s", list)
+	}
 	_, _, metrics := d.do(t, "GET", "/metrics", "", "")
 	if want := fmt.Sprintf(`helyos_auth_failures_total{reason="address"} %d`, refusals); !strings.Contains(metrics, want+"\n") {
 		t.Errorf("metrics lack %q:\n%s", want, metrics)

@@ -155,15 +155,17 @@ type tokenFile struct {
 //
 // Verification costs one map lookup for a token seen before (the cache is
 // keyed by the SHA-256 of the token, never the token), one map lookup and no
-// Argon2 run for a malformed token or one whose lookup key matches no active
-// record, and one Argon2 run, bounded by argonSlots, otherwise. A token that
+// Argon2 run for a malformed token, one whose lookup key matches no active
+// record, or one presented from outside the record's source bindings, and
+// one Argon2 run, bounded by argonSlots, otherwise. A token that
 // failed its Argon2 check is not remembered; repeated attempts run Argon2
 // again, which is why the runs are bounded.
 //
 // Revocation, expiry and the end of a rotation's grace period are checked
 // on the record at every verification, so they take effect on the very next
-// request; a secret refused for them leaves the cache. Scope and source
-// bindings are the caller's to check, on every request (requireScope).
+// request; a secret refused for them leaves the cache. Source bindings are
+// checked on every verification too; scope is the caller's to check
+// (requireScope).
 // Every change is written to disk before it is acknowledged.
 //
 // Costs with n stored records: verify is O(1) (map lookups; one Argon2 run
@@ -373,11 +375,12 @@ func (s *tokenStore) checkHash(ctx context.Context, token, phc string) (bool, er
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }
 
-// verify returns the active record that token belongs to, or one of the
-// errToken* reasons. It records the use in memory only. A revoked or
-// expired token is refused with its record, found by its lookup key alone
-// (no Argon2 run), so the caller can name it.
-func (s *tokenStore) verify(ctx context.Context, token string) (*tokenRecord, error) {
+// verify returns the active record that token belongs to, if it accepts
+// requests from remote (the connection's "ip:port"), or one of the errToken*
+// reasons. It records the use in memory only. A revoked or expired token is
+// refused with its record, found by its lookup key alone (no Argon2 run), so
+// the caller can name it.
+func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRecord, error) {
 	lookup, ok := parseAPIToken(token)
 	if !ok {
 		return nil, errTokenMalformed
@@ -396,6 +399,12 @@ func (s *tokenStore) verify(ctx context.Context, token string) (*tokenRecord, er
 	}
 	s.mu.RUnlock()
 
+	if state == nil && rec != nil && !rec.allows(remote) {
+		// Refused as an unknown token is: no Argon2 run, no cache hit and no
+		// last use, so neither timing nor /metrics tells that it is real.
+		s.cacheMisses.Add(1)
+		return nil, errTokenAddress
+	}
 	if cached {
 		s.cacheHits.Add(1)
 	} else {

@@ -100,7 +100,7 @@ func TestVerifyAndCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	runs := s.argonRuns.Load() // the create itself is not counted as a verification run
-	rec, err := s.verify(ctx, tok)
+	rec, err := s.verify(ctx, tok, "")
 	if err != nil || rec.Name != "alice" || rec.Scope != "admin" {
 		t.Fatalf("verify: %v %+v", err, rec)
 	}
@@ -108,7 +108,7 @@ func TestVerifyAndCache(t *testing.T) {
 		t.Errorf("first verification ran Argon2 %d times", s.argonRuns.Load()-runs)
 	}
 	for range 10 {
-		if _, err := s.verify(ctx, tok); err != nil {
+		if _, err := s.verify(ctx, tok, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -138,7 +138,7 @@ func TestCheapRefusals(t *testing.T) {
 		{"unknown lookup", "nxa-api_" + strings.Repeat("f", 64), errTokenUnknown},
 	}
 	for _, c := range cases {
-		if _, err := s.verify(ctx, c.token); !errors.Is(err, c.want) {
+		if _, err := s.verify(ctx, c.token, ""); !errors.Is(err, c.want) {
 			t.Errorf("%s: err = %v, want %v", c.name, err, c.want)
 		}
 	}
@@ -146,7 +146,7 @@ func TestCheapRefusals(t *testing.T) {
 		t.Errorf("cheap refusals ran Argon2 %d times", s.argonRuns.Load()-runs)
 	}
 	wrong := tok[:8+lookupLen] + strings.Repeat("0", 64-lookupLen)
-	if _, err := s.verify(ctx, wrong); !errors.Is(err, errTokenMismatch) {
+	if _, err := s.verify(ctx, wrong, ""); !errors.Is(err, errTokenMismatch) {
 		t.Errorf("right lookup, wrong secret: %v", err)
 	}
 	if s.argonRuns.Load() != runs+1 {
@@ -159,13 +159,13 @@ func TestRevokeTakesEffectAtOnce(t *testing.T) {
 	ctx := context.Background()
 	s.create(ctx, "keeper", "", 0, noAudit) // so that alice is not the last admin
 	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
-	if _, err := s.verify(ctx, tok); err != nil {
+	if _, err := s.verify(ctx, tok, ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.revoke("alice", noAudit); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.verify(ctx, tok); !errors.Is(err, errTokenRevoked) {
+	if _, err := s.verify(ctx, tok, ""); !errors.Is(err, errTokenRevoked) {
 		t.Errorf("remembered token after revoke: %v", err)
 	}
 	if err := s.revoke("alice", noAudit); !errors.Is(err, errNoSuchToken) {
@@ -188,15 +188,15 @@ func TestExpiry(t *testing.T) {
 	if info.ExpiresAt == nil || !info.ExpiresAt.Equal(clock.now().Add(time.Hour)) {
 		t.Errorf("expires_at = %v", info.ExpiresAt)
 	}
-	if _, err := s.verify(ctx, tok); err != nil {
+	if _, err := s.verify(ctx, tok, ""); err != nil {
 		t.Fatal(err)
 	}
 	clock.advance(time.Hour - time.Second)
-	if _, err := s.verify(ctx, tok); err != nil {
+	if _, err := s.verify(ctx, tok, ""); err != nil {
 		t.Errorf("a second before expiry: %v", err)
 	}
 	clock.advance(time.Second)
-	if _, err := s.verify(ctx, tok); !errors.Is(err, errTokenExpired) {
+	if _, err := s.verify(ctx, tok, ""); !errors.Is(err, errTokenExpired) {
 		t.Errorf("at expiry: %v", err)
 	}
 	if len(s.list()) != 0 || s.activeCount() != 0 {
@@ -257,7 +257,7 @@ func TestStoreWriteFailureChangesNothing(t *testing.T) {
 	if err := s.revoke("alice", record); err == nil {
 		t.Fatal("revoke succeeded although the store could not be written")
 	}
-	if _, err := s.verify(ctx, tok); err != nil {
+	if _, err := s.verify(ctx, tok, ""); err != nil {
 		t.Errorf("a revoke that was not written took effect: %v", err)
 	}
 	// Each change was recorded before it was tried, and its undoing after.
@@ -287,7 +287,7 @@ func TestStoreRecordsBeforeChanging(t *testing.T) {
 	if _, _, err := s.rotate(ctx, "alice", 0, refuse); !errors.Is(err, errAuditUnavailable) {
 		t.Errorf("rotate with no audit: %v", err)
 	}
-	if _, err := s.verify(ctx, tok); err != nil || len(s.list()) != 2 {
+	if _, err := s.verify(ctx, tok, ""); err != nil || len(s.list()) != 2 {
 		t.Errorf("an unrecorded change took effect: %v %+v", err, s.list())
 	}
 	if after, _ := os.ReadFile(s.path); !bytes.Equal(before, after) {
@@ -341,10 +341,10 @@ func TestArgonRunsBounded(t *testing.T) {
 	runs := s.argonRuns.Load()
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
-	if _, err := s.verify(short, wrong); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := s.verify(short, wrong, ""); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("with every slot taken: err = %v, want the request's deadline", err)
 	}
-	if _, err := s.verify(ctx, "nxa-api_"+strings.Repeat("e", 64)); !errors.Is(err, errTokenUnknown) {
+	if _, err := s.verify(ctx, "nxa-api_"+strings.Repeat("e", 64), ""); !errors.Is(err, errTokenUnknown) {
 		t.Errorf("unknown token while slots are full: %v", err)
 	}
 	if s.argonRuns.Load() != runs {
@@ -353,7 +353,7 @@ func TestArgonRunsBounded(t *testing.T) {
 	for range cap(s.argonSlots) {
 		<-s.argonSlots
 	}
-	if _, err := s.verify(ctx, tok); err != nil {
+	if _, err := s.verify(ctx, tok, ""); err != nil {
 		t.Errorf("after the slots were freed: %v", err)
 	}
 }
@@ -362,11 +362,11 @@ func BenchmarkVerifyRemembered(b *testing.B) {
 	s, _ := newTestStore(b)
 	ctx := context.Background()
 	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
-	s.verify(ctx, tok)
+	s.verify(ctx, tok, "")
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := s.verify(ctx, tok); err != nil {
+		if _, err := s.verify(ctx, tok, ""); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -381,7 +381,7 @@ func BenchmarkVerifyFirst(b *testing.B) {
 		s.mu.Lock()
 		clear(s.verified)
 		s.mu.Unlock()
-		if _, err := s.verify(ctx, tok); err != nil {
+		if _, err := s.verify(ctx, tok, ""); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -394,7 +394,7 @@ func BenchmarkVerifyUnknown(b *testing.B) {
 	random := newAPIToken()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := s.verify(ctx, random); err == nil {
+		if _, err := s.verify(ctx, random, ""); err == nil {
 			b.Fatal("random token accepted")
 		}
 	}
@@ -448,7 +448,7 @@ func FuzzVerify(f *testing.F) {
 	f.Add(tok[:20])
 	f.Add("nxa_" + tok[8:])
 	f.Fuzz(func(t *testing.T, presented string) {
-		rec, err := s.verify(context.Background(), presented)
+		rec, err := s.verify(context.Background(), presented, "")
 		if err == nil && (presented != tok || rec.Name != "alice") {
 			t.Fatalf("accepted %q", presented)
 		}
@@ -483,9 +483,9 @@ func BenchmarkStoreScale(b *testing.B) {
 	for _, n := range []int{100, 10_000} {
 		b.Run(fmt.Sprintf("verify/n=%d", n), func(b *testing.B) {
 			s, probe := scaledStore(b, n)
-			s.verify(ctx, probe)
+			s.verify(ctx, probe, "")
 			for b.Loop() {
-				if _, err := s.verify(ctx, probe); err != nil {
+				if _, err := s.verify(ctx, probe, ""); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -494,7 +494,7 @@ func BenchmarkStoreScale(b *testing.B) {
 			s, _ := scaledStore(b, n)
 			random := newAPIToken()
 			for b.Loop() {
-				if _, err := s.verify(ctx, random); err == nil {
+				if _, err := s.verify(ctx, random, ""); err == nil {
 					b.Fatal("random token accepted")
 				}
 			}
@@ -538,9 +538,9 @@ func BenchmarkStoreScale(b *testing.B) {
 func TestRotate(t *testing.T) {
 	s, clock := newTestStore(t)
 	ctx := context.Background()
-	local := netip.MustParsePrefix("127.0.0.0/8")
+	local, from := netip.MustParsePrefix("127.0.0.0/8"), "127.0.0.1:5000"
 	first, before, _ := s.create(ctx, "ci", scopeRead, 48*time.Hour, noAudit, local)
-	s.verify(ctx, first)
+	s.verify(ctx, first, from)
 	clock.advance(time.Hour)
 	second, after, err := s.rotate(ctx, "ci", 0, noAudit)
 	if err != nil {
@@ -552,29 +552,32 @@ func TestRotate(t *testing.T) {
 	if _, cached := s.verified[sha256.Sum256([]byte(first))]; cached {
 		t.Error("the rotated secret is still in the verification cache")
 	}
-	if _, err := s.verify(ctx, first); !errors.Is(err, errTokenRevoked) {
+	if _, err := s.verify(ctx, first, from); !errors.Is(err, errTokenRevoked) {
 		t.Errorf("old secret after rotation without grace: %v", err)
 	}
-	if _, err := s.verify(ctx, second); err != nil {
+	if _, err := s.verify(ctx, second, from); err != nil {
 		t.Errorf("new secret: %v", err)
+	}
+	if _, err := s.verify(ctx, second, "192.0.2.1:5000"); !errors.Is(err, errTokenAddress) {
+		t.Errorf("new secret from outside its bindings: %v", err)
 	}
 
 	third, _, _ := s.rotate(ctx, "ci", time.Hour, noAudit)
-	s.verify(ctx, third)
+	s.verify(ctx, third, from)
 	clock.advance(time.Hour - time.Nanosecond)
-	if _, err := s.verify(ctx, second); err != nil {
+	if _, err := s.verify(ctx, second, from); err != nil {
 		t.Errorf("old secret within its grace: %v", err)
 	}
 	if got := s.list(); len(got) != 1 || got[0].Name != "ci" {
 		t.Errorf("list during a grace period = %+v, want ci once", got)
 	}
 	reopened := newTokenStore(s.path, mustRead(t, s.path), clock.now)
-	if _, err := reopened.verify(ctx, second); err != nil {
+	if _, err := reopened.verify(ctx, second, from); err != nil {
 		t.Errorf("old secret within its grace after a restart: %v", err)
 	}
 	clock.advance(time.Nanosecond)
 	for _, st := range []*tokenStore{s, reopened} {
-		if _, err := st.verify(ctx, second); !errors.Is(err, errTokenRevoked) {
+		if _, err := st.verify(ctx, second, from); !errors.Is(err, errTokenRevoked) {
 			t.Errorf("old secret at the end of its grace: %v", err)
 		}
 		if _, cached := st.verified[sha256.Sum256([]byte(second))]; cached {
@@ -585,11 +588,11 @@ func TestRotate(t *testing.T) {
 	fourth, _, _ := s.rotate(ctx, "ci", time.Hour, noAudit)
 	fifth, _, _ := s.rotate(ctx, "ci", 0, noAudit)
 	for _, old := range []string{third, fourth} {
-		if _, err := s.verify(ctx, old); !errors.Is(err, errTokenRevoked) {
+		if _, err := s.verify(ctx, old, from); !errors.Is(err, errTokenRevoked) {
 			t.Errorf("a rotation without grace left an earlier secret working: %v", err)
 		}
 	}
-	if _, err := s.verify(ctx, fifth); err != nil {
+	if _, err := s.verify(ctx, fifth, from); err != nil {
 		t.Errorf("newest secret: %v", err)
 	}
 	if _, _, err := s.rotate(ctx, "nobody", 0, noAudit); !errors.Is(err, errNoSuchToken) {
@@ -599,7 +602,7 @@ func TestRotate(t *testing.T) {
 	if _, _, err := s.rotate(ctx, "ci", 0, noAudit); err == nil {
 		t.Fatal("rotate succeeded although the store could not be written")
 	}
-	if _, err := s.verify(ctx, fifth); err != nil {
+	if _, err := s.verify(ctx, fifth, from); err != nil {
 		t.Errorf("a rotation that was not written took effect: %v", err)
 	}
 }
