@@ -785,8 +785,8 @@ type authedHandler func(http.ResponseWriter, *http.Request, *tokenRecord)
 // requireScope admits a request only with a valid bearer token, used from
 // an address it is bound to, whose scope grants need; it checks all three on
 // every request, remembered token or not. Every 401 looks the same to the
-// caller, a token bound elsewhere included; the reason goes to the metrics
-// and to the audit log's tally (no I/O here), and an expired token's first
+// caller, a token bound elsewhere included; it is counted in the metrics,
+// its reason only in the audit log's tally (no I/O here), and an expired token's first
 // refused use is recorded. A refused scope is tallied as scope.denied. A
 // token's expiry goes back in Helyos-Token-Expires (with its name in
 // Helyos-Token-Name), so the CLI can warn before it runs out.
@@ -799,7 +799,7 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 		}
 		if err != nil {
 			reason := failureReason(err)
-			s.metrics.authFailure(reason)
+			s.metrics.authFailure()
 			s.audit.authFailed(remoteIP(r), reason)
 			if errors.Is(err, errTokenExpired) && rec.expiryRecorded.CompareAndSwap(false, true) {
 				s.audit.later("token.expired", "", remoteIP(r), rec.Name)

@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -232,9 +234,19 @@ func TestBoundTokens(t *testing.T) {
 	if _, _, list := d.do(t, "GET", "/api/v1/tokens", d.token, ""); !strings.Contains(list, `"name":"elsewhere","scope":"admin","created_at":`) || !regexp.MustCompile(`"name":"elsewhere"[^}]*"last_used_at":null`).MatchString(list) {
 		t.Errorf("a token only refused for its address shows a last use: %s", list)
 	}
-	_, _, metrics := d.do(t, "GET", "/metrics", "", "")
-	if want := fmt.Sprintf(`helyos_auth_failures_total{reason="address"} %d`, refusals); !strings.Contains(metrics, want+"\n") {
-		t.Errorf("metrics lack %q:\n%s", want, metrics)
+	// The public count has no reason (SPEC §5); the audit log has.
+	if got := metricValue(t, d, "helyos_auth_failures_total"); got != float64(refusals+1) {
+		t.Errorf("helyos_auth_failures_total = %v, want %d", got, refusals+1)
+	}
+	d.stop(t)
+	reasons := map[string]float64{}
+	for _, r := range eventsNamed(readAuditFile(t, filepath.Join(d.dataDir, auditFileName)), "auth.failed") {
+		for reason, n := range r.Detail["reasons"].(map[string]any) {
+			reasons[reason] += n.(float64)
+		}
+	}
+	if want := map[string]float64{"address": float64(refusals), "unknown": 1}; !maps.Equal(reasons, want) {
+		t.Errorf("audit log reasons %v, want %v", reasons, want)
 	}
 }
 
