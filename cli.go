@@ -555,12 +555,17 @@ func (t *target) call(method, path string, body, out any) error {
 // in use expires within expiryWarning.
 func (t *target) warnExpiry(h http.Header) {
 	exp, err := time.Parse(time.RFC3339, h.Get("Helyos-Token-Expires"))
-	if err != nil || t.stderr == nil || t.warned || time.Until(exp) > expiryWarning {
+	left := time.Until(exp)
+	if err != nil || t.stderr == nil || t.warned || left > expiryWarning {
 		return
 	}
 	t.warned = true
+	in := "under a minute" // also when this machine's clock runs ahead of the daemon's
+	if left >= time.Minute {
+		in = strings.TrimSuffix(left.Round(time.Minute).String(), "0s")
+	}
 	fmt.Fprintf(t.stderr, "helyos: warning: token %q expires in %s (%s); ask an admin to rotate it, or for a new one\n",
-		h.Get("Helyos-Token-Name"), strings.TrimSuffix(time.Until(exp).Round(time.Minute).String(), "0s"), exp.UTC().Format(time.RFC3339))
+		h.Get("Helyos-Token-Name"), in, exp.UTC().Format(time.RFC3339))
 }
 
 func (t *target) statusError(status int, data []byte) error {

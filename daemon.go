@@ -786,10 +786,10 @@ type authedHandler func(http.ResponseWriter, *http.Request, *tokenRecord)
 // an address it is bound to, whose scope grants need; it checks all three on
 // every request, remembered token or not. Every 401 looks the same to the
 // caller, a token bound elsewhere included; it is counted in the metrics,
-// its reason only in the audit log's tally (no I/O here), and an expired token's first
-// refused use is recorded. A refused scope is tallied as scope.denied. A
-// token's expiry goes back in Helyos-Token-Expires (with its name in
-// Helyos-Token-Name), so the CLI can warn before it runs out.
+// its reason only in the audit log's tally (no I/O here), and an expired
+// token's first refused use is recorded. A refused scope is tallied as
+// scope.denied. A token's expiry goes back in Helyos-Token-Expires (with its
+// name in Helyos-Token-Name), so the CLI can warn before it runs out.
 func (s *server) requireScope(need string, next authedHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, err := bearerToken(r.Header)

@@ -485,14 +485,24 @@ func TestCLIExpiryWarning(t *testing.T) {
 	}
 	// Once per command, however many requests it makes.
 	var stderr strings.Builder
-	target := &target{server: d.url, token: soon, client: newHTTPClient(nil), stderr: &stderr}
+	tgt := &target{server: d.url, token: soon, client: newHTTPClient(nil), stderr: &stderr}
 	for range 3 {
-		if err := target.call("GET", "/api/v1/whoami", nil, nil); err != nil {
+		if err := tgt.call("GET", "/api/v1/whoami", nil, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if n := len(warning.FindAllString(stderr.String(), -1)); n != 1 {
 		t.Errorf("three requests warned %d times:\n%s", n, stderr.String())
+	}
+	// The time left reads as a duration, also under a minute and when this
+	// machine's clock runs ahead of the daemon's.
+	for left, want := range map[time.Duration]string{20 * time.Second: "in under a minute (", -90 * time.Second: "in under a minute (", 90 * time.Minute: "in 1h30m ("} {
+		stderr.Reset()
+		exp := time.Now().Add(left).UTC().Format(time.RFC3339)
+		(&target{stderr: &stderr}).warnExpiry(http.Header{"Helyos-Token-Name": {"ci"}, "Helyos-Token-Expires": {exp}})
+		if !strings.Contains(stderr.String(), `token "ci" expires `+want+exp+")") {
+			t.Errorf("%v left: warned %q, want %q", left, stderr.String(), want)
+		}
 	}
 }
 
