@@ -788,8 +788,9 @@ type authedHandler func(http.ResponseWriter, *http.Request, *tokenRecord)
 // caller, a token bound elsewhere included; it is counted in the metrics,
 // its reason only in the audit log's tally (no I/O here), and an expired
 // token's first refused use is recorded. A refused scope is tallied as
-// scope.denied. A token's expiry goes back in Helyos-Token-Expires (with its
-// name in Helyos-Token-Name), so the CLI can warn before it runs out.
+// scope.denied. When the secret stops working goes back in
+// Helyos-Token-Expires (with its name in Helyos-Token-Name), so the CLI can
+// warn before it does.
 func (s *server) requireScope(need string, next authedHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, err := bearerToken(r.Header)
@@ -808,9 +809,9 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
 			return
 		}
-		if rec.ExpiresAt != nil {
+		if end := rec.endsAt(); end != nil {
 			w.Header().Set("Helyos-Token-Name", rec.Name)
-			w.Header().Set("Helyos-Token-Expires", rec.ExpiresAt.Format(time.RFC3339))
+			w.Header().Set("Helyos-Token-Expires", end.Format(time.RFC3339))
 		}
 		if !rec.grants(need) {
 			s.audit.scopeDenied(rec.Name, remoteIP(r), r.Pattern)

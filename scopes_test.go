@@ -464,7 +464,8 @@ func TestCLIScopesBindingsRotation(t *testing.T) {
 }
 
 // TestCLIExpiryWarning: every command warns once on stderr when its token
-// expires within 7 days, naming the token; not for later or no expiry.
+// expires, or its rotation's grace period ends, within 7 days, naming the
+// token; not for later or no expiry.
 func TestCLIExpiryWarning(t *testing.T) {
 	t.Parallel()
 	d := httpDaemon(t)
@@ -482,6 +483,11 @@ func TestCLIExpiryWarning(t *testing.T) {
 				t.Errorf("%v warned for a token that expires later or never:\n%s", args, r.stderr)
 			}
 		}
+	}
+	// A secret in its rotation's grace period warns of the grace's end.
+	mustRun(t, home, nil, "auth", "token", "rotate", "later", "--grace", "1d")
+	if r := mustRun(t, home, nil, "--token", later, "whoami"); !regexp.MustCompile(`warning: token "later" expires in 2[34]h\d+m `).MatchString(r.stderr) {
+		t.Errorf("a secret within its grace period did not warn:\n%s", r.stderr)
 	}
 	// Once per command, however many requests it makes.
 	var stderr strings.Builder

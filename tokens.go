@@ -290,6 +290,15 @@ func (r *tokenRecord) allows(remote string) bool {
 	return false
 }
 
+// endsAt is when the secret stops working, nil for never: its expiry, or
+// the end of a rotation's grace period when that comes first.
+func (r *tokenRecord) endsAt() *time.Time {
+	if r.RevokedAt != nil && (r.ExpiresAt == nil || r.RevokedAt.Before(*r.ExpiresAt)) {
+		return r.RevokedAt
+	}
+	return r.ExpiresAt
+}
+
 // grants reports whether the record's scope covers need.
 func (r *tokenRecord) grants(need string) bool {
 	return r.Scope == scopeAdmin || r.Scope == need
