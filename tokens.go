@@ -276,14 +276,16 @@ func (r *tokenRecord) active(now time.Time) bool {
 }
 
 // allows reports whether the record accepts a request from remote (the
-// connection's "ip:port"). Behind a proxy that is the proxy's address.
+// connection's "ip:port"). Behind a proxy that is the proxy's address. A
+// link-local IPv6 address comes with a %zone, which no prefix contains: it
+// is dropped.
 func (r *tokenRecord) allows(remote string) bool {
 	if len(r.AllowFrom) == 0 {
 		return true
 	}
 	ap, err := netip.ParseAddrPort(remote)
 	for _, p := range r.AllowFrom {
-		if err == nil && p.Contains(ap.Addr().Unmap()) {
+		if err == nil && p.Contains(ap.Addr().Unmap().WithZone("")) {
 			return true
 		}
 	}

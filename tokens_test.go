@@ -674,9 +674,9 @@ func TestMaxTTLInStore(t *testing.T) {
 // TestAllowsAndGrants: source bindings by CIDR (IPv4-mapped remotes count
 // as IPv4) and what each scope grants.
 func TestAllowsAndGrants(t *testing.T) {
-	bound := &tokenRecord{AllowFrom: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+	bound := &tokenRecord{AllowFrom: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("fe80::/64")}}
 	for remote, want := range map[string]bool{
-		"10.1.2.3:5000": true, "[::ffff:10.1.2.3]:5000": true, "[::1]:5000": true,
+		"10.1.2.3:5000": true, "[::ffff:10.1.2.3]:5000": true, "[::1]:5000": true, "[fe80::1%eth0]:5000": true, "[fe81::1%eth0]:5000": false,
 		"11.0.0.1:5000": false, "127.0.0.1:5000": false, "garbage": false, "": false,
 	} {
 		if got := bound.allows(remote); got != want {
