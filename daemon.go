@@ -693,33 +693,32 @@ func (s *server) flushLoop(ctx context.Context, done chan<- struct{}) {
 	}
 }
 
-// routes is the whole route table; compare it with SPEC §2 line by line.
+// routes serves the route table and nothing else.
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /health", s.handleHealth)
-	mux.HandleFunc("GET /metrics", s.handleMetrics)
-	mux.HandleFunc("GET /api/v1/version", s.handleVersion)
-	mux.HandleFunc("GET /api/v1/ca", s.handleCA)
-
-	for _, r := range s.apiRoutes() {
+	for _, r := range s.routeTable() {
 		mux.Handle(r.pattern, s.requireScope(r.scope, r.handler))
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { writeError(w, http.StatusNotFound, "not found") })
 	return s.observe(mux)
 }
 
-// apiRoute is a route that needs a token of at least the given scope.
-type apiRoute struct {
+// route is a pattern, the scope a token needs for it ("": none, public),
+// and its handler.
+type route struct {
 	pattern string
 	scope   string
 	handler authedHandler
 }
 
-// apiRoutes is every route that needs a token, with the scope it needs:
-// compare it with SPEC §5 line by line. read is every GET and nothing that
-// changes state; admin is everything.
-func (s *server) apiRoutes() []apiRoute {
-	return []apiRoute{
+// routeTable is every route the daemon serves with the scope it needs:
+// compare it with SPEC §5 line by line. read is every GET under /api/v1/
+// and nothing that changes state; admin is everything.
+func (s *server) routeTable() []route {
+	return []route{
+		{"GET /health", "", s.handleHealth},
+		{"GET /metrics", "", s.handleMetrics},
+		{"GET /api/v1/version", "", s.handleVersion},
+		{"GET /api/v1/ca", "", s.handleCA},
 		{"GET /api/v1/whoami", scopeRead, s.handleWhoami},
 		{"GET /api/v1/tokens", scopeRead, s.handleListTokens},
 		{"POST /api/v1/tokens", scopeAdmin, s.handleCreateToken},
@@ -730,6 +729,7 @@ func (s *server) apiRoutes() []apiRoute {
 		// anonymous caller learns nothing about which routes exist.
 		{"/api/v1/", scopeRead, handleNotFound},
 		{"/api/v1", scopeRead, handleNotFound},
+		{"/", "", handleNotFound},
 	}
 }
 
@@ -792,6 +792,9 @@ type authedHandler func(http.ResponseWriter, *http.Request, *tokenRecord)
 // Helyos-Token-Expires (with its name in Helyos-Token-Name), so the CLI can
 // warn before it does.
 func (s *server) requireScope(need string, next authedHandler) http.Handler {
+	if need == "" { // a public route: the token, if any, is not even looked at
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { next(w, r, nil) })
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, err := bearerToken(r.Header)
 		var rec *tokenRecord
@@ -848,21 +851,21 @@ func bearerToken(h http.Header) (string, error) {
 	return token, nil
 }
 
-func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleHealth(w http.ResponseWriter, _ *http.Request, _ *tokenRecord) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.WriteString(w, "ok\n")
 }
 
-func (s *server) handleMetrics(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleMetrics(w http.ResponseWriter, _ *http.Request, _ *tokenRecord) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	s.metrics.write(w, s.tokens)
 }
 
-func (s *server) handleVersion(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleVersion(w http.ResponseWriter, _ *http.Request, _ *tokenRecord) {
 	writeJSON(w, http.StatusOK, map[string]string{"version": buildVersion(), "api": "v1"})
 }
 
-func (s *server) handleCA(w http.ResponseWriter, r *http.Request) {
+func (s *server) handleCA(w http.ResponseWriter, _ *http.Request, _ *tokenRecord) {
 	if s.ca == nil {
 		writeError(w, http.StatusNotFound, "this daemon has no self-signed CA: TLS is off, or it serves a certificate of its own")
 		return
