@@ -499,10 +499,12 @@ func TestCLIExpiryWarning(t *testing.T) {
 			}
 		}
 	}
-	// A secret in its rotation's grace period warns of the grace's end.
+	// A secret in its rotation's grace period warns of the grace's end,
+	// and whoami shows it expiring then.
 	mustRun(t, home, nil, "auth", "token", "rotate", "later", "--grace", "1d")
-	if r := mustRun(t, home, nil, "--token", later, "whoami"); !regexp.MustCompile(`warning: token "later" expires in 2[34]h\d+m `).MatchString(r.stderr) {
-		t.Errorf("a secret within its grace period did not warn:\n%s", r.stderr)
+	r := mustRun(t, home, nil, "--token", later, "whoami")
+	if m := regexp.MustCompile(`warning: token "later" expires in 2[34]h\d+m \((\S+)\)`).FindStringSubmatch(r.stderr); m == nil || !regexp.MustCompile(`expires:\s+`+m[1]+"\n").MatchString(r.stdout) {
+		t.Errorf("a secret within its grace period did not warn, or whoami shows another expiry:\n%s%s", r.stderr, r.stdout)
 	}
 	// Once per command, however many requests it makes.
 	var stderr strings.Builder

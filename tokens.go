@@ -719,8 +719,10 @@ func (s *tokenStore) list() []tokenInfo {
 	return out
 }
 
+// info shows a secret in its rotation's grace period expiring when the
+// grace ends.
 func (r *tokenRecord) info() tokenInfo {
-	info := tokenInfo{Name: r.Name, Scope: r.Scope, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt, AllowFrom: r.AllowFrom, Bootstrap: r.Bootstrap}
+	info := tokenInfo{Name: r.Name, Scope: r.Scope, CreatedAt: r.CreatedAt, ExpiresAt: r.endsAt(), AllowFrom: r.AllowFrom, Bootstrap: r.Bootstrap}
 	if ns := r.lastUsed.Load(); ns != 0 {
 		t := time.Unix(0, ns).UTC().Truncate(time.Second)
 		info.LastUsedAt = &t
