@@ -490,6 +490,11 @@ func (s *tokenStore) rotate(ctx context.Context, name string, grace time.Duratio
 	if old == nil {
 		return "", tokenInfo{}, errNoSuchToken
 	}
+	if old.Bootstrap && s.maxTTL > 0 {
+		// Exempt is the secret the operator gives the daemon; minted here, it
+		// would be an admin secret that never expires, for any admin to take.
+		return "", tokenInfo{}, fmt.Errorf("%w of %s: the bootstrap token is exempt only as the operator gives it; to replace its secret, restart the daemon with a new --api-token", errMaxTTL, s.maxTTL)
+	}
 	token := newAPIToken()
 	rec := &tokenRecord{Name: old.Name, Scope: old.Scope, ExpiresAt: old.ExpiresAt, AllowFrom: old.AllowFrom, Bootstrap: old.Bootstrap}
 	info, err := s.add(ctx, token, rec, 0, old, grace, record)
