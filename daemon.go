@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -37,6 +39,11 @@ const (
 	// eventKeepAlive is how often an idle event stream gets a comment line,
 	// so proxies keep it open and clients notice a dead connection.
 	eventKeepAlive = 15 * time.Second
+
+	// fdHeadroom is how many file descriptors the daemon keeps for its own
+	// files (the token store, certificates, the data-dir lock) beyond its
+	// connections: --max-conns is lowered to fit under the open-file limit.
+	fdHeadroom = 64
 )
 
 // The plain-HTTP guardrail's messages, word for word from the security model.
@@ -62,6 +69,9 @@ type daemonConfig struct {
 	maxTTL        time.Duration // longest life of a created or rotated token; 0: no limit
 	auditMaxSize  int64         // audit.log is rotated before it grows past this
 	configPath    string        // where the local CLI context goes; "" when there is no home
+	maxConns      int
+	maxConnsPerIP int
+	logLevel      string // info, debug
 
 	// Set by systemd: where readiness goes, and whether stderr is the journal.
 	notifySocket string
@@ -119,6 +129,9 @@ func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
 		cfg.auditMaxSize = n
 		return err
 	})
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "`level`: info, or debug (adds why each bearer token was refused)")
+	fs.IntVar(&cfg.maxConns, "max-conns", 4096, "most open client connections, in total")
+	fs.IntVar(&cfg.maxConnsPerIP, "max-conns-per-ip", 256, "most open client connections from one source address")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n")
 		printFlags(stderr, fs)
@@ -137,6 +150,14 @@ func (c *daemonConfig) validate() error {
 	}
 	if c.port < 0 || c.port > 65535 {
 		return usageErrorf("--port must be between 0 and 65535, not %d", c.port)
+	}
+	for name, n := range map[string]int{"--max-conns": c.maxConns, "--max-conns-per-ip": c.maxConnsPerIP} {
+		if n < 1 {
+			return usageErrorf("%s must be at least 1, not %d", name, n)
+		}
+	}
+	if c.logLevel != "info" && c.logLevel != "debug" {
+		return usageErrorf("--log-level must be info or debug, not %q", c.logLevel)
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return usageErrorf("--tls-cert and --tls-key go together: give both or neither")
@@ -208,11 +229,12 @@ func checkExposure(host string, useTLS, insecureHTTP, tokenConfigured bool) erro
 	return nil
 }
 
-// lockDataDir takes an exclusive flock on the data dir itself, so a second
-// daemon pointed at the same dir refuses to start instead of keeping its own
-// copy of the token store (a revoke made through one daemon would not reach
-// the other). Locking the folder creates no file. A folder that does not
-// exist yet holds nothing to protect: then unlock is nil, and the caller
+// lockDataDir refuses a data dir owned by another user (whoever owns it can
+// plant tokens and keys in it), then takes an exclusive flock on it, so a
+// second daemon pointed at the same dir refuses to start instead of keeping
+// its own copy of the token store (a revoke made through one daemon would not
+// reach the other). Locking the folder creates no file. A folder that does
+// not exist yet holds nothing to protect: then unlock is nil, and the caller
 // locks again once it has created the folder.
 func lockDataDir(dir string) (unlock func(), err error) {
 	f, err := os.Open(dir)
@@ -221,6 +243,16 @@ func lockDataDir(dir string) (unlock func(), err error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open data dir: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat data dir: %w", err)
+	}
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; int(uid) != os.Getuid() {
+		f.Close()
+		return nil, withHint(fmt.Errorf("data dir %s is owned by uid %d, not by this user (uid %d)", dir, uid, os.Getuid()),
+			"run the daemon as the dir's owner, or give it a --data-dir of its own")
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
@@ -323,13 +355,17 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 	}
 	defer audit.close()
 
-	srv := &server{tokens: store, metrics: newMetrics(), logger: logger, notifySocket: c.notifySocket, audit: audit, keepAlive: eventKeepAlive}
+	srv := &server{tokens: store, metrics: newMetrics(), logger: logger, notifySocket: c.notifySocket, audit: audit, keepAlive: eventKeepAlive, debug: c.logLevel == "debug",
+		maxConns: c.maxConns, maxConnsPerIP: c.maxConnsPerIP}
+	if limit := raiseFileLimit(); limit > 0 && limit < uint64(c.maxConns)+fdHeadroom {
+		srv.maxConns = max(1, int(limit)-fdHeadroom)
+		logger.Printf("warning: the open-file limit is %d, so --max-conns is lowered to %d; raise the limit (ulimit -n, LimitNOFILE=) to allow more", limit, srv.maxConns)
+	}
 	var tlsConfig *tls.Config
 	if c.useTLS() {
 		if tlsConfig, srv.ca, srv.certs, err = c.loadTLS(now, audit); err != nil {
 			return err
 		}
-		ln = tls.NewListener(ln, tlsConfig)
 	}
 	plaintext, err := c.bootstrapToken(ctx, store, given, audit, logger)
 	if err != nil {
@@ -370,7 +406,20 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 	}
 	// The last line of start-up: scripts and tests wait for it.
 	logger.Printf("listening on %s://%s", scheme, net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)))
-	return srv.serve(ctx, ln, reload)
+	return srv.serve(ctx, ln.(*net.TCPListener), tlsConfig, reload)
+}
+
+// raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit (the Go
+// runtime stops one short of it) and returns the limit now in force.
+func raiseFileLimit() uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	lim.Cur = lim.Max
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) // on failure, the limit read below stands
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	return lim.Cur
 }
 
 // recordStart writes daemon.started; a daemon that cannot record it does
@@ -586,8 +635,11 @@ type server struct {
 	audit     *auditLog
 	keepAlive time.Duration // between comment lines on an idle event stream
 
-	certs        *certFiles // the operator's --tls-cert/--tls-key, re-read on SIGHUP; else nil
-	notifySocket string     // systemd's $NOTIFY_SOCKET, or ""
+	certs         *certFiles // the operator's --tls-cert/--tls-key, re-read on SIGHUP; else nil
+	notifySocket  string     // systemd's $NOTIFY_SOCKET, or ""
+	debug         bool       // --log-level debug
+	maxConns      int
+	maxConnsPerIP int
 }
 
 // loginInfo tells a client how to log in to this daemon from elsewhere.
@@ -604,7 +656,11 @@ type newToken struct {
 	Login loginInfo `json:"login"`
 }
 
-func (s *server) serve(ctx context.Context, ln net.Listener, reload <-chan os.Signal) error {
+// serve answers on ln until ctx ends. Lines that any client can cause
+// (failed TLS handshakes, refused connections, accept errors when file
+// descriptors run out) are logged at most once a second, with a count.
+func (s *server) serve(ctx context.Context, ln *net.TCPListener, tlsConfig *tls.Config, reload <-chan os.Signal) error {
+	clientErrors := log.New(&rateLimitedLog{logger: s.logger}, "", 0)
 	hs := &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: serverReadHeaderTimeout,
@@ -612,14 +668,19 @@ func (s *server) serve(ctx context.Context, ln net.Listener, reload <-chan os.Si
 		WriteTimeout:      serverWriteTimeout,
 		IdleTimeout:       serverIdleTimeout,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          s.logger,
+		ErrorLog:          clientErrors,
+	}
+	var l net.Listener = &connLimiter{TCPListener: ln, max: s.maxConns, perIP: s.maxConnsPerIP,
+		keepAlives: hs.SetKeepAlivesEnabled, refused: s.audit.connectionsLimited, logger: clientErrors, byIP: map[string]int{}}
+	if tlsConfig != nil {
+		l = tls.NewListener(l, tlsConfig)
 	}
 	hs.RegisterOnShutdown(s.audit.closeSubscribers) // event streams never go idle by themselves
 	done, auditDone := make(chan struct{}), make(chan struct{})
 	go s.flushLoop(ctx, done)
 	go s.audit.run(auditDone)
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	go func() { errc <- hs.Serve(l) }()
 	s.notify("READY=1")
 	var err error
 	for stopping := false; !stopping; {
@@ -691,6 +752,106 @@ func (s *server) flushLoop(ctx context.Context, done chan<- struct{}) {
 			}
 		}
 	}
+}
+
+// connLimiter caps open connections in total and per source address: a
+// connection over either cap is closed as soon as it is accepted, before TLS
+// or HTTP spend anything on it. From 90% of the total cap on, keep-alives are
+// off and idle connections are closed (net/http counts a connection that has
+// sent no request for 5 s as idle too), so clients that sit on idle
+// connections cannot keep new ones out; below 90% keep-alives come back.
+// Only http.Server's accept loop calls Accept, so crowded needs no lock.
+type connLimiter struct {
+	*net.TCPListener
+	max, perIP int
+	keepAlives func(on bool)              // http.Server.SetKeepAlivesEnabled
+	refused    func(remote, limit string) // the audit log's connections.limited tally
+	logger     *log.Logger
+	crowded    bool
+
+	mu   sync.Mutex
+	open int
+	byIP map[string]int
+}
+
+func (l *connLimiter) Accept() (net.Conn, error) {
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			return nil, err
+		}
+		ip, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		l.mu.Lock()
+		over := ""
+		switch {
+		case l.open >= l.max:
+			over = "total"
+		case l.byIP[ip] >= l.perIP:
+			over = "per-address"
+		default:
+			l.open++
+			l.byIP[ip]++
+		}
+		crowded := l.open*10 >= l.max*9
+		l.mu.Unlock()
+		if crowded != l.crowded {
+			l.crowded = crowded
+			l.keepAlives(!crowded)
+		}
+		if over == "" {
+			return &limitedConn{TCPConn: c, release: func() { l.release(ip) }}, nil
+		}
+		c.Close()
+		l.refused(ip, over)
+		l.logger.Printf("refused a connection from %s: the %s cap is reached (--max-conns %d, --max-conns-per-ip %d)", ip, over, l.max, l.perIP)
+	}
+}
+
+func (l *connLimiter) release(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open--
+	if l.byIP[ip]--; l.byIP[ip] == 0 {
+		delete(l.byIP, ip)
+	}
+}
+
+// limitedConn gives its place back once, however often it is closed
+// (net/http may close a connection both when idle and when it ends).
+type limitedConn struct {
+	*net.TCPConn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	c.once.Do(c.release)
+	return c.TCPConn.Close()
+}
+
+// rateLimitedLog passes at most one line a second to logger and counts the
+// lines it drops in between; the count rides on the next line it passes.
+type rateLimitedLog struct {
+	logger  *log.Logger
+	mu      sync.Mutex
+	last    time.Time
+	dropped int
+}
+
+func (r *rateLimitedLog) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := time.Now(); now.Sub(r.last) >= time.Second {
+		msg := strings.TrimSuffix(string(p), "\n")
+		if r.dropped > 0 {
+			msg += fmt.Sprintf(" (and %d more such lines since the last one)", r.dropped)
+		}
+		r.logger.Print(msg)
+		r.last, r.dropped = now, 0
+	} else {
+		r.dropped++
+	}
+	return len(p), nil
 }
 
 // routes serves the route table and nothing else.
@@ -786,11 +947,12 @@ type authedHandler func(http.ResponseWriter, *http.Request, *tokenRecord)
 // an address it is bound to, whose scope grants need; it checks all three on
 // every request, remembered token or not. Every 401 looks the same to the
 // caller, a token bound elsewhere included; it is counted in the metrics,
-// its reason only in the audit log's tally (no I/O here), and an expired
-// token's first refused use is recorded. A refused scope is tallied as
-// scope.denied. When the secret stops working goes back in
-// Helyos-Token-Expires (with its name in Helyos-Token-Name), so the CLI can
-// warn before it does.
+// its reason only in the audit log's tally (no I/O here) and, at
+// --log-level debug, in the daemon log; an expired token's first refused
+// use is recorded. A refused scope is tallied as scope.denied. A token whose
+// lookup key already has a full queue of Argon2 checks gets a fast 429
+// instead. When the secret stops working goes back in Helyos-Token-Expires
+// (with its name in Helyos-Token-Name), so the CLI can warn before it does.
 func (s *server) requireScope(need string, next authedHandler) http.Handler {
 	if need == "" { // a public route: the token, if any, is not even looked at
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { next(w, r, nil) })
@@ -801,10 +963,17 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 		if err == nil {
 			rec, err = s.tokens.verify(r.Context(), token, r.RemoteAddr)
 		}
+		if errors.Is(err, errArgonBusy) {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusTooManyRequests, "too many requests are waiting to check a token; retry in a second")
+			return
+		}
 		if err != nil {
-			reason := failureReason(err)
 			s.metrics.authFailure()
-			s.audit.authFailed(remoteIP(r), reason)
+			s.audit.authFailed(remoteIP(r), failureReason(err))
+			if s.debug {
+				s.logger.Printf("debug: refused the bearer token of a request from %s: %v", r.RemoteAddr, err)
+			}
 			if errors.Is(err, errTokenExpired) && rec.expiryRecorded.CompareAndSwap(false, true) {
 				s.audit.later("token.expired", "", remoteIP(r), rec.Name)
 			}
@@ -1087,14 +1256,20 @@ func handleNotFound(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
 }
 
 // decodeJSON reads one JSON object of at most maxBodyBytes into v, refusing
-// unknown fields and trailing data. It returns the status to answer with.
+// unknown, repeated and case-variant fields and trailing data. It returns
+// the status to answer with.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) (int, error) {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err == nil {
-		if _, next := dec.Token(); !errors.Is(next, io.EOF) {
-			err = errors.New("the body holds more than one JSON value")
+		err = checkKeys(body)
+	}
+	if err == nil {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err = dec.Decode(v); err == nil {
+			if _, next := dec.Token(); !errors.Is(next, io.EOF) {
+				err = errors.New("the body holds more than one JSON value")
+			}
 		}
 	}
 	var tooBig *http.MaxBytesError
@@ -1107,6 +1282,36 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) (int, error) {
 		return http.StatusBadRequest, fmt.Errorf("invalid JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
 	}
 	return 0, nil
+}
+
+// checkKeys refuses a JSON object whose keys repeat or are not lower-case
+// ASCII. encoding/json keeps the last of repeated keys and matches keys
+// without regard to case (even "ſcope" for "scope"), so {"name":"x",
+// "Name":"y"} would mean something other than what a reader of the body or
+// a proxy in front of the daemon sees. Anything but an object is left to the
+// decoder, which says what is wrong with it.
+func checkKeys(body []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		key, _ := t.(string)
+		var value json.RawMessage
+		if err != nil || dec.Decode(&value) != nil {
+			return nil
+		}
+		switch {
+		case strings.Trim(key, "abcdefghijklmnopqrstuvwxyz0123456789_") != "":
+			return fmt.Errorf("unknown field %q: fields are spelled in lower case", key)
+		case seen[key]:
+			return fmt.Errorf("field %q appears more than once", key)
+		}
+		seen[key] = true
+	}
+	return nil
 }
 
 // writeJSON answers with v as compact JSON; the CLI indents for people.
@@ -1122,8 +1327,10 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Write(append(data, '\n'))
 }
 
+// writeError answers with {"error": msg}. Messages repeat user input (a
+// token name, a path), so anything shaped like a token is redacted.
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, struct {
 		Error string `json:"error"`
-	}{msg})
+	}{redactTokens(msg)})
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -195,6 +197,14 @@ func TestDaemonUsageErrors(t *testing.T) {
 		{"san a URL", []string{"--tls-san", "ok.example.com", "--tls-san", "https://x.example.com"}, nil, `--tls-san "https://x.example.com" is not`},
 		{"san empty", []string{"--tls-san", ""}, nil, `--tls-san "" is not`},
 		{"san for a shell", []string{"--tls-san", "a$(id).example.com"}, nil, `--tls-san "a$(id).example.com" is not`},
+		{"upper-case api token", []string{"--api-token", "nxa-api_" + strings.Repeat("AB", 32)}, nil, "is not nxa-api_ followed by 64 lower-case hex characters"},
+		{"max conns zero", []string{"--max-conns", "0"}, nil, "--max-conns must be at least 1, not 0"},
+		{"max conns negative", []string{"--max-conns", "-1"}, nil, "--max-conns must be at least 1, not -1"},
+		{"max conns not a number", []string{"--max-conns", "many"}, nil, `daemon: invalid value "many" for flag --max-conns`},
+		{"max conns per ip zero", []string{"--max-conns-per-ip", "0"}, nil, "--max-conns-per-ip must be at least 1, not 0"},
+		{"max conns per ip negative", []string{"--max-conns-per-ip", "-5"}, nil, "--max-conns-per-ip must be at least 1, not -5"},
+		{"max conns per ip not a number", []string{"--max-conns-per-ip", "1k"}, nil, `daemon: invalid value "1k" for flag --max-conns-per-ip`},
+		{"unknown log level", []string{"--log-level", "trace"}, nil, `--log-level must be info or debug, not "trace"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -204,8 +214,10 @@ func TestDaemonUsageErrors(t *testing.T) {
 			if res.code != 2 || !strings.Contains(res.stderr, c.want) {
 				t.Fatalf("exit %d, stderr %q; want exit 2 and %q", res.code, res.stderr, c.want)
 			}
-			if strings.Contains(res.stderr, "secret") && c.name == "malformed api token flag" {
-				t.Error("the error repeats the rejected token")
+			for _, v := range append(c.args, c.env...) {
+				if v = strings.TrimPrefix(v, "HELYOS_API_TOKEN="); (v == "secret" || strings.HasPrefix(v, "nxa")) && strings.Contains(res.stderr, v) {
+					t.Error("the error repeats the rejected token")
+				}
 			}
 			if files := filesUnder(t, home); len(files) != 0 {
 				t.Errorf("a usage error wrote %v", files)
@@ -302,9 +314,9 @@ func TestCAEndpointAndFingerprint(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &ca); err != nil {
 		t.Fatal(err)
 	}
-	block, _ := pem.Decode([]byte(ca.PEM))
-	if block == nil {
-		t.Fatalf("pem field holds no PEM: %q", ca.PEM)
+	block, rest := pem.Decode([]byte(ca.PEM))
+	if block == nil || block.Type != "CERTIFICATE" || len(rest) != 0 {
+		t.Fatalf("pem field holds something other than one CERTIFICATE block: %q", ca.PEM)
 	}
 	sum := sha256.Sum256(block.Bytes)
 	want := hex.EncodeToString(sum[:])
@@ -610,12 +622,13 @@ func TestTokenLifecycleOverHTTP(t *testing.T) {
 }
 
 // waitStatus polls GET /api/v1/whoami with token until it answers want, for
-// states that arrive with time (expiry, the end of a grace period).
-func waitStatus(t *testing.T, d *testDaemon, token string, want int) {
+// states that arrive with time (expiry, the end of a grace period), and
+// returns how many requests that took.
+func waitStatus(t *testing.T, d *testDaemon, token string, want int) int {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	for n, deadline := 1, time.Now().Add(20*time.Second); ; n++ {
 		if code, _, _ := d.do(t, "GET", "/api/v1/whoami", token, ""); code == want {
-			return
+			return n
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("whoami did not answer %d within 20s", want)
@@ -713,6 +726,10 @@ func TestRequestBodyTable(t *testing.T) {
 		{"allow_from token redacted", `{"name":"x","allow_from":["nxa-api_0123456789abcdef"]}`, 400, `\"nxa-api_\u003credacted\u003e\" is not a CIDR`},
 		{"allow_from too many", `{"name":"x","allow_from":[` + strings.Repeat(`"10.0.0.0/8",`, maxAllowFrom) + `"10.0.0.0/8"]}`, 400, "at most 32 are allowed"},
 		{"too large", big, 413, "request body is larger than 1048576 bytes"},
+		{"case-variant field", `{"name":"x","Name":"y"}`, 400, `unknown field \"Name\": fields are spelled in lower case`},
+		{"upper-case field", `{"NAME":"x"}`, 400, `unknown field \"NAME\": fields are spelled in lower case`},
+		{"field that folds to a known one", `{"name":"x","ſcope":"admin"}`, 400, `unknown field \"ſcope\": fields are spelled in lower case`},
+		{"repeated field", `{"name":"a","name":"b"}`, 400, `field \"name\" appears more than once`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -971,13 +988,22 @@ func TestLocalContext(t *testing.T) {
 	}
 }
 
+// TestMetrics: the route and token metrics, valid for promtool. Auth
+// failures are one total without a reason (a reason label would tell an
+// anonymous caller why a guess failed); --log-level debug logs the reasons.
 func TestMetrics(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), nil)
+	d := startDaemon(t, t.TempDir(), []string{"--log-level", "debug"})
+	gone := d.createToken(t, d.token, "gone", 0)
+	d.do(t, "DELETE", "/api/v1/tokens/gone", d.token, "")
 	d.do(t, "GET", "/health", "", "")
 	d.do(t, "GET", "/api/v1/whoami", d.token, "")
-	d.do(t, "GET", "/api/v1/whoami", "nxa-api_"+strings.Repeat("ab", 32), "")
-	d.do(t, "GET", "/api/v1/whoami", "garbage", "")
+	wrongSecret := d.token[:8+lookupLen] + strings.Repeat("0", 64-lookupLen)
+	refused := []string{"", "garbage", "nxa-api_" + strings.Repeat("ab", 32), wrongSecret, gone}
+	for _, token := range refused {
+		d.do(t, "GET", "/api/v1/whoami", token, "")
+	}
+	whoamis := 1 + len(refused) + waitStatus(t, d, d.createToken(t, d.token, "brief", 1), 401)
 	d.do(t, "DELETE", "/api/v1/tokens/no-such-token-xyz", d.token, "")
 	d.do(t, "GET", "/secret-path-abc", "", "")
 	code, hdr, body := d.do(t, "GET", "/metrics", "", "")
@@ -987,8 +1013,8 @@ func TestMetrics(t *testing.T) {
 	for _, want := range []string{
 		`helyos_http_requests_total{method="GET",route="GET /health",code="200"} 1`,
 		`helyos_http_requests_total{method="DELETE",route="DELETE /api/v1/tokens/{name}",code="404"} 1`,
-		`helyos_http_request_duration_seconds_bucket{route="GET /api/v1/whoami",le="+Inf"} 3`,
-		"helyos_auth_failures_total 2\n",
+		fmt.Sprintf(`helyos_http_request_duration_seconds_bucket{route="GET /api/v1/whoami",le="+Inf"} %d`, whoamis),
+		fmt.Sprintf("helyos_auth_failures_total %d\n", len(refused)+1),
 		`helyos_api_tokens_active 1`,
 		`helyos_build_info{version="` + binVersion + `"`,
 		`helyos_argon2_runs_total `,
@@ -998,7 +1024,18 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	for _, raw := range []string{"no-such-token-xyz", "secret-path-abc", "reason="} {
+	if strings.Contains(body, "reason=") {
+		t.Errorf("public metrics tell why tokens were refused:\n%s", body)
+	}
+	for _, reason := range []error{errTokenMissing, errTokenMalformed, errTokenUnknown, errTokenMismatch, errTokenRevoked, errTokenExpired} {
+		if !regexp.MustCompile(`debug: refused the bearer token of a request from 127\.0\.0\.1:\d+: ` + reason.Error() + "\n").MatchString(d.out.String()) {
+			t.Errorf("the debug log lacks the reason %q:\n%s", reason, d.out.String())
+		}
+	}
+	if strings.Contains(d.out.String(), wrongSecret[8:]) {
+		t.Error("the debug log repeats a presented token")
+	}
+	for _, raw := range []string{"no-such-token-xyz", "secret-path-abc"} {
 		if strings.Contains(body, raw) {
 			t.Errorf("metrics carry %q", raw)
 		}
@@ -1099,7 +1136,7 @@ func FuzzDecodeCreateToken(f *testing.F) {
 				t.Fatalf("accepted a body that is not one JSON object: %q", body)
 			}
 			for k := range check {
-				if !slices.Contains([]string{"name", "ttl_secs", "scope", "allow_from"}, strings.ToLower(k)) {
+				if !slices.Contains([]string{"name", "ttl_secs", "scope", "allow_from"}, k) {
 					t.Fatalf("accepted unknown field %q", k)
 				}
 			}
@@ -1109,4 +1146,250 @@ func FuzzDecodeCreateToken(f *testing.F) {
 			t.Fatalf("refused with status %d", code)
 		}
 	})
+}
+
+// TestCAFileHoldsOneCertificate: /api/v1/ca serves the certificate
+// re-encoded, and a ca.pem that holds anything else (the key appended, say)
+// stops the daemon from starting instead of being published.
+func TestCAFileHoldsOneCertificate(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	d := startDaemon(t, home, []string{"--tls", "on"})
+	d.stop(t)
+	caPath := filepath.Join(d.dataDir, caCertFile)
+	certPEM, _ := os.ReadFile(caPath)
+	keyPEM, _ := os.ReadFile(filepath.Join(d.dataDir, caKeyFile))
+	for _, c := range []struct{ name, content string }{
+		{"key appended", string(certPEM) + string(keyPEM)},
+		{"key first", string(keyPEM) + string(certPEM)},
+		{"two certificates", string(certPEM) + string(certPEM)},
+		{"text before", "see below\n" + string(certPEM)},
+		{"text after", string(certPEM) + "x\n"},
+		{"empty", ""},
+	} {
+		os.WriteFile(caPath, []byte(c.content), 0o600)
+		res := runHelyos(t, home, "", nil, "daemon", "--port", "0", "--tls", "on")
+		if res.code != 1 || !strings.Contains(res.stderr, "helyos: error: "+caPath+" must hold exactly one CERTIFICATE block and nothing else\nhelyos: hint: ") {
+			t.Errorf("%s: exit %d, stderr:\n%s", c.name, res.code, res.stderr)
+		}
+	}
+	// One certificate in another layout starts, and is served re-encoded.
+	os.WriteFile(caPath, []byte("\n"+strings.ReplaceAll(string(certPEM), "\n", "\r\n")+"\n\n"), 0o600)
+	d = startDaemon(t, home, []string{"--tls", "on"})
+	_, _, body := d.do(t, "GET", "/api/v1/ca", "", "")
+	var ca struct{ PEM string }
+	if err := json.Unmarshal([]byte(body), &ca); err != nil || ca.PEM != string(certPEM) {
+		t.Errorf("served %q (%v), want the certificate re-encoded:\n%s", ca.PEM, err, certPEM)
+	}
+}
+
+// TestTokensRedactedInErrors: a token typed where a name, a scope or a field
+// belongs is never repeated in the answer, in any spelling.
+func TestTokensRedactedInErrors(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), nil)
+	tok := d.token
+	cases := []struct {
+		name, method, path, body string
+		want                     int
+	}{
+		{"token as name", "POST", "/api/v1/tokens", `{"name":"` + tok + `"}`, 400},
+		{"upper-case token as name", "POST", "/api/v1/tokens", `{"name":"` + strings.ToUpper(tok) + `"}`, 400},
+		{"token inside a name", "POST", "/api/v1/tokens", `{"name":"ci ` + tok + ` x"}`, 400},
+		{"token as scope", "POST", "/api/v1/tokens", `{"name":"x","scope":"` + tok + `"}`, 400},
+		{"token as field", "POST", "/api/v1/tokens", `{"` + tok + `":1}`, 400},
+		{"token as ttl", "POST", "/api/v1/tokens", `{"name":"x","ttl_secs":"` + tok + `"}`, 400},
+		{"token as body", "POST", "/api/v1/tokens", tok, 400},
+		{"token revoked by name", "DELETE", "/api/v1/tokens/" + tok, "", 404},
+		{"upper-case token revoked by name", "DELETE", "/api/v1/tokens/" + strings.ToUpper(tok), "", 404},
+		{"escaped token revoked by name", "DELETE", "/api/v1/tokens/%6e" + tok[1:], "", 404},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, body := d.do(t, c.method, c.path, tok, c.body)
+			if code != c.want || strings.Contains(strings.ToLower(body), tok[8:]) {
+				t.Errorf("%d %s; want %d without the token", code, body, c.want)
+			}
+		})
+	}
+}
+
+// TestDataDirOwnedByAnotherUser: a data dir another user owns is refused,
+// not taken over: its owner could plant tokens and keys in it.
+func TestDataDirOwnedByAnotherUser(t *testing.T) {
+	t.Parallel()
+	if os.Getuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI runs as root; this test needs root to give a folder to another user")
+		}
+		t.Skip("needs root to give a folder to another user")
+	}
+	home := t.TempDir()
+	dir := filepath.Join(home, ".helyos", "data")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil { // nobody
+		t.Fatal(err)
+	}
+	res := runHelyos(t, home, "", nil, "daemon", "--port", "0")
+	want := "helyos: error: data dir " + dir + " is owned by uid 65534, not by this user (uid 0)\n" +
+		"helyos: hint: run the daemon as the dir's owner, or give it a --data-dir of its own\n"
+	if res.code != 1 || res.stderr != want {
+		t.Fatalf("exit %d, stderr:\n%s\nwant:\n%s", res.code, res.stderr, want)
+	}
+	if m := permOf(t, dir); m != 0o755 || len(filesUnder(t, home)) != 2 {
+		t.Errorf("the refused daemon changed things: mode %o, files %v", m, filesUnder(t, home))
+	}
+}
+
+// dialFrom opens a TCP connection to the daemon from the loopback address
+// src (all of 127.0.0.0/8 is this machine on Linux).
+func dialFrom(t testing.TB, src string, d *testDaemon) net.Conn {
+	t.Helper()
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
+	c, err := dialer.Dial("tcp", "127.0.0.1:"+d.port)
+	if err != nil {
+		t.Fatalf("dial from %s: %v", src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// answers sends req (an HTTP request, or its end) on c and returns the
+// status of the answer; 0 when the daemon hung up without one, as it does
+// at once to a connection over a cap; -1 when it did neither within 20 s.
+func answers(c net.Conn, req string) int {
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, req); err != nil {
+		return 0
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return -1
+	}
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+const healthRequest = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+// TestConnectionCaps: at 90% of --max-conns idle connections are closed;
+// connections over --max-conns-per-ip or --max-conns are closed at once
+// while those in a request are kept; a freed place is taken again. The
+// counts stay exact although net/http closes an idle connection twice.
+func TestConnectionCaps(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), []string{"--max-conns", "10", "--max-conns-per-ip", "8"})
+	// The idle connections' whoami also puts the token in the cache, so the
+	// held requests below need no Argon2 queue.
+	whoami := "GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + d.token + "\r\n\r\n"
+	var idle []net.Conn
+	for range 8 {
+		c := dialFrom(t, "127.0.0.2", d)
+		if code := answers(c, whoami); code != 200 {
+			t.Fatalf("a connection under the caps: %d", code)
+		}
+		idle = append(idle, c)
+	}
+	// hold starts a token create and leaves its body unfinished: the daemon
+	// keeps such a connection (for up to the 30 s read timeout).
+	hold := func(src string) net.Conn {
+		c := dialFrom(t, src, d)
+		fmt.Fprintf(c, "POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 2\r\n\r\n{", d.token)
+		return c
+	}
+	held := []net.Conn{hold("127.0.0.3")} // the ninth connection: 90% of the cap
+	for i, c := range idle {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("idle connection %d still open 20s after the daemon reached 90%% of --max-conns", i)
+		}
+	}
+	for range 8 {
+		held = append(held, hold("127.0.0.2"))
+	}
+	if code := answers(dialFrom(t, "127.0.0.2", d), healthRequest); code != 0 {
+		t.Fatalf("a ninth connection from one address got %d, want a hang-up (--max-conns-per-ip 8)", code)
+	}
+	held = append(held, hold("127.0.0.4"))
+	for _, src := range []string{"127.0.0.4", "127.0.0.1"} {
+		if code := answers(dialFrom(t, src, d), healthRequest); code != 0 {
+			t.Fatalf("an eleventh connection (from %s) got %d, want a hang-up (--max-conns 10)", src, code)
+		}
+	}
+	for i, c := range held {
+		if code := answers(c, "}"); code != 400 {
+			t.Fatalf("held connection %d: %d, want the 400 for a nameless token", i, code)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for answers(dialFrom(t, "127.0.0.1", d), healthRequest) != 200 {
+		if time.Now().After(deadline) {
+			t.Fatal("no place freed 20s after every held request was answered")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.stop(t) // the audit log writes its tallies
+	limited := map[string]any{}
+	for _, r := range readAuditFile(t, filepath.Join(d.dataDir, auditFileName)) {
+		if r.Event == "connections.limited" {
+			limited[str(r.Remote)] = r.Detail["reasons"]
+		}
+	}
+	if fmt.Sprint(limited["127.0.0.2"], limited["127.0.0.4"]) != "map[per-address:1] map[total:1]" {
+		t.Errorf("connections.limited in the audit log: %v", limited)
+	}
+}
+
+// TestOpenFileLimit: the daemon lifts its soft open-file limit to the hard
+// one and lowers --max-conns to leave room under it for its own files.
+func TestOpenFileLimit(t *testing.T) {
+	t.Parallel()
+	d := startDaemonVia(t, []string{needTool(t, "prlimit"), "--nofile=100:600", "--"}, t.TempDir(), nil)
+	limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", d.cmd.Process.Pid))
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	if !regexp.MustCompile(`Max open files +600 +600 `).Match(limits) {
+		t.Errorf("soft limit not raised to the hard one:\n%s", limits)
+	}
+	if !strings.Contains(d.out.String(), "warning: the open-file limit is 600, so --max-conns is lowered to 536; ") {
+		t.Errorf("no warning that --max-conns was lowered:\n%s", d.out.String())
+	}
+}
+
+// TestClientErrorLinesRateLimited: log lines any client can cause (failed
+// TLS handshakes here; accept errors and refused connections take the same
+// path) reach the log at most once a second, with a count of the rest.
+func TestClientErrorLinesRateLimited(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	start := time.Now()
+	badHandshake := func() {
+		c := dialFrom(t, "127.0.0.1", d)
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		io.WriteString(c, "hello\r\n\r\n")
+		io.Copy(io.Discard, c) // the daemon logs the failure, then hangs up
+		c.Close()
+	}
+	for range 50 {
+		badHandshake()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(d.out.String(), "more such lines since the last one)") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no count of dropped lines after 20s:\n%s", d.out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+		badHandshake()
+	}
+	lines := strings.Count(d.out.String(), "TLS handshake error")
+	if most := int(time.Since(start)/time.Second) + 1; lines > most {
+		t.Errorf("%d handshake-error lines in %v, want at most one a second:\n%s", lines, time.Since(start), d.out.String())
+	}
 }

@@ -98,9 +98,19 @@ var (
 // inside it, waits until it listens, and stops it when the test ends.
 func startDaemon(t testing.TB, home string, args []string, env ...string) *testDaemon {
 	t.Helper()
+	return startDaemonVia(t, nil, home, args, env...)
+}
+
+// startDaemonVia is startDaemon run by a wrapper that execs the daemon in
+// its own process, such as prlimit.
+func startDaemonVia(t testing.TB, via []string, home string, args []string, env ...string) *testDaemon {
+	t.Helper()
 	d := &testDaemon{home: home, dataDir: filepath.Join(home, ".helyos", "data"), out: &syncBuffer{}, exited: make(chan struct{})}
 	all := append([]string{"daemon", "--port", "0"}, args...)
 	d.cmd = exec.Command(helyosBin, all...)
+	if len(via) > 0 {
+		d.cmd = exec.Command(via[0], append(append(via[1:], helyosBin), all...)...)
+	}
 	if slices.Contains(env, journalStderr) {
 		// As systemd does: $JOURNAL_STREAM names the stream that is stderr.
 		d.cmd = exec.Command("/bin/sh", append([]string{"-c", `JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec "$0" "$@"`, helyosBin}, all...)...)

@@ -84,8 +84,8 @@ func (m *metrics) authFailure() {
 	m.mu.Unlock()
 }
 
-// failureReason names why a token was refused: one of the errToken*
-// reasons, or "error" (Argon2 slot wait cut short, say).
+// failureReason names why a token was refused, for the audit log: one of
+// the errToken* reasons, or "error" (Argon2 slot wait cut short, say).
 func failureReason(err error) string {
 	for _, r := range authFailureReasons {
 		if errors.Is(err, r) {

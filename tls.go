@@ -133,6 +133,14 @@ func loadOrCreateCA(dir string, now time.Time) (*certAuthority, error) {
 	if certErr != nil || keyErr != nil {
 		return nil, fmt.Errorf("read CA in %s: %w", dir, errors.Join(certErr, keyErr))
 	}
+	// /api/v1/ca publishes the certificate, so the file must hold nothing
+	// else (a key pasted after it would be published too).
+	block, rest := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" || len(block.Headers) > 0 || len(bytes.TrimSpace(rest)) > 0 ||
+		!bytes.HasPrefix(bytes.TrimSpace(certPEM), []byte("-----BEGIN")) {
+		return nil, withHint(fmt.Errorf("%s must hold exactly one CERTIFICATE block and nothing else", filepath.Join(dir, caCertFile)),
+			"remove whatever else is in it (the key belongs in "+caKeyFile+" only), or restore the file from a backup")
+	}
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("load CA in %s: %w", dir, err)
@@ -145,7 +153,9 @@ func loadOrCreateCA(dir string, now time.Time) (*certAuthority, error) {
 	if !ok || !cert.IsCA {
 		return nil, fmt.Errorf("load CA in %s: %s is not a CA certificate with a signing key", dir, caCertFile)
 	}
-	return &certAuthority{cert: cert, key: signer, pem: certPEM}, nil
+	// Re-encoded from the parsed certificate: what is served is the
+	// certificate and only the certificate.
+	return &certAuthority{cert: cert, key: signer, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}, nil
 }
 
 func createCA(dir string, now time.Time) (*certAuthority, error) {

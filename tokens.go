@@ -69,7 +69,7 @@ var tokenNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // tokenLikePattern matches anything that looks like an API token, even a
 // partial one, so redactTokens can hide it.
-var tokenLikePattern = regexp.MustCompile(`nxa-api_[0-9A-Fa-f]{8,}`)
+var tokenLikePattern = regexp.MustCompile(`(?i)nxa-api_[0-9a-f]{8,}`)
 
 // redactTokens hides API tokens in user input that an error repeats, such
 // as a token command that embeds one or a token given where a name belongs.
@@ -77,8 +77,9 @@ func redactTokens(s string) string {
 	return tokenLikePattern.ReplaceAllString(s, apiTokenPrefix+"<redacted>")
 }
 
-// Reasons a presented token is refused; they label the auth failure metric
-// and are never shown to the caller, who always gets the same 401.
+// Reasons a presented token is refused; the audit log's tally and the debug
+// log show them, never the public metrics; the caller always gets the same
+// 401.
 var (
 	errTokenMissing   = errors.New("missing")
 	errTokenMalformed = errors.New("malformed")
@@ -189,6 +190,10 @@ type tokenStore struct {
 	argonSlots chan struct{}
 	dirty      atomic.Bool // last-used times not yet on disk
 
+	queueMu sync.Mutex
+	queues  map[string]*keyQueue // lookup key → requests waiting to run Argon2 for it
+	queued  int                  // in all queues together
+
 	argonRuns   atomic.Uint64
 	cacheHits   atomic.Uint64
 	cacheMisses atomic.Uint64
@@ -249,6 +254,7 @@ func newTokenStore(path string, records []*tokenRecord, now func() time.Time) *t
 		byName:     make(map[string]*tokenRecord, len(records)),
 		verified:   make(map[[32]byte]*tokenRecord),
 		argonSlots: make(chan struct{}, argonConcurrency()),
+		queues:     map[string]*keyQueue{},
 	}
 	for _, r := range records { // in creation order: the newest of a name wins
 		s.byLookup[r.Lookup] = r
@@ -386,6 +392,59 @@ func (s *tokenStore) checkHash(ctx context.Context, token, phc string) (bool, er
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }
 
+// Bounds on the requests that wait to run Argon2 for a first use.
+const (
+	argonQueuePerKey = 8  // per lookup key, the running one included
+	argonQueueTotal  = 64 // on all lookup keys together
+)
+
+// errArgonBusy refuses a request at once when its lookup key's queue, or all
+// queues together, are full; the caller answers 429.
+var errArgonBusy = errors.New("too many requests wait for an Argon2 run")
+
+// keyQueue is the requests waiting to run Argon2 for one lookup key.
+type keyQueue struct {
+	turn    chan struct{} // holds a value while one of them runs
+	waiting int           // the running one included
+}
+
+// argonTurn waits until the caller may run Argon2 for lookup: one run per
+// lookup key at a time, at most argonQueuePerKey requests waiting per key and
+// argonQueueTotal in all. The lookup keys are in tokens.json, so a backup can
+// tell an attacker one; a flood of wrong secrets for it then gets fast
+// errArgonBusy refusals, holds at most one Argon2 slot, and delays another
+// token's first use by at most one run per flooded key. done ends the turn.
+func (s *tokenStore) argonTurn(ctx context.Context, lookup string) (done func(), err error) {
+	s.queueMu.Lock()
+	q := s.queues[lookup]
+	if q == nil {
+		q = &keyQueue{turn: make(chan struct{}, 1)}
+	}
+	if q.waiting >= argonQueuePerKey || s.queued >= argonQueueTotal {
+		s.queueMu.Unlock()
+		return nil, errArgonBusy
+	}
+	q.waiting++
+	s.queued++
+	s.queues[lookup] = q
+	s.queueMu.Unlock()
+	leave := func() {
+		s.queueMu.Lock()
+		if q.waiting--; q.waiting == 0 {
+			delete(s.queues, lookup)
+		}
+		s.queued--
+		s.queueMu.Unlock()
+	}
+	select {
+	case q.turn <- struct{}{}:
+		return func() { <-q.turn; leave() }, nil
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	}
+}
+
 // verify returns the active record that token belongs to, if it accepts
 // requests from remote (the connection's "ip:port"), or one of the errToken*
 // reasons. It records the use in memory only. A revoked or expired token is
@@ -435,6 +494,11 @@ func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRe
 		return rec, state
 	}
 	if !cached {
+		done, err := s.argonTurn(ctx, lookup)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
 		match, err := s.checkHash(ctx, token, rec.Hash)
 		if err != nil {
 			return nil, err

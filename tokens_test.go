@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -355,6 +356,99 @@ func TestArgonRunsBounded(t *testing.T) {
 	}
 	if _, err := s.verify(ctx, tok, ""); err != nil {
 		t.Errorf("after the slots were freed: %v", err)
+	}
+}
+
+// TestArgonQueuePerKey: wrong secrets for one known lookup key run Argon2
+// one at a time and what does not fit the key's queue is refused at once,
+// while another token's first use waits in its own queue; all queues
+// together are bounded too.
+func TestArgonQueuePerKey(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	var tokens []string
+	for i := range argonQueueTotal/argonQueuePerKey + 1 {
+		tok, _, err := s.create(ctx, fmt.Sprint("t", i), "", 0, noAudit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens = append(tokens, tok)
+	}
+	wrong := func(tok string) string { return tok[:8+lookupLen] + strings.Repeat("0", 64-lookupLen) }
+	// Room for many runs, so only the per-key turn can keep them to one;
+	// the test holds every slot until it lets the runs go.
+	s.argonSlots = make(chan struct{}, 8)
+	block := func() {
+		for range cap(s.argonSlots) {
+			s.argonSlots <- struct{}{}
+		}
+	}
+	release := func() {
+		for range cap(s.argonSlots) {
+			<-s.argonSlots
+		}
+	}
+	results := make(chan error, 100)
+	flood := func(ctx context.Context, tok string, n int) {
+		for range n {
+			go func() { _, err := s.verify(ctx, wrong(tok), ""); results <- err }()
+		}
+	}
+	expect := func(n int, want error) {
+		t.Helper()
+		for range n {
+			select {
+			case err := <-results:
+				if !errors.Is(err, want) {
+					t.Fatalf("got %v, want %v", err, want)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no answer within 30s, want %v", want)
+			}
+		}
+	}
+
+	block()
+	flood(ctx, tokens[0], 50)
+	expect(50-argonQueuePerKey, errArgonBusy) // at once, while nothing runs
+	first := make(chan error, 1)
+	go func() { _, err := s.verify(ctx, tokens[1], ""); first <- err }()
+	most, done := 0, make(chan struct{})
+	go func() {
+		defer close(done)
+		for len(results) < argonQueuePerKey || len(first) == 0 {
+			most = max(most, len(s.argonSlots)) // runs going on
+			runtime.Gosched()
+		}
+	}()
+	release()
+	<-done
+	expect(argonQueuePerKey, errTokenMismatch)
+	if err := <-first; err != nil {
+		t.Errorf("first use of another token while one key's queue was full: %v", err)
+	}
+	if most > 2 {
+		t.Errorf("%d Argon2 runs at once for 2 lookup keys; want at most one per key", most)
+	}
+
+	block()
+	waiting, cancel := context.WithCancel(ctx)
+	for _, tok := range tokens[:len(tokens)-1] {
+		flood(waiting, tok, argonQueuePerKey)
+	}
+	for s.queueMu.Lock(); s.queued < argonQueueTotal; s.queueMu.Lock() {
+		s.queueMu.Unlock() // the goroutines are still joining their queues
+		time.Sleep(time.Millisecond)
+	}
+	s.queueMu.Unlock()
+	if _, err := s.verify(ctx, tokens[len(tokens)-1], ""); !errors.Is(err, errArgonBusy) {
+		t.Errorf("with all queues together full: %v, want errArgonBusy", err)
+	}
+	cancel() // they leave their queues without an Argon2 run
+	expect(argonQueueTotal, context.Canceled)
+	release()
+	if len(s.queues) != 0 || s.queued != 0 {
+		t.Errorf("queues left behind: %d keys, %d requests", len(s.queues), s.queued)
 	}
 }
 
