@@ -1027,6 +1027,7 @@ func TestMetrics(t *testing.T) {
 	if strings.Contains(body, "reason=") {
 		t.Errorf("public metrics tell why tokens were refused:\n%s", body)
 	}
+	d.stop(t) // the log reaches d.out through a pipe: all of it once the daemon has exited
 	for _, reason := range []error{errTokenMissing, errTokenMalformed, errTokenUnknown, errTokenMismatch, errTokenRevoked, errTokenExpired} {
 		if !regexp.MustCompile(`debug: refused the bearer token of a request from 127\.0\.0\.1:\d+: ` + reason.Error() + "\n").MatchString(d.out.String()) {
 			t.Errorf("the debug log lacks the reason %q:\n%s", reason, d.out.String())

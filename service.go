@@ -77,8 +77,8 @@ func newLogger(format string, journal bool, w io.Writer) *log.Logger {
 }
 
 // jsonLines turns each line the daemon logs into one JSON object: a line
-// starting "error: " or "warning: " at that level, without the word, so a
-// log shipper can alert on it; every other line at INFO.
+// starting "error: ", "warning: " or "debug: " at that level, without the
+// word, so a log shipper can alert on it; every other line at INFO.
 type jsonLines struct{ h slog.Handler }
 
 func (j jsonLines) Write(p []byte) (int, error) {
@@ -87,6 +87,8 @@ func (j jsonLines) Write(p []byte) (int, error) {
 		msg, level = m, slog.LevelError
 	} else if m, ok := strings.CutPrefix(msg, "warning: "); ok {
 		msg, level = m, slog.LevelWarn
+	} else if m, ok := strings.CutPrefix(msg, "debug: "); ok {
+		msg, level = m, slog.LevelDebug
 	}
 	return len(p), j.h.Handle(context.Background(), slog.NewRecord(time.Now(), level, msg, 0))
 }

@@ -368,13 +368,14 @@ func pollUntil(t *testing.T, what string, ok func() bool) {
 	}
 }
 
-// TestJSONLogLevels: with --log-format json a warning or an error carries
-// its level, and a daemon that cannot start says why, with the hint, in JSON
-// lines too.
+// TestJSONLogLevels: with --log-format json a warning, an error or a debug
+// line carries its level, and a daemon that cannot start says why, with the
+// hint, in JSON lines too.
 func TestJSONLogLevels(t *testing.T) {
 	t.Parallel()
 	home := t.TempDir()
-	d := startDaemon(t, home, []string{"--log-format", "json"}, "NOTIFY_SOCKET=/nonexistent/notify")
+	d := startDaemon(t, home, []string{"--log-format", "json", "--log-level", "debug"}, "NOTIFY_SOCKET=/nonexistent/notify")
+	d.do(t, "GET", "/api/v1/whoami", "garbage", "")
 	refused := runHelyos(t, home, "", nil, "daemon", "--port", "0", "--log-format", "json") // the data dir is in use
 	d.stop(t)
 	if refused.code != 1 {
@@ -392,6 +393,7 @@ func TestJSONLogLevels(t *testing.T) {
 		"WARN notify systemd (READY=1): dial unixgram /nonexistent/notify: ",
 		"ERROR data dir " + d.dataDir + " is in use by another helyos daemon",
 		"INFO hint: stop that daemon, or give this one its own --data-dir",
+		"DEBUG refused the bearer token of a request from 127.0.0.1:",
 	} {
 		if !slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, want) }) {
 			t.Errorf("no log line %q in:\n%s", want, strings.Join(got, "\n"))
