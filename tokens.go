@@ -511,7 +511,7 @@ func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRe
 		// while Argon2 ran, and revocation must win.
 		if err := rec.state(s.now()); err != nil {
 			s.mu.Unlock()
-			return nil, err
+			return rec, err // as above: a refused state comes with its record
 		}
 		s.verified[key] = rec
 		s.mu.Unlock()

@@ -452,6 +452,36 @@ func TestArgonQueuePerKey(t *testing.T) {
 	}
 }
 
+// TestExpiryDuringFirstCheck: a token that expires while its first Argon2
+// run waits is refused as expired together with its record, as any expired
+// token is (requireScope records token.expired from it; a nil record there
+// was a 500).
+func TestExpiryDuringFirstCheck(t *testing.T) {
+	s, clock := newTestStore(t)
+	ctx := context.Background()
+	tok, _, _ := s.create(ctx, "brief", "", time.Minute, noAudit)
+	for range cap(s.argonSlots) {
+		s.argonSlots <- struct{}{} // the check waits, past the state check
+	}
+	var rec *tokenRecord
+	var err error
+	done := make(chan struct{})
+	go func() { rec, err = s.verify(ctx, tok, ""); close(done) }()
+	for s.queueMu.Lock(); s.queued == 0; s.queueMu.Lock() {
+		s.queueMu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	s.queueMu.Unlock()
+	clock.advance(2 * time.Minute)
+	for range cap(s.argonSlots) {
+		<-s.argonSlots
+	}
+	<-done
+	if !errors.Is(err, errTokenExpired) || rec == nil || rec.Name != "brief" {
+		t.Errorf("expired during its first check: %v, %v; want errTokenExpired with the record", rec, err)
+	}
+}
+
 func BenchmarkVerifyRemembered(b *testing.B) {
 	s, _ := newTestStore(b)
 	ctx := context.Background()
