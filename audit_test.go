@@ -508,10 +508,13 @@ func TestEventsStreamOutlivesTimeouts(t *testing.T) {
 	}
 }
 
-// TestEventsRefusals: a token is needed, ?since must make sense, and the
-// number of streams is bounded.
+// TestEventsRefusals: a token is needed, ?since must make sense, the
+// number of streams is bounded, and a stream ends, freeing its place, once
+// its token is revoked (without the news of it) or expires.
 func TestEventsRefusals(t *testing.T) {
 	s, token := newTestServer(t)
+	clock := &fakeClock{t: time.Now()}
+	s.tokens.now, s.keepAlive = clock.now, 20*time.Millisecond
 	s.audit.maxSubs = 1
 	h := s.routes()
 	if rec := serveOnce(h, "GET", "/api/v1/events", "", ""); rec.Code != 401 {
@@ -522,10 +525,32 @@ func TestEventsRefusals(t *testing.T) {
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	openStream(t, srv.Client(), srv.URL+"/api/v1/events", token)
-	if rec := serveOnce(h, "GET", "/api/v1/events", token, ""); rec.Code != 503 || !strings.Contains(rec.Body.String(), "event streams are open") {
-		t.Errorf("one stream too many: %d %s", rec.Code, rec.Body)
+	client := *srv.Client()
+	client.Timeout = time.Minute // a stream that outlives its token fails the test, not hangs it
+	watcher, _, _ := s.tokens.create(context.Background(), "watcher", scopeRead, 0, noAudit)
+	brief, _, _ := s.tokens.create(context.Background(), "brief", scopeRead, time.Hour, noAudit)
+	for _, c := range []struct {
+		name, token string
+		end         func()
+	}{
+		{"revoked", watcher, func() {
+			if rec := serveOnce(h, "DELETE", "/api/v1/tokens/watcher", token, ""); rec.Code != 204 {
+				t.Fatalf("revoke: %d %s", rec.Code, rec.Body)
+			}
+		}},
+		{"expired", brief, func() { clock.advance(time.Hour) }},
+	} {
+		stream := openStream(t, &client, srv.URL+"/api/v1/events", c.token)
+		nextEvent(t, stream, ": live")
+		if rec := serveOnce(h, "GET", "/api/v1/events", token, ""); rec.Code != 503 || !strings.Contains(rec.Body.String(), "event streams are open") {
+			t.Errorf("one stream too many: %d %s", rec.Code, rec.Body)
+		}
+		c.end()
+		if rest, err := io.ReadAll(stream); err != nil || strings.Contains(string(rest), "event:") {
+			t.Fatalf("%s token: the stream went on: %.300q %v", c.name, rest, err)
+		}
 	}
+	openStream(t, &client, srv.URL+"/api/v1/events", token) // the places are free again
 }
 
 // TestAuditRecordsRealActions drives a real daemon and reads its audit.log:
