@@ -104,7 +104,8 @@ type auditLog struct {
 	size      int64
 	seq       uint64
 	prev      string
-	broken    error // set when a partial line could not be removed: nothing more is written
+	broken    error // set when a partial line could not be removed, or an undone change could not be recorded as such: nothing more is written
+	unclean   bool  // the log did not end in daemon.stopped when opened: a change recorded last may not have been saved
 	subs      map[*subscriber]bool
 	closed    bool // the daemon is stopping: no new subscribers
 	subBuffer int
@@ -158,7 +159,7 @@ func openAuditLog(dir string, maxSize int64, now func() time.Time, logger *log.L
 			return nil, withHint(fmt.Errorf("the last line of %s is not an audit record", a.path(i)),
 				"check the files with 'helyos audit verify', then move them aside to start a new chain")
 		}
-		a.seq, a.prev = rec.Seq, hashLine(line)
+		a.seq, a.prev, a.unclean = rec.Seq, hashLine(line), rec.Event != "daemon.stopped"
 		break
 	}
 	return a, nil
@@ -278,9 +279,18 @@ func (a *auditLog) record(event, actor, remote, target, outcome string, detail m
 
 // change is the recorder a token store change calls under the store's lock,
 // once the change by actor from remote is decided and before it is saved.
+// When the record of a change undone cannot be written, the log claims a
+// change that was not made: nothing more is written, so that nothing more
+// changes and the next start marks the stop unclean.
 func (a *auditLog) change(event, actor, remote string) recordChange {
 	return func(t tokenInfo, outcome string) error {
-		return a.record(event, actor, remote, t.Name, outcome, map[string]any{"scope": t.Scope, "expires_at": t.ExpiresAt, "allow_from": t.AllowFrom})
+		err := a.record(event, actor, remote, t.Name, outcome, map[string]any{"scope": t.Scope, "expires_at": t.ExpiresAt, "allow_from": t.AllowFrom})
+		if err != nil && outcome == outcomeFailure {
+			a.mu.Lock()
+			a.broken = fmt.Errorf("the log says %s %q succeeded, but it was undone and that could not be recorded; restart the daemon", event, t.Name)
+			a.mu.Unlock()
+		}
+		return err
 	}
 }
 

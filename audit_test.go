@@ -79,7 +79,8 @@ func str(s *string) string {
 }
 
 // TestAuditChainAcrossRestarts: the exact line format, nulls, UTC times, a
-// chain that carries on after a restart, and a line torn by a crash removed.
+// chain that carries on after a restart, a line torn by a crash removed, and
+// a stop unclean when the log does not end in daemon.stopped.
 func TestAuditChainAcrossRestarts(t *testing.T) {
 	dir := t.TempDir()
 	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 600_000_000, time.FixedZone("CET", 3600))}
@@ -98,6 +99,9 @@ func TestAuditChainAcrossRestarts(t *testing.T) {
 
 	b := newTestAudit(t, dir, defaultAuditMaxSize, clock.now)
 	b.record("daemon.started", "", "", "", outcomeSuccess, nil)
+	if a.unclean || b.unclean {
+		t.Errorf("unclean stop: a new log %v, one ending in daemon.stopped and a torn line %v", a.unclean, b.unclean)
+	}
 	lines := auditLines(t, a.path(0))
 	want := `{"seq":1,"time":"2026-01-02T02:04:05.6Z","event":"token.created","actor":"alice","remote":"127.0.0.1","target":"ci","outcome":"success","detail":{"scope":"admin"},"prev":"` + zeroHash + `"}` + "\n"
 	if len(lines) != 3 || lines[0] != want {
@@ -114,11 +118,16 @@ func TestAuditChainAcrossRestarts(t *testing.T) {
 	if _, err := verifyChain([]string{a.path(0)}); err != nil {
 		t.Error(err)
 	}
+	b.close() // no daemon.stopped: a crash
+	if c := newTestAudit(t, dir, defaultAuditMaxSize, clock.now); !c.unclean {
+		t.Error("a log ending in daemon.started does not make an unclean stop")
+	}
 }
 
 // TestAuditChangeRecords: the recorder the token store calls writes the
 // event, actor, address, token name, outcome, scope and expiry, for every
-// token change (token.rotated is wired once rotation exists).
+// token change; once the undoing of a change cannot be recorded, nothing more
+// is.
 func TestAuditChangeRecords(t *testing.T) {
 	a := newTestAudit(t, t.TempDir(), defaultAuditMaxSize, time.Now)
 	exp := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
@@ -137,6 +146,20 @@ func TestAuditChangeRecords(t *testing.T) {
 	}
 	if want := `"actor":null,"remote":null,"target":"bootstrap","outcome":"failure","detail":{"allow_from":null,"expires_at":null,"scope":"admin"}`; !strings.Contains(lines[3], want) {
 		t.Errorf("a change by the daemon itself: %s", lines[3])
+	}
+	good := a.f
+	readOnly, err := os.Open(a.path(0)) // every write to it fails in the kernel
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer readOnly.Close()
+	a.f = readOnly
+	if err := a.change("token.revoked", "admin", "10.0.0.1")(tokenInfo{Name: "ci"}, outcomeFailure); err == nil {
+		t.Fatal("recorded through a read-only file")
+	}
+	a.f = good
+	if err := a.record("daemon.stopped", "", "", "", outcomeSuccess, nil); err == nil || !strings.Contains(err.Error(), "could not be recorded") {
+		t.Errorf("the log says ci was revoked, which was undone, and goes on: %v", err)
 	}
 }
 
@@ -592,9 +615,12 @@ func TestAuditRecordsRealActions(t *testing.T) {
 	d.do(t, "GET", "/api/v1/tokens", "", "")
 	d.stop(t)
 	given := newAPIToken()
-	d2 := startDaemon(t, home, []string{"--tls", "on", "--advertise-addr", "helyos.test", "--api-token", given})
+	d2args := []string{"--tls", "on", "--advertise-addr", "helyos.test", "--api-token", given}
+	d2 := startDaemon(t, home, d2args)
 	_, _, d2ver := d2.do(t, "GET", "/api/v1/version", "", "")
-	d2.stop(t)
+	d2.cmd.Process.Kill() // a crash: no daemon.stopped
+	<-d2.exited
+	startDaemon(t, home, d2args).stop(t)
 
 	// Refusals are written off the request path, so they are checked apart
 	// from the rest, which is in the order of the actions.
@@ -627,6 +653,7 @@ func TestAuditRecordsRealActions(t *testing.T) {
 		"cert.reissued <null> <null> server.pem success",
 		"token.rotated <null> <null> bootstrap success",
 		"daemon.started <null> <null> <null> success",
+		"daemon.started <null> <null> <null> success",
 		"daemon.stopped <null> <null> <null> success",
 	}
 	if !slices.Equal(got, want) {
@@ -639,12 +666,15 @@ func TestAuditRecordsRealActions(t *testing.T) {
 	started, failed, denied := recs[2].Detail, byEvent["auth.failed"].Detail, byEvent["scope.denied"].Detail
 	var ver struct{ Version string }
 	json.Unmarshal([]byte(d2ver), &ver)
-	if started["tls"] != "self-signed" || started["bind"] != "127.0.0.1:"+d.port || started["version"] != ver.Version || ver.Version == "" || started["advertise"] != nil {
+	if started["tls"] != "self-signed" || started["bind"] != "127.0.0.1:"+d.port || started["version"] != ver.Version || ver.Version == "" || started["advertise"] != nil || started["unclean_stop"] != false {
 		t.Errorf("daemon.started detail: %v", started)
 	}
-	second := recs[len(recs)-4:]
-	if second[2].Detail["advertise"] != "helyos.test" || second[0].Detail["reason"] != "names changed" {
+	second := recs[len(recs)-5:]
+	if second[2].Detail["advertise"] != "helyos.test" || second[2].Detail["unclean_stop"] != false || second[0].Detail["reason"] != "names changed" {
 		t.Errorf("second start: %v, %v", second[2].Detail, second[0].Detail)
+	}
+	if second[3].Detail["unclean_stop"] != true {
+		t.Errorf("the start after a crash: %v", second[3].Detail)
 	}
 	if reasons, _ := json.Marshal(failed["reasons"]); failed["count"] != 4.0 || string(reasons) != `{"expired":2,"missing":1,"unknown":1}` {
 		t.Errorf("auth.failed detail: %v", failed)

@@ -384,7 +384,7 @@ func (c *daemonConfig) recordStart(audit *auditLog, port int, useTLS bool) error
 		mode = "self-signed"
 	}
 	return audit.record("daemon.started", "", "", "", outcomeSuccess, map[string]any{"version": buildVersion(), "tls": mode,
-		"bind": net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)), "advertise": orNull(c.advertiseAddr)})
+		"bind": net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)), "advertise": orNull(c.advertiseAddr), "unclean_stop": audit.unclean})
 }
 
 // loadTLS returns the serving TLS configuration and either the daemon's own
