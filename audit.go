@@ -583,12 +583,17 @@ func replay(files []*os.File, fn func(auditEvent, time.Time) error) error {
 	return nil
 }
 
-// eachLine calls fn with every line of r, newline included (the last line
-// may lack one), numbered from 1.
-func eachLine(r io.Reader, fn func(n int, line []byte) error) error {
-	br := bufio.NewReader(r)
+// eachLine calls fn with every line of f, newline included (the last line
+// may lack one), numbered from 1. A line longer than auditTailBytes is none
+// the daemon writes (or could start after), and is refused rather than read
+// whole into memory.
+func eachLine(f *os.File, fn func(n int, line []byte) error) error {
+	br := bufio.NewReaderSize(f, auditTailBytes)
 	for n := 1; ; n++ {
-		line, err := br.ReadBytes('\n')
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return fmt.Errorf("%s:%d: longer than %d bytes: not an audit record", f.Name(), n, auditTailBytes)
+		}
 		if len(line) > 0 {
 			if ferr := fn(n, line); ferr != nil {
 				return ferr

@@ -747,6 +747,8 @@ func TestAuditVerifyCommand(t *testing.T) {
 			[]string{"audit.log.1:2: seq "}},
 		{"torn last line", "audit.log", func(l []string) []string { l[len(l)-1] = l[len(l)-1][:40]; return l },
 			[]string{"is incomplete (no newline)"}},
+		{"huge line", "audit.log.1", func(l []string) []string { l[1] = strings.Repeat(" ", 70<<10) + l[1]; return l },
+			[]string{"audit.log.1:2: longer than 65536 bytes"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
