@@ -177,6 +177,12 @@ func lastLine(path string) (line []byte, torn int64, err error) {
 		return nil, 0, fmt.Errorf("read %s: %w", path, err)
 	}
 	defer f.Close()
+	return tailLine(f)
+}
+
+// tailLine is lastLine for an open file; it leaves f's offset alone.
+func tailLine(f *os.File) (line []byte, torn int64, err error) {
+	path := f.Name()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", path, err)
@@ -566,9 +572,16 @@ func (a *auditLog) closeSubscribers() {
 // files. Records written since the subscription may come twice, from the
 // file and live: the stream sends each seq once. Lines that are not whole
 // records are skipped: the stream shows the gap, `helyos audit verify` why.
-func replay(files []*os.File, fn func(auditEvent, time.Time) error) error {
+// A file whose last record is at most seq after is not read at all, so a
+// reconnecting client costs a read of the newest file's tail, not of them
+// all.
+func replay(files []*os.File, after uint64, fn func(auditEvent, time.Time) error) error {
 	defer closeAll(files)
 	for _, f := range files {
+		var last auditRecord
+		if line, _, err := tailLine(f); err == nil && json.Unmarshal(line, &last) == nil && last.Seq <= after {
+			continue
+		}
 		err := eachLine(f, func(_ int, line []byte) error {
 			var rec auditRecord
 			if json.Unmarshal(line, &rec) != nil {

@@ -779,7 +779,8 @@ func TestAuditVerifyCommand(t *testing.T) {
 
 // TestEventsReplay: Last-Event-ID and ?since= (a seq or a time) replay the
 // records after the one named from disk, across rotated files, then the
-// stream goes live with no gap and no repeat.
+// stream goes live with no gap and no repeat; files with none of them are
+// not read.
 func TestEventsReplay(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t, t.TempDir(), []string{"--tls", "on", "--audit-max-size", "1KiB"})
@@ -824,6 +825,14 @@ func TestEventsReplay(t *testing.T) {
 	future := openStream(t, d.client(t), events+"?since="+time.Now().Add(time.Hour).UTC().Format(time.RFC3339), d.token)
 	if ev := nextEvent(t, future, ": live"); ev != "id: 7\n: live\n\n" {
 		t.Errorf("since a future time: %q", ev)
+	}
+	// A reconnection reads no file whose records it has seen: not even one
+	// with a line too long to read.
+	oldest := auditFiles(d.dataDir)[0]
+	data, _ := os.ReadFile(oldest)
+	os.WriteFile(oldest, append([]byte(strings.Repeat(" ", 70<<10)+"\n"), data...), 0o600)
+	if ev := nextEvent(t, openStream(t, d.client(t), events, d.token, "Last-Event-ID", "7"), ": live"); ev != "id: 7\n: live\n\n" {
+		t.Errorf("reconnection after the last record: %q", ev)
 	}
 }
 

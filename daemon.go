@@ -1002,7 +1002,7 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, caller *to
 	if !replaying {
 		st.last = head
 	}
-	err = replay(files, func(ev auditEvent, t time.Time) error {
+	err = replay(files, st.last, func(ev auditEvent, t time.Time) error {
 		if !st.known && t.Before(from) {
 			return nil
 		}
