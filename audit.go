@@ -104,7 +104,8 @@ type auditLog struct {
 	size      int64
 	seq       uint64
 	prev      string
-	broken    error // set when a partial line could not be removed: nothing more is written
+	broken    error // set when a partial line could not be removed, or an undone change could not be recorded as such: nothing more is written
+	unclean   bool  // the log did not end in daemon.stopped when opened: a change recorded last may not have been saved
 	subs      map[*subscriber]bool
 	closed    bool // the daemon is stopping: no new subscribers
 	subBuffer int
@@ -158,7 +159,7 @@ func openAuditLog(dir string, maxSize int64, now func() time.Time, logger *log.L
 			return nil, withHint(fmt.Errorf("the last line of %s is not an audit record", a.path(i)),
 				"check the files with 'helyos audit verify', then move them aside to start a new chain")
 		}
-		a.seq, a.prev = rec.Seq, hashLine(line)
+		a.seq, a.prev, a.unclean = rec.Seq, hashLine(line), rec.Event != "daemon.stopped"
 		break
 	}
 	return a, nil
@@ -176,6 +177,12 @@ func lastLine(path string) (line []byte, torn int64, err error) {
 		return nil, 0, fmt.Errorf("read %s: %w", path, err)
 	}
 	defer f.Close()
+	return tailLine(f)
+}
+
+// tailLine is lastLine for an open file; it leaves f's offset alone.
+func tailLine(f *os.File) (line []byte, torn int64, err error) {
+	path := f.Name()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", path, err)
@@ -278,9 +285,18 @@ func (a *auditLog) record(event, actor, remote, target, outcome string, detail m
 
 // change is the recorder a token store change calls under the store's lock,
 // once the change by actor from remote is decided and before it is saved.
+// When the record of a change undone cannot be written, the log claims a
+// change that was not made: nothing more is written, so that nothing more
+// changes and the next start marks the stop unclean.
 func (a *auditLog) change(event, actor, remote string) recordChange {
 	return func(t tokenInfo, outcome string) error {
-		return a.record(event, actor, remote, t.Name, outcome, map[string]any{"scope": t.Scope, "expires_at": t.ExpiresAt, "allow_from": t.AllowFrom})
+		err := a.record(event, actor, remote, t.Name, outcome, map[string]any{"scope": t.Scope, "expires_at": t.ExpiresAt, "allow_from": t.AllowFrom})
+		if err != nil && outcome == outcomeFailure {
+			a.mu.Lock()
+			a.broken = fmt.Errorf("the log says %s %q succeeded, but it was undone and that could not be recorded; restart the daemon", event, t.Name)
+			a.mu.Unlock()
+		}
+		return err
 	}
 }
 
@@ -556,9 +572,16 @@ func (a *auditLog) closeSubscribers() {
 // files. Records written since the subscription may come twice, from the
 // file and live: the stream sends each seq once. Lines that are not whole
 // records are skipped: the stream shows the gap, `helyos audit verify` why.
-func replay(files []*os.File, fn func(auditEvent, time.Time) error) error {
+// A file whose last record is at most seq after is not read at all, so a
+// reconnecting client costs a read of the newest file's tail, not of them
+// all.
+func replay(files []*os.File, after uint64, fn func(auditEvent, time.Time) error) error {
 	defer closeAll(files)
 	for _, f := range files {
+		var last auditRecord
+		if line, _, err := tailLine(f); err == nil && json.Unmarshal(line, &last) == nil && last.Seq <= after {
+			continue
+		}
 		err := eachLine(f, func(_ int, line []byte) error {
 			var rec auditRecord
 			if json.Unmarshal(line, &rec) != nil {
@@ -573,12 +596,17 @@ func replay(files []*os.File, fn func(auditEvent, time.Time) error) error {
 	return nil
 }
 
-// eachLine calls fn with every line of r, newline included (the last line
-// may lack one), numbered from 1.
-func eachLine(r io.Reader, fn func(n int, line []byte) error) error {
-	br := bufio.NewReader(r)
+// eachLine calls fn with every line of f, newline included (the last line
+// may lack one), numbered from 1. A line longer than auditTailBytes is none
+// the daemon writes (or could start after), and is refused rather than read
+// whole into memory.
+func eachLine(f *os.File, fn func(n int, line []byte) error) error {
+	br := bufio.NewReaderSize(f, auditTailBytes)
 	for n := 1; ; n++ {
-		line, err := br.ReadBytes('\n')
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return fmt.Errorf("%s:%d: longer than %d bytes: not an audit record", f.Name(), n, auditTailBytes)
+		}
 		if len(line) > 0 {
 			if ferr := fn(n, line); ferr != nil {
 				return ferr

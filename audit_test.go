@@ -79,7 +79,8 @@ func str(s *string) string {
 }
 
 // TestAuditChainAcrossRestarts: the exact line format, nulls, UTC times, a
-// chain that carries on after a restart, and a line torn by a crash removed.
+// chain that carries on after a restart, a line torn by a crash removed, and
+// a stop unclean when the log does not end in daemon.stopped.
 func TestAuditChainAcrossRestarts(t *testing.T) {
 	dir := t.TempDir()
 	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 600_000_000, time.FixedZone("CET", 3600))}
@@ -98,6 +99,9 @@ func TestAuditChainAcrossRestarts(t *testing.T) {
 
 	b := newTestAudit(t, dir, defaultAuditMaxSize, clock.now)
 	b.record("daemon.started", "", "", "", outcomeSuccess, nil)
+	if a.unclean || b.unclean {
+		t.Errorf("unclean stop: a new log %v, one ending in daemon.stopped and a torn line %v", a.unclean, b.unclean)
+	}
 	lines := auditLines(t, a.path(0))
 	want := `{"seq":1,"time":"2026-01-02T02:04:05.6Z","event":"token.created","actor":"alice","remote":"127.0.0.1","target":"ci","outcome":"success","detail":{"scope":"admin"},"prev":"` + zeroHash + `"}` + "\n"
 	if len(lines) != 3 || lines[0] != want {
@@ -114,11 +118,16 @@ func TestAuditChainAcrossRestarts(t *testing.T) {
 	if _, err := verifyChain([]string{a.path(0)}); err != nil {
 		t.Error(err)
 	}
+	b.close() // no daemon.stopped: a crash
+	if c := newTestAudit(t, dir, defaultAuditMaxSize, clock.now); !c.unclean {
+		t.Error("a log ending in daemon.started does not make an unclean stop")
+	}
 }
 
 // TestAuditChangeRecords: the recorder the token store calls writes the
 // event, actor, address, token name, outcome, scope and expiry, for every
-// token change (token.rotated is wired once rotation exists).
+// token change; once the undoing of a change cannot be recorded, nothing more
+// is.
 func TestAuditChangeRecords(t *testing.T) {
 	a := newTestAudit(t, t.TempDir(), defaultAuditMaxSize, time.Now)
 	exp := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
@@ -137,6 +146,20 @@ func TestAuditChangeRecords(t *testing.T) {
 	}
 	if want := `"actor":null,"remote":null,"target":"bootstrap","outcome":"failure","detail":{"allow_from":null,"expires_at":null,"scope":"admin"}`; !strings.Contains(lines[3], want) {
 		t.Errorf("a change by the daemon itself: %s", lines[3])
+	}
+	good := a.f
+	readOnly, err := os.Open(a.path(0)) // every write to it fails in the kernel
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer readOnly.Close()
+	a.f = readOnly
+	if err := a.change("token.revoked", "admin", "10.0.0.1")(tokenInfo{Name: "ci"}, outcomeFailure); err == nil {
+		t.Fatal("recorded through a read-only file")
+	}
+	a.f = good
+	if err := a.record("daemon.stopped", "", "", "", outcomeSuccess, nil); err == nil || !strings.Contains(err.Error(), "could not be recorded") {
+		t.Errorf("the log says ci was revoked, which was undone, and goes on: %v", err)
 	}
 }
 
@@ -508,10 +531,13 @@ func TestEventsStreamOutlivesTimeouts(t *testing.T) {
 	}
 }
 
-// TestEventsRefusals: a token is needed, ?since must make sense, and the
-// number of streams is bounded.
+// TestEventsRefusals: a token is needed, ?since must make sense, the
+// number of streams is bounded, and a stream ends, freeing its place, once
+// its token is revoked (without the news of it) or expires.
 func TestEventsRefusals(t *testing.T) {
 	s, token := newTestServer(t)
+	clock := &fakeClock{t: time.Now()}
+	s.tokens.now, s.keepAlive = clock.now, 20*time.Millisecond
 	s.audit.maxSubs = 1
 	h := s.routes()
 	if rec := serveOnce(h, "GET", "/api/v1/events", "", ""); rec.Code != 401 {
@@ -522,10 +548,32 @@ func TestEventsRefusals(t *testing.T) {
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	openStream(t, srv.Client(), srv.URL+"/api/v1/events", token)
-	if rec := serveOnce(h, "GET", "/api/v1/events", token, ""); rec.Code != 503 || !strings.Contains(rec.Body.String(), "event streams are open") {
-		t.Errorf("one stream too many: %d %s", rec.Code, rec.Body)
+	client := *srv.Client()
+	client.Timeout = time.Minute // a stream that outlives its token fails the test, not hangs it
+	watcher, _, _ := s.tokens.create(context.Background(), "watcher", scopeRead, 0, noAudit)
+	brief, _, _ := s.tokens.create(context.Background(), "brief", scopeRead, time.Hour, noAudit)
+	for _, c := range []struct {
+		name, token string
+		end         func()
+	}{
+		{"revoked", watcher, func() {
+			if rec := serveOnce(h, "DELETE", "/api/v1/tokens/watcher", token, ""); rec.Code != 204 {
+				t.Fatalf("revoke: %d %s", rec.Code, rec.Body)
+			}
+		}},
+		{"expired", brief, func() { clock.advance(time.Hour) }},
+	} {
+		stream := openStream(t, &client, srv.URL+"/api/v1/events", c.token)
+		nextEvent(t, stream, ": live")
+		if rec := serveOnce(h, "GET", "/api/v1/events", token, ""); rec.Code != 503 || !strings.Contains(rec.Body.String(), "event streams are open") {
+			t.Errorf("one stream too many: %d %s", rec.Code, rec.Body)
+		}
+		c.end()
+		if rest, err := io.ReadAll(stream); err != nil || strings.Contains(string(rest), "event:") {
+			t.Fatalf("%s token: the stream went on: %.300q %v", c.name, rest, err)
+		}
 	}
+	openStream(t, &client, srv.URL+"/api/v1/events", token) // the places are free again
 }
 
 // TestAuditRecordsRealActions drives a real daemon and reads its audit.log:
@@ -567,9 +615,12 @@ func TestAuditRecordsRealActions(t *testing.T) {
 	d.do(t, "GET", "/api/v1/tokens", "", "")
 	d.stop(t)
 	given := newAPIToken()
-	d2 := startDaemon(t, home, []string{"--tls", "on", "--advertise-addr", "helyos.test", "--api-token", given})
+	d2args := []string{"--tls", "on", "--advertise-addr", "helyos.test", "--api-token", given}
+	d2 := startDaemon(t, home, d2args)
 	_, _, d2ver := d2.do(t, "GET", "/api/v1/version", "", "")
-	d2.stop(t)
+	d2.cmd.Process.Kill() // a crash: no daemon.stopped
+	<-d2.exited
+	startDaemon(t, home, d2args).stop(t)
 
 	// Refusals are written off the request path, so they are checked apart
 	// from the rest, which is in the order of the actions.
@@ -602,6 +653,7 @@ func TestAuditRecordsRealActions(t *testing.T) {
 		"cert.reissued <null> <null> server.pem success",
 		"token.rotated <null> <null> bootstrap success",
 		"daemon.started <null> <null> <null> success",
+		"daemon.started <null> <null> <null> success",
 		"daemon.stopped <null> <null> <null> success",
 	}
 	if !slices.Equal(got, want) {
@@ -614,12 +666,15 @@ func TestAuditRecordsRealActions(t *testing.T) {
 	started, failed, denied := recs[2].Detail, byEvent["auth.failed"].Detail, byEvent["scope.denied"].Detail
 	var ver struct{ Version string }
 	json.Unmarshal([]byte(d2ver), &ver)
-	if started["tls"] != "self-signed" || started["bind"] != "127.0.0.1:"+d.port || started["version"] != ver.Version || ver.Version == "" || started["advertise"] != nil {
+	if started["tls"] != "self-signed" || started["bind"] != "127.0.0.1:"+d.port || started["version"] != ver.Version || ver.Version == "" || started["advertise"] != nil || started["unclean_stop"] != false {
 		t.Errorf("daemon.started detail: %v", started)
 	}
-	second := recs[len(recs)-4:]
-	if second[2].Detail["advertise"] != "helyos.test" || second[0].Detail["reason"] != "names changed" {
+	second := recs[len(recs)-5:]
+	if second[2].Detail["advertise"] != "helyos.test" || second[2].Detail["unclean_stop"] != false || second[0].Detail["reason"] != "names changed" {
 		t.Errorf("second start: %v, %v", second[2].Detail, second[0].Detail)
+	}
+	if second[3].Detail["unclean_stop"] != true {
+		t.Errorf("the start after a crash: %v", second[3].Detail)
 	}
 	if reasons, _ := json.Marshal(failed["reasons"]); failed["count"] != 4.0 || string(reasons) != `{"expired":2,"missing":1,"unknown":1}` {
 		t.Errorf("auth.failed detail: %v", failed)
@@ -692,6 +747,8 @@ func TestAuditVerifyCommand(t *testing.T) {
 			[]string{"audit.log.1:2: seq "}},
 		{"torn last line", "audit.log", func(l []string) []string { l[len(l)-1] = l[len(l)-1][:40]; return l },
 			[]string{"is incomplete (no newline)"}},
+		{"huge line", "audit.log.1", func(l []string) []string { l[1] = strings.Repeat(" ", 70<<10) + l[1]; return l },
+			[]string{"audit.log.1:2: longer than 65536 bytes"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -722,7 +779,8 @@ func TestAuditVerifyCommand(t *testing.T) {
 
 // TestEventsReplay: Last-Event-ID and ?since= (a seq or a time) replay the
 // records after the one named from disk, across rotated files, then the
-// stream goes live with no gap and no repeat.
+// stream goes live with no gap and no repeat; files with none of them are
+// not read.
 func TestEventsReplay(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t, t.TempDir(), []string{"--tls", "on", "--audit-max-size", "1KiB"})
@@ -767,6 +825,14 @@ func TestEventsReplay(t *testing.T) {
 	future := openStream(t, d.client(t), events+"?since="+time.Now().Add(time.Hour).UTC().Format(time.RFC3339), d.token)
 	if ev := nextEvent(t, future, ": live"); ev != "id: 7\n: live\n\n" {
 		t.Errorf("since a future time: %q", ev)
+	}
+	// A reconnection reads no file whose records it has seen: not even one
+	// with a line too long to read.
+	oldest := auditFiles(d.dataDir)[0]
+	data, _ := os.ReadFile(oldest)
+	os.WriteFile(oldest, append([]byte(strings.Repeat(" ", 70<<10)+"\n"), data...), 0o600)
+	if ev := nextEvent(t, openStream(t, d.client(t), events, d.token, "Last-Event-ID", "7"), ": live"); ev != "id: 7\n: live\n\n" {
+		t.Errorf("reconnection after the last record: %q", ev)
 	}
 }
 

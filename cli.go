@@ -1843,15 +1843,17 @@ func (t *target) readEvents(emit func(name, data string), since string, lastID *
 }
 
 // printEvent prints one event: its JSON as it came with --json, else a
-// table row. A warning about missed events goes to stderr in a table.
+// table row. A warning about missed events goes to stderr in a table, and
+// data that is not a JSON object to stderr always.
 func (g *globals) printEvent(name, data string) {
 	data = sanitize(data)
-	if g.json {
+	var rec auditRecord
+	isObject := json.Unmarshal([]byte(data), &rec) == nil
+	if g.json && isObject {
 		fmt.Fprintln(g.io.out, data)
 		return
 	}
-	var rec auditRecord
-	if name == "warning" || json.Unmarshal([]byte(data), &rec) != nil {
+	if name == "warning" || !isObject {
 		fmt.Fprintf(g.io.err, "helyos: warning: %s\n", data)
 		return
 	}

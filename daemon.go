@@ -433,7 +433,7 @@ func (c *daemonConfig) recordStart(audit *auditLog, port int, useTLS bool) error
 		mode = "self-signed"
 	}
 	return audit.record("daemon.started", "", "", "", outcomeSuccess, map[string]any{"version": buildVersion(), "tls": mode,
-		"bind": net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)), "advertise": orNull(c.advertiseAddr)})
+		"bind": net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)), "advertise": orNull(c.advertiseAddr), "unclean_stop": audit.unclean})
 }
 
 // loadTLS returns the serving TLS configuration and either the daemon's own
@@ -1149,7 +1149,10 @@ func (s *server) handleRevokeToken(w http.ResponseWriter, r *http.Request, calle
 // told how many. Each write gets its own deadline, so the stream outlives
 // the server's write timeout while a client that stops reading is still cut
 // off. (net/http clears the read deadline itself once the request is read.)
-func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
+// The stream ends when the caller's token stops working (revoked, expired,
+// rotated past its grace): each write checks it first, and a keep-alive
+// comes at least every keepAlive.
+func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, caller *tokenRecord) {
 	after, from, replaying, err := eventsStart(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -1164,11 +1167,11 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, _ *tokenRe
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
-	st := &eventStream{w: w, rc: rc, last: min(after, head), known: from.IsZero()}
+	st := &eventStream{w: w, rc: rc, tokens: s.tokens, caller: caller, last: min(after, head), known: from.IsZero()}
 	if !replaying {
 		st.last = head
 	}
-	err = replay(files, func(ev auditEvent, t time.Time) error {
+	err = replay(files, st.last, func(ev auditEvent, t time.Time) error {
 		if !st.known && t.Before(from) {
 			return nil
 		}
@@ -1222,10 +1225,12 @@ func eventsStart(r *http.Request) (after uint64, from time.Time, replay bool, er
 
 // eventStream writes one subscriber's events.
 type eventStream struct {
-	w     io.Writer
-	rc    *http.ResponseController
-	last  uint64 // seq of the last record sent, or of the one the client saw
-	known bool   // false while a replay from a time has not reached its first record
+	w      io.Writer
+	rc     *http.ResponseController
+	tokens *tokenStore
+	caller *tokenRecord // the token that opened the stream
+	last   uint64       // seq of the last record sent, or of the one the client saw
+	known  bool         // false while a replay from a time has not reached its first record
 }
 
 // send writes ev unless it was sent already, after a warning when records
@@ -1243,7 +1248,11 @@ func (st *eventStream) send(ev auditEvent) error {
 	return st.write(fmt.Sprintf("id: %d\nevent: %s\ndata: %s\n\n", ev.seq, ev.name, ev.line))
 }
 
+// write sends s, unless the caller's token no longer works.
 func (st *eventStream) write(s string) error {
+	if err := st.tokens.check(st.caller); err != nil {
+		return err
+	}
 	st.rc.SetWriteDeadline(time.Now().Add(serverWriteTimeout))
 	if _, err := io.WriteString(st.w, s); err != nil {
 		return err

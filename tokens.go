@@ -527,6 +527,15 @@ func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRe
 	return rec, nil
 }
 
+// check reports why rec, accepted earlier, would be refused now (nil: it
+// would not), for a request that outlives its check, such as an event
+// stream. The read lock lets a revocation that is being saved finish first.
+func (s *tokenStore) check(rec *tokenRecord) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return rec.state(s.now())
+}
+
 func (r *tokenRecord) state(now time.Time) error {
 	switch {
 	case r.RevokedAt != nil && !now.Before(*r.RevokedAt):
