@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -671,7 +672,7 @@ func (s *server) serve(ctx context.Context, ln *net.TCPListener, tlsConfig *tls.
 		ErrorLog:          clientErrors,
 	}
 	var l net.Listener = &connLimiter{TCPListener: ln, max: s.maxConns, perIP: s.maxConnsPerIP,
-		keepAlives: hs.SetKeepAlivesEnabled, refused: s.audit.connectionsLimited, logger: clientErrors, byIP: map[string]int{}}
+		keepAlives: hs.SetKeepAlivesEnabled, refused: s.audit.connectionsLimited, logger: clientErrors, bySource: map[string][]*limitedConn{}}
 	if tlsConfig != nil {
 		l = tls.NewListener(l, tlsConfig)
 	}
@@ -754,10 +755,15 @@ func (s *server) flushLoop(ctx context.Context, done chan<- struct{}) {
 	}
 }
 
-// connLimiter caps open connections in total and per source address: a
-// connection over either cap is closed as soon as it is accepted, before TLS
-// or HTTP spend anything on it. From 90% of the total cap on, keep-alives are
-// off and idle connections are closed (net/http counts a connection that has
+// connLimiter caps open connections in total and per source address (an
+// IPv6 source by its /64, which any IPv6 host has to itself): a connection
+// over the per-address cap is closed as soon as it is accepted, before TLS
+// or HTTP spend anything on it. At the total cap a newcomer takes the place
+// of the oldest connection of the address that holds the most, if that
+// address holds more than the newcomer's would; else the newcomer is
+// closed. So clients spread over many addresses cannot keep out one that
+// holds few connections. From 90% of the total cap on, keep-alives are off
+// and idle connections are closed (net/http counts a connection that has
 // sent no request for 5 s as idle too), so clients that sit on idle
 // connections cannot keep new ones out; below 90% keep-alives come back.
 // Only http.Server's accept loop calls Accept, so crowded needs no lock.
@@ -769,9 +775,9 @@ type connLimiter struct {
 	logger     *log.Logger
 	crowded    bool
 
-	mu   sync.Mutex
-	open int
-	byIP map[string]int
+	mu       sync.Mutex
+	open     int
+	bySource map[string][]*limitedConn // oldest first
 }
 
 func (l *connLimiter) Accept() (net.Conn, error) {
@@ -780,17 +786,20 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		lc := &limitedConn{TCPConn: c, l: l, source: connSource(c.RemoteAddr())}
 		l.mu.Lock()
-		over := ""
-		switch {
-		case l.open >= l.max:
-			over = "total"
-		case l.byIP[ip] >= l.perIP:
+		over, evict := "", (*limitedConn)(nil)
+		switch own := len(l.bySource[lc.source]); {
+		case own >= l.perIP:
 			over = "per-address"
-		default:
+		case l.open >= l.max:
+			if evict = l.oldestOfBusiest(own + 1); evict == nil {
+				over = "total"
+			}
+		}
+		if over == "" {
 			l.open++
-			l.byIP[ip]++
+			l.bySource[lc.source] = append(l.bySource[lc.source], lc)
 		}
 		crowded := l.open*10 >= l.max*9
 		l.mu.Unlock()
@@ -798,34 +807,69 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 			l.crowded = crowded
 			l.keepAlives(!crowded)
 		}
+		if evict != nil {
+			evict.Close()
+			l.refused(evict.source, "evicted")
+			l.logger.Printf("closed the oldest connection from %s, the busiest source, to make room for one from %s (--max-conns %d)", evict.source, lc.source, l.max)
+		}
 		if over == "" {
-			return &limitedConn{TCPConn: c, release: func() { l.release(ip) }}, nil
+			return lc, nil
 		}
 		c.Close()
-		l.refused(ip, over)
-		l.logger.Printf("refused a connection from %s: the %s cap is reached (--max-conns %d, --max-conns-per-ip %d)", ip, over, l.max, l.perIP)
+		l.refused(lc.source, over)
+		l.logger.Printf("refused a connection from %s: the %s cap is reached (--max-conns %d, --max-conns-per-ip %d)", lc.source, over, l.max, l.perIP)
 	}
 }
 
-func (l *connLimiter) release(ip string) {
+// oldestOfBusiest is the oldest connection of the source holding the most,
+// if it holds more than n connections; else nil. The caller holds l.mu.
+func (l *connLimiter) oldestOfBusiest(n int) *limitedConn {
+	var busiest []*limitedConn
+	for _, conns := range l.bySource {
+		if len(conns) > len(busiest) {
+			busiest = conns
+		}
+	}
+	if len(busiest) <= n {
+		return nil
+	}
+	return busiest[0]
+}
+
+// connSource is the address a connection counts against: an IPv4 address,
+// or an IPv6 address's /64.
+func connSource(addr net.Addr) string {
+	ip := addr.(*net.TCPAddr).IP
+	if ip.To4() != nil {
+		return ip.String()
+	}
+	return (&net.IPNet{IP: ip.Mask(net.CIDRMask(64, 128)), Mask: net.CIDRMask(64, 128)}).String()
+}
+
+func (l *connLimiter) release(c *limitedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.open--
-	if l.byIP[ip]--; l.byIP[ip] == 0 {
-		delete(l.byIP, ip)
+	conns := slices.DeleteFunc(l.bySource[c.source], func(x *limitedConn) bool { return x == c })
+	if len(conns) == 0 {
+		delete(l.bySource, c.source)
+	} else {
+		l.bySource[c.source] = conns
 	}
 }
 
 // limitedConn gives its place back once, however often it is closed
-// (net/http may close a connection both when idle and when it ends).
+// (net/http may close a connection both when idle and when it ends, and a
+// newcomer may close it first).
 type limitedConn struct {
 	*net.TCPConn
-	once    sync.Once
-	release func()
+	l      *connLimiter
+	source string
+	once   sync.Once
 }
 
 func (c *limitedConn) Close() error {
-	c.once.Do(c.release)
+	c.once.Do(func() { c.l.release(c) })
 	return c.TCPConn.Close()
 }
 

@@ -1280,18 +1280,20 @@ func answers(c net.Conn, req string) int {
 const healthRequest = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 
 // TestConnectionCaps: at 90% of --max-conns idle connections are closed;
-// connections over --max-conns-per-ip or --max-conns are closed at once
-// while those in a request are kept; a freed place is taken again. The
-// counts stay exact although net/http closes an idle connection twice.
+// a connection over --max-conns-per-ip is closed at once; at --max-conns a
+// newcomer takes the place of the oldest connection of the busiest address
+// if that holds more than the newcomer's would, else it is closed; those in
+// a request are otherwise kept; a freed place is taken again. The counts
+// stay exact although net/http closes an idle connection twice.
 func TestConnectionCaps(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--max-conns", "10", "--max-conns-per-ip", "8"})
+	d := startDaemon(t, t.TempDir(), []string{"--max-conns", "10", "--max-conns-per-ip", "6"})
 	// The idle connections' whoami also puts the token in the cache, so the
 	// held requests below need no Argon2 queue.
 	whoami := "GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + d.token + "\r\n\r\n"
 	var idle []net.Conn
-	for range 8 {
-		c := dialFrom(t, "127.0.0.2", d)
+	for _, src := range []string{"127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"} {
+		c := dialFrom(t, src, d)
 		if code := answers(c, whoami); code != 200 {
 			t.Fatalf("a connection under the caps: %d", code)
 		}
@@ -1304,29 +1306,44 @@ func TestConnectionCaps(t *testing.T) {
 		fmt.Fprintf(c, "POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 2\r\n\r\n{", d.token)
 		return c
 	}
-	held := []net.Conn{hold("127.0.0.3")} // the ninth connection: 90% of the cap
+	held3 := []net.Conn{hold("127.0.0.3")} // the ninth connection: 90% of the cap
 	for i, c := range idle {
 		c.SetReadDeadline(time.Now().Add(20 * time.Second))
 		if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("idle connection %d still open 20s after the daemon reached 90%% of --max-conns", i)
 		}
 	}
-	for range 8 {
-		held = append(held, hold("127.0.0.2"))
+	var held2 []net.Conn
+	for range 6 {
+		held2 = append(held2, hold("127.0.0.2"))
 	}
 	if code := answers(dialFrom(t, "127.0.0.2", d), healthRequest); code != 0 {
-		t.Fatalf("a ninth connection from one address got %d, want a hang-up (--max-conns-per-ip 8)", code)
+		t.Fatalf("a seventh connection from one address got %d, want a hang-up (--max-conns-per-ip 6)", code)
 	}
-	held = append(held, hold("127.0.0.4"))
-	for _, src := range []string{"127.0.0.4", "127.0.0.1"} {
-		if code := answers(dialFrom(t, src, d), healthRequest); code != 0 {
-			t.Fatalf("an eleventh connection (from %s) got %d, want a hang-up (--max-conns 10)", src, code)
+	held3 = append(held3, hold("127.0.0.3"), hold("127.0.0.3"), hold("127.0.0.3")) // 10: the cap
+	held3 = append(held3, hold("127.0.0.3"))                                       // 4 < 6: takes 127.0.0.2's oldest place
+	held2[0].SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := held2[0].Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the busiest address's oldest connection still open 20s after a newcomer from a less busy one came")
+	}
+	if code := answers(dialFrom(t, "127.0.0.2", d), healthRequest); code != 0 {
+		t.Fatalf("a newcomer from one of the busiest addresses got %d, want a hang-up (--max-conns 10)", code)
+	}
+	if code := answers(dialFrom(t, "127.0.0.1", d), healthRequest); code != 200 {
+		t.Fatalf("a newcomer from an address with no connection got %d at the cap, want it served", code)
+	}
+	hungUp := 0
+	for i, c := range append(held2[1:], held3...) {
+		switch code := answers(c, "}"); code {
+		case 0:
+			hungUp++
+		case 400: // a nameless token
+		default:
+			t.Fatalf("held connection %d: %d", i, code)
 		}
 	}
-	for i, c := range held {
-		if code := answers(c, "}"); code != 400 {
-			t.Fatalf("held connection %d: %d, want the 400 for a nameless token", i, code)
-		}
+	if hungUp != 1 {
+		t.Fatalf("%d held connections hung up, want the one that made room for 127.0.0.1", hungUp)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for answers(dialFrom(t, "127.0.0.1", d), healthRequest) != 200 {
@@ -1342,8 +1359,26 @@ func TestConnectionCaps(t *testing.T) {
 			limited[str(r.Remote)] = r.Detail["reasons"]
 		}
 	}
-	if fmt.Sprint(limited["127.0.0.2"], limited["127.0.0.4"]) != "map[per-address:1] map[total:1]" {
+	if got := fmt.Sprint(limited["127.0.0.2"]); got != "map[evicted:1 per-address:1 total:1]" && got != "map[evicted:2 per-address:1 total:1]" {
 		t.Errorf("connections.limited in the audit log: %v", limited)
+	}
+}
+
+// TestConnSource: an IPv6 client counts against --max-conns-per-ip by its
+// /64, which it has to itself, so it cannot take a new address per
+// connection to pass the cap.
+func TestConnSource(t *testing.T) {
+	for addr, want := range map[string]string{
+		"127.0.0.2":                "127.0.0.2",
+		"::ffff:10.1.2.3":          "10.1.2.3",
+		"::1":                      "::/64",
+		"2001:db8:1:2:aaaa::1":     "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff:ffff::": "2001:db8:1:2::/64",
+		"2001:db8:1:3::1":          "2001:db8:1:3::/64",
+	} {
+		if got := connSource(&net.TCPAddr{IP: net.ParseIP(addr)}); got != want {
+			t.Errorf("connSource(%s) = %s, want %s", addr, got, want)
+		}
 	}
 }
 
