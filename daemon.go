@@ -255,6 +255,11 @@ func lockDataDir(dir string) (unlock func(), err error) {
 		return nil, withHint(fmt.Errorf("data dir %s is owned by uid %d, not by this user (uid %d)", dir, uid, os.Getuid()),
 			"run the daemon as the dir's owner, or give it a --data-dir of its own")
 	}
+	if mode := fi.Mode().Perm(); mode&0o022 != 0 {
+		f.Close()
+		return nil, withHint(fmt.Errorf("data dir %s is writable by group or others (mode %o): whoever could write it may have planted tokens or keys in it", dir, mode),
+			"check what is in it, then chmod 700 it; or give the daemon a new --data-dir")
+	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {

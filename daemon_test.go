@@ -1215,32 +1215,41 @@ func TestTokensRedactedInErrors(t *testing.T) {
 	}
 }
 
-// TestDataDirOwnedByAnotherUser: a data dir another user owns is refused,
-// not taken over: its owner could plant tokens and keys in it.
+// TestDataDirOwnedByAnotherUser: a data dir another user owns, or one that
+// group or others can write, is refused, not taken over or tightened: they
+// could have planted tokens and keys in it (a token store linked to a file
+// of theirs gave them an admin token).
 func TestDataDirOwnedByAnotherUser(t *testing.T) {
 	t.Parallel()
-	if os.Getuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI runs as root; this test needs root to give a folder to another user")
+	for _, c := range []struct {
+		mode  os.FileMode
+		owner int
+		want  string
+	}{
+		{0o755, 65534, "is owned by uid 65534, not by this user (uid 0)\nhelyos: hint: run the daemon as the dir's owner, or give it a --data-dir of its own\n"},
+		{0o777, -1, "is writable by group or others (mode 777): "},
+		{0o730, -1, "is writable by group or others (mode 730): "},
+		{0o702, -1, "is writable by group or others (mode 702): "},
+	} {
+		if c.owner >= 0 && os.Getuid() != 0 {
+			if os.Getenv("CI") != "" {
+				t.Fatal("CI runs as root; this test needs root to give a folder to another user")
+			}
+			t.Log("skipped a dir of another user: needs root to give a folder to another user")
+			continue
 		}
-		t.Skip("needs root to give a folder to another user")
-	}
-	home := t.TempDir()
-	dir := filepath.Join(home, ".helyos", "data")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(dir, 65534, 65534); err != nil { // nobody
-		t.Fatal(err)
-	}
-	res := runHelyos(t, home, "", nil, "daemon", "--port", "0")
-	want := "helyos: error: data dir " + dir + " is owned by uid 65534, not by this user (uid 0)\n" +
-		"helyos: hint: run the daemon as the dir's owner, or give it a --data-dir of its own\n"
-	if res.code != 1 || res.stderr != want {
-		t.Fatalf("exit %d, stderr:\n%s\nwant:\n%s", res.code, res.stderr, want)
-	}
-	if m := permOf(t, dir); m != 0o755 || len(filesUnder(t, home)) != 2 {
-		t.Errorf("the refused daemon changed things: mode %o, files %v", m, filesUnder(t, home))
+		home := t.TempDir()
+		dir := filepath.Join(home, ".helyos", "data")
+		if err := os.MkdirAll(dir, 0o700); err != nil || os.Chmod(dir, c.mode) != nil || os.Lchown(dir, c.owner, c.owner) != nil {
+			t.Fatal("could not set up the data dir")
+		}
+		res := runHelyos(t, home, "", nil, "daemon", "--port", "0")
+		if want := "helyos: error: data dir " + dir + " " + c.want; res.code != 1 || !strings.HasPrefix(res.stderr, want) {
+			t.Errorf("mode %o: exit %d, stderr:\n%s\nwant:\n%s", c.mode, res.code, res.stderr, want)
+		}
+		if m := permOf(t, dir); m != c.mode || len(filesUnder(t, home)) != 2 {
+			t.Errorf("mode %o: the refused daemon changed things: mode %o, files %v", c.mode, m, filesUnder(t, home))
+		}
 	}
 }
 
