@@ -175,7 +175,7 @@ func startOnPty(t *testing.T, home string, env []string, args ...string) *ptyPro
 // waitFor polls the terminal output until it holds s.
 func (p *ptyProc) waitFor(t *testing.T, s string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for !strings.Contains(p.out.String(), s) {
 		select {
 		case <-p.readDone:
@@ -185,7 +185,7 @@ func (p *ptyProc) waitFor(t *testing.T, s string) {
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("terminal did not show %q within 30s:\n%s", s, p.out.String())
+			t.Fatalf("terminal did not show %q within 2 minutes:\n%s", s, p.out.String())
 		}
 	}
 }
@@ -203,12 +203,12 @@ func (p *ptyProc) wait(t *testing.T) (int, string) {
 	t.Helper()
 	select {
 	case <-p.exited:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("helyos on the pty did not finish within 60s:\n%s", p.out.String())
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("helyos on the pty did not finish within 2 minutes:\n%s", p.out.String())
 	}
 	select {
 	case <-p.readDone:
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Minute):
 		t.Fatalf("pty output did not end:\n%s", p.out.String())
 	}
 	return p.cmd.ProcessState.ExitCode(), p.out.String()

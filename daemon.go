@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -646,7 +647,12 @@ type server struct {
 	debug         bool       // --log-level debug
 	maxConns      int
 	maxConnsPerIP int
+	timeouts      timeouts
 }
+
+// timeouts overrides the server* timeout constants where non-zero; only
+// tests set it, to watch each limit fire in milliseconds.
+type timeouts struct{ readHeader, read, write, idle time.Duration }
 
 // loginInfo tells a client how to log in to this daemon from elsewhere.
 type loginInfo struct {
@@ -662,20 +668,26 @@ type newToken struct {
 	Login loginInfo `json:"login"`
 }
 
+// httpServer is the daemon's http.Server, with every limit of SECURITY.md;
+// errorLog gets the lines any client can cause.
+func (s *server) httpServer(errorLog *log.Logger) *http.Server {
+	return &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: cmp.Or(s.timeouts.readHeader, serverReadHeaderTimeout),
+		ReadTimeout:       cmp.Or(s.timeouts.read, serverReadTimeout),
+		WriteTimeout:      cmp.Or(s.timeouts.write, serverWriteTimeout),
+		IdleTimeout:       cmp.Or(s.timeouts.idle, serverIdleTimeout),
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          errorLog,
+	}
+}
+
 // serve answers on ln until ctx ends. Lines that any client can cause
 // (failed TLS handshakes, refused connections, accept errors when file
 // descriptors run out) are logged at most once a second, with a count.
 func (s *server) serve(ctx context.Context, ln *net.TCPListener, tlsConfig *tls.Config, reload <-chan os.Signal) error {
 	clientErrors := log.New(&rateLimitedLog{logger: s.logger}, "", 0)
-	hs := &http.Server{
-		Handler:           s.routes(),
-		ReadHeaderTimeout: serverReadHeaderTimeout,
-		ReadTimeout:       serverReadTimeout,
-		WriteTimeout:      serverWriteTimeout,
-		IdleTimeout:       serverIdleTimeout,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          clientErrors,
-	}
+	hs := s.httpServer(clientErrors)
 	var l net.Listener = &connLimiter{TCPListener: ln, max: s.maxConns, perIP: s.maxConnsPerIP,
 		keepAlives: hs.SetKeepAlivesEnabled, refused: s.audit.connectionsLimited, logger: clientErrors, bySource: map[string][]*limitedConn{}}
 	if tlsConfig != nil {

@@ -48,7 +48,7 @@ func TestInteropCurl(t *testing.T) {
 		{"TLS 1.1 at most", []string{"--cacert", ca, "--tls-max", "1.1", "--ciphers", "DEFAULT:@SECLEVEL=0", d.url + "/health"}, 35, "alert protocol version"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, code := runTool(t, "curl", append([]string{"-sS", "--max-time", "20"}, tc.args...)...)
+			out, code := runTool(t, "curl", append([]string{"-sS", "--max-time", "120"}, tc.args...)...)
 			if code != tc.code || !strings.Contains(out, tc.want) {
 				t.Errorf("curl %v: exit %d, want %d with %q:\n%s", tc.args, code, tc.code, tc.want, out)
 			}

@@ -122,7 +122,7 @@ func startDaemonVia(t testing.TB, via []string, home string, args []string, env 
 	}
 	go func() { d.cmd.Wait(); close(d.exited) }()
 	t.Cleanup(func() { d.stop(t) })
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		if m := listeningRE.FindStringSubmatch(d.out.String()); m != nil {
 			d.url, d.port = m[1]+"://127.0.0.1:"+m[2], m[2]
@@ -134,7 +134,7 @@ func startDaemonVia(t testing.TB, via []string, home string, args []string, env 
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("daemon %v did not listen within 20s:\n%s", args, d.out.String())
+			t.Fatalf("daemon %v did not listen within 2 minutes:\n%s", args, d.out.String())
 		}
 	}
 	if m := tokenLineRE.FindStringSubmatch(d.out.String()); m != nil {
@@ -156,10 +156,10 @@ func (d *testDaemon) stop(t testing.TB) {
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.exited:
-	case <-time.After(15 * time.Second):
+	case <-time.After(time.Minute):
 		d.cmd.Process.Kill()
 		<-d.exited
-		t.Errorf("daemon did not stop within 15s of SIGTERM:\n%s", d.out.String())
+		t.Errorf("daemon did not stop within a minute of SIGTERM:\n%s", d.out.String())
 	}
 }
 
@@ -185,7 +185,7 @@ func (d *testDaemon) client(t testing.TB) *http.Client {
 		tr.TLSClientConfig = &tls.Config{RootCAs: d.caPool(t)}
 	}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}
 }
 
 // do sends one request with token (if any) and returns status, headers, body.
@@ -264,10 +264,10 @@ func runHelyos(t testing.TB, home, stdin string, env []string, args ...string) c
 	go func() { done <- cmd.Wait() }()
 	select {
 	case <-done:
-	case <-time.After(60 * time.Second):
+	case <-time.After(2 * time.Minute):
 		cmd.Process.Kill()
 		<-done
-		t.Fatalf("helyos %v did not finish within 60s", args)
+		t.Fatalf("helyos %v did not finish within 2 minutes", args)
 	}
 	return cliResult{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
 }

@@ -105,7 +105,7 @@ func TestCredentialSourceFailures(t *testing.T) {
 	pidFile := filepath.Join(scripts, "slow.pid")
 	failing := writeScript(t, scripts, "locked", "echo 'vault is locked, run: vault unlock' >&2\nexit 3\n")
 	silent := writeScript(t, scripts, "silent", "echo 'no entry for helyos' >&2\n")
-	slow := writeScript(t, scripts, "slow", "sleep 60 &\necho $! > "+pidFile+"\nwait\necho "+secret+"\n")
+	slow := writeScript(t, scripts, "slow", "sleep 3600 &\necho $! > "+pidFile+"\nwait\necho "+secret+"\n")
 
 	// After the subtests: the slow helper's child was killed with its
 	// process group, not left behind.
@@ -118,6 +118,7 @@ func TestCredentialSourceFailures(t *testing.T) {
 		pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
 		if pid > 0 && processRunning(pid) {
 			t.Errorf("the slow helper's child %d still runs after the time limit", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
 	for _, tc := range []struct {
@@ -165,9 +166,10 @@ func TestCredentialSourceFailures(t *testing.T) {
 
 }
 
-// processRunning reports whether pid is alive and not a zombie.
+// processRunning reports whether pid is still alive, and not a zombie, after
+// a minute's polling for it to die.
 func processRunning(pid int) bool {
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		if syscall.Kill(pid, 0) != nil {
 			return false
