@@ -217,7 +217,7 @@ func TestDaemonUsageErrors(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want exit 2 and %q", res.code, res.stderr, c.want)
 			}
 			for _, v := range append(c.args, c.env...) {
-				if v = strings.TrimPrefix(v, "HELYOS_API_TOKEN="); (v == "secret" || strings.HasPrefix(v, "nxa")) && strings.Contains(res.stderr, v) {
+				if v = strings.TrimPrefix(v, "HELYOS_API_TOKEN="); (v == "secret" || strings.HasPrefix(v, "nxa")) && strings.Contains(res.stdout+res.stderr, v) {
 					t.Error("the error repeats the rejected token")
 				}
 			}
@@ -300,8 +300,15 @@ func TestTLSCertificate(t *testing.T) {
 	if _, err := dial("localhost", other.caPool(t)); !errors.As(err, &unknown) {
 		t.Errorf("another daemon's CA: err = %v, want unknown authority", err)
 	}
-	if _, err := tls.Dial("tcp", "127.0.0.1:"+d.port, &tls.Config{RootCAs: d.caPool(t), ServerName: "localhost", MaxVersion: tls.VersionTLS11}); err == nil {
+	// A client that really offers TLS 1.0 and 1.1 (Go's default floor is
+	// 1.2, so it would refuse on its own and send the server nothing) gets
+	// the server's protocol_version alert.
+	old := &tls.Config{RootCAs: d.caPool(t), ServerName: "localhost", MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}
+	if conn, err := tls.Dial("tcp", "127.0.0.1:"+d.port, old); err == nil {
+		conn.Close()
 		t.Error("TLS 1.1 was accepted")
+	} else if !strings.Contains(err.Error(), "remote error: tls: protocol version not supported") {
+		t.Errorf("TLS 1.1 client: %v, want the server's protocol_version alert", err)
 	}
 }
 
@@ -341,14 +348,12 @@ func TestCAEndpointAndFingerprint(t *testing.T) {
 	if !strings.Contains(d.out.String(), "helyos login https://") || !strings.Contains(d.out.String(), "--ca-fingerprint "+ca.SHA256) {
 		t.Errorf("no pasteable login hint in the daemon's output:\n%s", d.out.String())
 	}
-	if out, err := exec.Command("openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", filepath.Join(d.dataDir, caCertFile)).Output(); err == nil {
-		got := strings.TrimSpace(string(out))
-		if !strings.EqualFold(got, "sha256 Fingerprint="+ca.SHA256) {
-			t.Errorf("openssl says %q, we say %s", got, ca.SHA256)
+	t.Run("openssl agrees", func(t *testing.T) {
+		out, code := runTool(t, "openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", filepath.Join(d.dataDir, caCertFile))
+		if got := strings.TrimSpace(out); code != 0 || !strings.EqualFold(got, "sha256 Fingerprint="+ca.SHA256) {
+			t.Errorf("openssl says %q (exit %d), we say %s", got, code, ca.SHA256)
 		}
-	} else if os.Getenv("CI") != "" {
-		t.Errorf("openssl is needed in CI: %v", err)
-	}
+	})
 
 	plain := startDaemon(t, t.TempDir(), nil)
 	code, _, body = plain.do(t, "GET", "/api/v1/ca", "", "")
@@ -472,7 +477,7 @@ func TestRestartKeepsState(t *testing.T) {
 		t.Fatal("alice refused")
 	}
 	d.stop(t)
-	serving, _ := os.ReadFile(filepath.Join(d.dataDir, serverCertFile))
+	serving := mustRead(t, filepath.Join(d.dataDir, serverCertFile))
 
 	d2 := startDaemon(t, home, []string{"--tls", "on"})
 	if d2.fp != d.fp {
@@ -481,7 +486,7 @@ func TestRestartKeepsState(t *testing.T) {
 	if strings.Contains(d2.out.String(), "HELYOS_API_TOKEN=") {
 		t.Errorf("second start printed a token:\n%s", d2.out.String())
 	}
-	if again, _ := os.ReadFile(filepath.Join(d.dataDir, serverCertFile)); string(again) != string(serving) {
+	if again := mustRead(t, filepath.Join(d.dataDir, serverCertFile)); !bytes.Equal(again, serving) {
 		t.Error("serving certificate re-issued although nothing changed")
 	}
 	for _, c := range []struct {
@@ -494,8 +499,7 @@ func TestRestartKeepsState(t *testing.T) {
 		}
 	}
 	var stored tokenFile
-	data, _ := os.ReadFile(filepath.Join(d.dataDir, tokenStoreFile))
-	if err := json.Unmarshal(data, &stored); err != nil {
+	if err := json.Unmarshal(mustRead(t, filepath.Join(d.dataDir, tokenStoreFile)), &stored); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range stored.Tokens {
@@ -514,7 +518,7 @@ func TestDataDirInUse(t *testing.T) {
 	home := t.TempDir()
 	d := startDaemon(t, home, []string{"--tls", "on"})
 	storePath := filepath.Join(d.dataDir, tokenStoreFile)
-	before, _ := os.ReadFile(storePath)
+	before := mustRead(t, storePath)
 	for _, args := range [][]string{{"daemon", "--port", "0"}, {"daemon", "--port", "0", "--tls", "off"}} {
 		res := runHelyos(t, home, "", nil, args...)
 		if res.code != 1 || !strings.Contains(res.stderr, "data dir "+d.dataDir+" is in use by another helyos daemon") ||
@@ -525,7 +529,7 @@ func TestDataDirInUse(t *testing.T) {
 			t.Errorf("%v: the refused daemon went on:\n%s", args, res.stderr)
 		}
 	}
-	if after, _ := os.ReadFile(storePath); string(after) != string(before) {
+	if after := mustRead(t, storePath); !bytes.Equal(after, before) {
 		t.Error("the refused daemon changed the token store")
 	}
 	if code, _, _ := d.do(t, "GET", "/api/v1/whoami", d.token, ""); code != 200 {
@@ -832,7 +836,8 @@ func TestAPITokenFlag(t *testing.T) {
 }
 
 // TestNoSecretsInOutput: the daemon prints the first-run token once and no
-// other secret, ever; the data dir holds no secret at all.
+// other secret, ever; no answer repeats a token sent to it, whether as the
+// bearer, tampered, or where a name belongs; the data dir holds no secret.
 func TestNoSecretsInOutput(t *testing.T) {
 	t.Parallel()
 	home := t.TempDir()
@@ -845,31 +850,57 @@ func TestNoSecretsInOutput(t *testing.T) {
 		secrets = append(secrets, d.createToken(t, d.token, name, 0))
 	}
 	d.do(t, "DELETE", "/api/v1/tokens/b", d.token, "")
+	answers := map[string][]string{} // what the daemon answered, by where the token went
+	ask := func(where, method, path, token, body string) {
+		code, hdr, got := d.do(t, method, path, token, body)
+		answers[where] = append(answers[where], fmt.Sprintf("%s %s: %d %v %s", method, path, code, hdr, got))
+	}
 	for _, s := range secrets {
-		d.do(t, "GET", "/api/v1/whoami", s, "")
-		d.do(t, "GET", "/api/v1/whoami", s[:len(s)-1]+"0", "")
-		d.do(t, "POST", "/api/v1/tokens", s, `{"name":"`+s+`"}`)
+		ask("bearer", "GET", "/api/v1/whoami", s, "")
+		ask("bearer", "GET", "/api/v1/whoami", s[:len(s)-1]+string("10"[s[len(s)-1]&1]), "") // one hex digit off
+		ask("name of a create", "POST", "/api/v1/tokens", d.token, `{"name":"`+s+`"}`)
+		ask("name of a revoke", "DELETE", "/api/v1/tokens/"+s, d.token, "")
 	}
 	d.stop(t)
 	d2 := startDaemon(t, home, []string{"--tls", "on"})
 	d2.stop(t)
-	out := d.out.String()
-	out = strings.Replace(out, "HELYOS_API_TOKEN="+d.token, "", 1)
-	for _, s := range secrets {
-		if strings.Contains(out, s[8:]) || strings.Contains(d2.out.String(), s[8:]) {
-			t.Errorf("a token secret reached the daemon's output")
-		}
-		for _, f := range filesUnder(t, d.dataDir) {
-			data, _ := os.ReadFile(filepath.Join(d.dataDir, f))
-			if strings.Contains(string(data), s[8:]) {
-				t.Errorf("%s holds a token secret", f)
-			}
-		}
+	texts := map[string]string{
+		"daemon output":        strings.Replace(d.out.String(), "HELYOS_API_TOKEN="+d.token, "", 1),
+		"daemon output, again": d2.out.String(),
 	}
 	// The daemon's help names $HELYOS_API_TOKEN as the default, never its value.
 	if help := runHelyos(t, home, "", []string{"HELYOS_API_TOKEN=" + d.token}, "daemon", "--help"); help.code != 0 || strings.Contains(help.stderr, d.token[8:]) {
 		t.Errorf("daemon --help with $HELYOS_API_TOKEN set: exit %d\n%s", help.code, help.stderr)
 	}
+	for _, f := range filesUnder(t, d.dataDir) {
+		texts["data dir: "+f] = string(mustRead(t, filepath.Join(d.dataDir, f)))
+	}
+	for where, got := range answers {
+		texts["answers, token as "+where] = strings.Join(got, "\n")
+	}
+	pending := map[string]string{ // checks whose fix is not merged yet
+		"answers, token as name of a create": "waiting for issue 12 item 9",
+		"answers, token as name of a revoke": "waiting for issue 12 item 9",
+	}
+	for name, text := range texts {
+		t.Run(name, func(t *testing.T) {
+			if why := pending[name]; why != "" {
+				t.Skip(why)
+			}
+			for _, s := range secrets {
+				if strings.Contains(text, secretPart(s)) {
+					t.Errorf("a token secret is in:\n%s", text)
+				}
+			}
+		})
+	}
+}
+
+// secretPart is the part of a token no output may ever show: all of it but
+// the non-secret lookup key, less its last digit so that a token one digit
+// off is caught too.
+func secretPart(token string) string {
+	return token[len(apiTokenPrefix)+lookupLen : len(token)-1]
 }
 
 func TestFileModes(t *testing.T) {
@@ -1040,7 +1071,7 @@ func TestMetrics(t *testing.T) {
 	if strings.Contains(d.out.String(), wrongSecret[8:]) {
 		t.Error("the debug log repeats a presented token")
 	}
-	for _, raw := range []string{"no-such-token-xyz", "secret-path-abc"} {
+	for _, raw := range []string{"no-such-token-xyz", "secret-path-abc", secretPart(d.token), secretPart(refused[2])} {
 		if strings.Contains(body, raw) {
 			t.Errorf("metrics carry %q", raw)
 		}

@@ -124,7 +124,7 @@ func TestInteropOpenSSL(t *testing.T) {
 // and daemon write as the same data our reader sees.
 func TestInteropTomllib(t *testing.T) {
 	t.Parallel()
-	needTool(t, "python3")
+	needTomllib(t)
 	d := tlsDaemon(t)
 	home := d.home // first start wrote the local context here
 	mustRun(t, home, nil, "login", d.url, "--ca-fingerprint", d.fp, "--token", d.token, "--name", "prod", "--project", "naïve \"#1\" \\ 🚀")

@@ -591,7 +591,7 @@ func TestLastUsedNotWrittenOnRequestPath(t *testing.T) {
 	if !strings.Contains(body, `"last_used_at":"`) {
 		t.Fatalf("whoami shows no last use: %s", body)
 	}
-	after, _ := os.ReadFile(store.path)
+	after := mustRead(t, store.path)
 	fi2, _ := os.Stat(store.path)
 	if !bytes.Equal(before, after) || !fi2.ModTime().Equal(fi.ModTime()) {
 		t.Fatal("the token store was rewritten while serving requests")
@@ -599,7 +599,7 @@ func TestLastUsedNotWrittenOnRequestPath(t *testing.T) {
 	if err := store.flushLastUsed(); err != nil {
 		t.Fatal(err)
 	}
-	if flushed, _ := os.ReadFile(store.path); !strings.Contains(string(flushed), `"last_used_at"`) {
+	if flushed := mustRead(t, store.path); !strings.Contains(string(flushed), `"last_used_at"`) {
 		t.Fatalf("last use not flushed:\n%s", flushed)
 	}
 }

@@ -282,7 +282,18 @@ func mustRun(t testing.TB, home string, env []string, args ...string) cliResult 
 	return r
 }
 
-// fileMode returns the permission bits of path.
+// mustRead returns the content of path; a file that cannot be read fails
+// the test rather than compare as empty.
+func mustRead(t testing.TB, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// permOf returns the permission bits of path.
 func permOf(t testing.TB, path string) os.FileMode {
 	t.Helper()
 	fi, err := os.Stat(path)
@@ -299,10 +310,7 @@ func needTool(t testing.TB, name string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is needed in CI; .ci/run installs it: %v", name, err)
-		}
-		t.Skipf("%s not installed", name)
+		skipOrFailInCI(t, "%s not installed: %v", name, err)
 	}
 	return path
 }
@@ -374,4 +382,15 @@ func TestVersionNamesCommit(t *testing.T) {
 	if !regexp.MustCompile(`^client: v0\.0\.0-\d{14}-` + rev[:12] + `\+dirty \(` + rev + `-dirty\)\n`).MatchString(got + "\n") {
 		t.Errorf("helyos version in a modified checkout of %s:\n%s", rev, got)
 	}
+}
+
+// skipOrFailInCI is how a test says what the machine lacks: outside CI it
+// skips with that reason; under CI (.ci/run sets CI=1 and provides every
+// tool, pseudo-terminals and IPv6 loopback) it fails.
+func skipOrFailInCI(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf(format+" (CI must provide it: see .ci/run)", args...)
+	}
+	t.Skipf(format, args...)
 }
