@@ -1223,6 +1223,52 @@ func TestServerTimeoutsAsDocumented(t *testing.T) {
 	}
 }
 
+// TestPanicBecomes500: a handler that panics gets a JSON 500 with the
+// headers every answer carries, counted in the metrics; the log says which
+// route panicked but not the panic's value, which may hold a secret; a
+// handler that already answered keeps its answer.
+func TestPanicBecomes500(t *testing.T) {
+	var logged bytes.Buffer
+	secret := newAPIToken()
+	srv := &server{metrics: newMetrics(), logger: log.New(&logged, "", 0)}
+	for _, c := range []struct {
+		name    string
+		handler http.HandlerFunc
+		code    int
+		body    string
+	}{
+		{"before answering", func(http.ResponseWriter, *http.Request) { panic("boom " + secret) }, 500, `{"error":"internal error"}`},
+		{"after answering", func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusAccepted)
+			panic(secret)
+		}, 202, ""},
+	} {
+		rec := httptest.NewRecorder()
+		srv.observe(c.handler).ServeHTTP(rec, httptest.NewRequest("GET", "/x", nil))
+		if rec.Code != c.code || strings.TrimSpace(rec.Body.String()) != c.body {
+			t.Errorf("%s: %d %q, want %d %q", c.name, rec.Code, rec.Body.String(), c.code, c.body)
+		}
+		if (c.code == 500 && rec.Header().Get("Content-Type") != "application/json") || rec.Header().Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("%s: headers %v", c.name, rec.Header())
+		}
+	}
+	if n := strings.Count(logged.String(), "panicked"); n != 2 || strings.Contains(logged.String(), secretPart(secret)) {
+		t.Errorf("log after two panics:\n%s", logged.String())
+	}
+	var metrics strings.Builder
+	srv.metrics.write(&metrics, newTokenStore(filepath.Join(t.TempDir(), tokenStoreFile), nil, time.Now))
+	if !strings.Contains(metrics.String(), `code="500"} 1`) {
+		t.Errorf("the 500 is not counted:\n%s", metrics.String())
+	}
+	defer func() {
+		if p := recover(); p != http.ErrAbortHandler {
+			t.Errorf("http.ErrAbortHandler became %v; net/http must see it to abort the answer", p)
+		}
+	}()
+	srv.observe(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) })).
+		ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/x", nil))
+}
+
 // FuzzBearerToken: the header parser never panics, and what it returns has
 // no spaces and came from a header that starts with the Bearer scheme.
 func FuzzBearerToken(f *testing.F) {

@@ -188,7 +188,8 @@ type tokenStore struct {
 	verified map[[32]byte]*tokenRecord
 
 	argonSlots chan struct{}
-	dirty      atomic.Bool // last-used times not yet on disk
+	hash       func(token, salt []byte) []byte // argonKey; tests hold a run inside it
+	dirty      atomic.Bool                     // last-used times not yet on disk
 
 	queueMu sync.Mutex
 	queues  map[string]*keyQueue // lookup key → requests waiting to run Argon2 for it
@@ -255,6 +256,7 @@ func newTokenStore(path string, records []*tokenRecord, now func() time.Time) *t
 		verified:   make(map[[32]byte]*tokenRecord),
 		argonSlots: make(chan struct{}, argonConcurrency()),
 		queues:     map[string]*keyQueue{},
+		hash:       argonKey,
 	}
 	for _, r := range records { // in creation order: the newest of a name wins
 		s.byLookup[r.Lookup] = r
@@ -350,10 +352,15 @@ func hashToken(token string) string {
 	if _, err := rand.Read(salt); err != nil {
 		panic("crypto/rand failed: " + err.Error())
 	}
-	key := argon2.IDKey([]byte(token), salt, argonTime, argonMemoryKiB, argonThreads, argonKeyLen)
+	key := argonKey([]byte(token), salt)
 	enc := base64.RawStdEncoding
 	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s",
 		argon2.Version, argonMemoryKiB, argonTime, argonThreads, enc.EncodeToString(salt), enc.EncodeToString(key))
+}
+
+// argonKey is Argon2id with the parameters above.
+func argonKey(token, salt []byte) []byte {
+	return argon2.IDKey(token, salt, argonTime, argonMemoryKiB, argonThreads, argonKeyLen)
 }
 
 // parsePHC accepts only the exact parameters this product writes, so a
@@ -388,7 +395,7 @@ func (s *tokenStore) checkHash(ctx context.Context, token, phc string) (bool, er
 	}
 	defer func() { <-s.argonSlots }()
 	s.argonRuns.Add(1)
-	got := argon2.IDKey([]byte(token), salt, argonTime, argonMemoryKiB, argonThreads, argonKeyLen)
+	got := s.hash([]byte(token), salt)
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }
 

@@ -815,3 +815,139 @@ func TestAllowsAndGrants(t *testing.T) {
 		t.Error("scope grants are wrong")
 	}
 }
+
+// TestRevokedAndExpiredNeverReachArgon2: a revoked or expired token whose
+// lookup key is known is refused on its record's state, without an Argon2
+// run, however often it is presented.
+func TestRevokedAndExpiredNeverReachArgon2(t *testing.T) {
+	s, clock := newTestStore(t)
+	ctx := context.Background()
+	revoked, _, _ := s.create(ctx, "revoked", "", 0)
+	expired, _, _ := s.create(ctx, "expired", "", time.Hour)
+	if err := s.revoke("revoked"); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Hour)
+	runs := s.argonRuns.Load()
+	for range 10 {
+		if _, err := s.verify(ctx, revoked); !errors.Is(err, errTokenRevoked) {
+			t.Fatalf("revoked token: %v", err)
+		}
+		if _, err := s.verify(ctx, expired); !errors.Is(err, errTokenExpired) {
+			t.Fatalf("expired token: %v", err)
+		}
+	}
+	if got := s.argonRuns.Load() - runs; got != 0 {
+		t.Errorf("revoked and expired tokens ran Argon2 %d times, want 0", got)
+	}
+}
+
+// holdArgon2 makes every Argon2 run of s wait until release is closed and
+// reports each run's start on entered.
+func holdArgon2(s *tokenStore) (entered <-chan struct{}, release chan struct{}) {
+	in, release := make(chan struct{}, 1000), make(chan struct{})
+	s.hash = func(token, salt []byte) []byte {
+		in <- struct{}{}
+		<-release
+		return argonKey(token, salt)
+	}
+	return in, release
+}
+
+// waitEntered waits, for at most a minute, until n Argon2 runs have started.
+func waitEntered(t *testing.T, entered <-chan struct{}, n int) {
+	t.Helper()
+	for i := range n {
+		select {
+		case <-entered:
+		case <-time.After(time.Minute):
+			t.Fatalf("%d of %d Argon2 runs started within a minute", i, n)
+		}
+	}
+}
+
+// TestRevokeDuringArgon2Wins: a token revoked while its first verification
+// is inside Argon2 is refused by that verification, and not remembered.
+func TestRevokeDuringArgon2Wins(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := context.Background()
+	tok, _, err := s.create(ctx, "alice", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := holdArgon2(s)
+	result := make(chan error, 1)
+	go func() {
+		_, err := s.verify(ctx, tok)
+		result <- err
+	}()
+	waitEntered(t, entered, 1)
+	if err := s.revoke("alice"); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-result; !errors.Is(err, errTokenRevoked) {
+		t.Errorf("verification that was inside Argon2 during the revoke: %v, want %v", err, errTokenRevoked)
+	}
+	if _, err := s.verify(ctx, tok); !errors.Is(err, errTokenRevoked) {
+		t.Errorf("verification after: %v, want %v", err, errTokenRevoked)
+	}
+}
+
+// TestKnownPrefixFloodBounded is BenchmarkKnownPrefixFlood's promise as a
+// test: wrong secrets under known lookup keys each cost one Argon2 run, and
+// no more than the bound run at once. Every run is held inside Argon2, so
+// the bound's slots stay taken; the flood's requests then end (their
+// context is cancelled, as a client's request ends), and by then each one
+// has either given up waiting or got in. Without the bound all get in.
+func TestKnownPrefixFloodBounded(t *testing.T) {
+	s, _ := newTestStore(t)
+	bound := cap(s.argonSlots)
+	if want := max(1, min(runtime.NumCPU()/2, 4)); bound != want {
+		t.Fatalf("Argon2 bound is %d on %d CPUs, want half the CPUs, at least 1 and at most 4: %d", bound, runtime.NumCPU(), want)
+	}
+	flood := 3 * bound
+	var wrong []string // one known lookup key each, a wrong secret
+	for i := range flood {
+		tok, _, err := s.create(context.Background(), fmt.Sprintf("t%d", i), "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wrong = append(wrong, tok[:8+lookupLen]+strings.Repeat("0", 64-lookupLen))
+	}
+	entered, release := holdArgon2(s)
+	ctx, cancel := context.WithCancel(context.Background())
+	results := make(chan error, flood)
+	for _, tok := range wrong {
+		go func() {
+			_, err := s.verify(ctx, tok)
+			results <- err
+		}()
+	}
+	waitEntered(t, entered, bound)
+	cancel()
+	gaveUp, in := 0, bound
+	for deadline := time.After(time.Minute); gaveUp+in < flood; {
+		select {
+		case err := <-results:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("a request that waited for Argon2: %v, want its own end", err)
+			}
+			gaveUp++
+		case <-entered:
+			in++
+		case <-deadline:
+			t.Fatalf("after a minute %d requests gave up and %d got into Argon2, of %d", gaveUp, in, flood)
+		}
+	}
+	close(release)
+	for range in {
+		if err := <-results; !errors.Is(err, errTokenMismatch) {
+			t.Errorf("a wrong secret that got into Argon2: %v, want %v", err, errTokenMismatch)
+		}
+	}
+	if in > bound {
+		t.Errorf("%d Argon2 runs at once, bound %d", in, bound)
+	}
+	t.Logf("flood of %d: %d ran Argon2 at once (bound %d), %d gave up waiting", flood, in, bound, gaveUp)
+}
