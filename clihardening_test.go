@@ -32,13 +32,9 @@ const fakeToken = "nxa-api_0123456789abcdef0123456789abcdef0123456789abcdef01234
 // quietly disappear.
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Getuid() == 0 {
-		return
+	if os.Getuid() != 0 {
+		skipOrFailInCI(t, "this test acts as the user nobody and needs root")
 	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("this test acts as the user nobody and needs root; CI runs as root")
-	}
-	t.Skip("needs root to act as the user nobody (CI runs it as root)")
 }
 
 // writeConfig writes a hand-made client config under home.
@@ -133,7 +129,7 @@ func TestCLILocalImpostor(t *testing.T) {
 			t.Parallel()
 			if tc.host == "[::1]" {
 				if ln, err := net.Listen("tcp", "[::1]:0"); err != nil {
-					t.Skipf("no IPv6 loopback: %v", err)
+					skipOrFailInCI(t, "no IPv6 loopback: %v", err)
 				} else {
 					ln.Close()
 				}
@@ -440,12 +436,12 @@ func TestCLIContextSetNoDowngrade(t *testing.T) {
 	}
 	path := writeConfig(t, home, fmt.Sprintf("[context.prod]\nserver = \"prod.example:6443\"\ntoken = %q\nca = %q\nca-sha256 = %q\n\n[context.dev]\nserver = \"http://127.0.0.1:1\"\n",
 		fakeToken, encodeCA(caPEM), fingerprint(cert.Raw)))
-	before, _ := os.ReadFile(path)
+	before := mustReadFile(t, path)
 	for _, server := range []string{"http://127.0.0.1:2", "HTTP://prod.example:6443"} {
 		r := runHelyos(t, home, "", nil, "context", "set", "prod", "--server", server)
 		wantFail(t, r, 1, `context "prod" uses HTTPS; refusing to switch it to plain HTTP`, "helyos: hint: for a deliberate plain-HTTP daemon, log in to a context of its own: helyos login http://")
 		noTokenIn(t, r, fakeToken)
-		if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		if after := mustReadFile(t, path); !bytes.Equal(after, before) {
 			t.Fatalf("the refused change was saved:\n%s", after)
 		}
 	}
@@ -496,7 +492,7 @@ func TestCLIRefusesForeignConfig(t *testing.T) {
 				}
 				owner = tc.uid
 			}
-			before, _ := os.ReadFile(path)
+			before := mustReadFile(t, path)
 			env := []string{"HELYOS_CONFIG=" + path}
 			for _, args := range [][]string{{"whoami"}, {"status"}, {"context", "ls"}, {"context", "set", "m", "--project", "p"}} {
 				r := runHelyos(t, t.TempDir(), "", env, args...)
@@ -506,7 +502,7 @@ func TestCLIRefusesForeignConfig(t *testing.T) {
 			if _, err := os.Stat(marker); err == nil {
 				t.Error("the token-command ran")
 			}
-			if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+			if after := mustReadFile(t, path); !bytes.Equal(after, before) {
 				t.Errorf("the file was changed:\n%s", after)
 			}
 		})
@@ -558,19 +554,25 @@ func TestCLILogoutLeavesNoToken(t *testing.T) {
 	for _, drop := range [][]string{{"logout"}, {"context", "rm", "local"}} {
 		home := t.TempDir()
 		os.MkdirAll(filepath.Dir(cliConfigPath(home)), 0o700)
-		data, _ := os.ReadFile(cliConfigPath(d.home))
-		writeConfig(t, home, string(data))
+		writeConfig(t, home, string(mustReadFile(t, cliConfigPath(d.home))))
 		mustRun(t, home, nil, "context", "set", "local", "--project", "p2") // the backup now holds the token
 		if bak, _ := os.ReadFile(cliConfigPath(home) + ".bak"); !strings.Contains(string(bak), d.token) {
 			t.Fatalf("the set-up did not put the token in the backup:\n%s", bak)
 		}
 		mustRun(t, home, nil, drop...)
-		filepath.WalkDir(home, func(p string, e os.DirEntry, err error) error {
-			if data, _ := os.ReadFile(p); err == nil && !e.IsDir() && strings.Contains(string(data), strings.TrimPrefix(d.token, "nxa-api_")) {
+		err := filepath.WalkDir(home, func(p string, e os.DirEntry, err error) error {
+			if err != nil || e.IsDir() {
+				return err
+			}
+			data, err := os.ReadFile(p)
+			if strings.Contains(string(data), strings.TrimPrefix(d.token, "nxa-api_")) {
 				t.Errorf("after %v, %s holds the token", drop, p)
 			}
-			return nil
+			return err
 		})
+		if err != nil {
+			t.Errorf("after %v: %v", drop, err)
+		}
 	}
 }
 

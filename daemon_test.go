@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
@@ -92,7 +91,7 @@ func TestGuardrails(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			home := t.TempDir()
-			args := []string{"daemon", "--port", "0", "--host", r.host, "--tls", r.tls}
+			args := []string{"--port", "0", "--host", r.host, "--tls", r.tls}
 			if r.insecure {
 				args = append(args, "--insecure-http")
 			}
@@ -111,7 +110,7 @@ func TestGuardrails(t *testing.T) {
 				wantScheme = "http"
 			}
 			if wantErr != "" {
-				res := runHelyos(t, home, "", env, args...)
+				res := runRefusedDaemon(t, home, env, args...)
 				if res.code != 1 || !strings.Contains(res.stderr, "helyos: error: "+wantErr+"\n") {
 					t.Fatalf("exit %d, stderr %q; want exit 1 and %q", res.code, res.stderr, wantErr)
 				}
@@ -120,7 +119,7 @@ func TestGuardrails(t *testing.T) {
 				}
 				return
 			}
-			d := startDaemon(t, home, args[3:], env...)
+			d := startDaemon(t, home, args[2:], env...)
 			if !strings.HasPrefix(d.url, wantScheme+"://") {
 				t.Fatalf("daemon serves %s, want %s", d.url, wantScheme)
 			}
@@ -155,7 +154,7 @@ func TestGuardrailCountsStoredAndRevokedTokens(t *testing.T) {
 	}
 	waitStatus(t, d, brief, 401) // until brief has expired too
 	d.stop(t)
-	res := runHelyos(t, revoked, "", []string{env}, append([]string{"daemon", "--port", "0"}, plain...)...)
+	res := runRefusedDaemon(t, revoked, []string{env}, append([]string{"--port", "0"}, plain...)...)
 	if res.code != 1 || !strings.Contains(res.stderr, "with no API token configured") {
 		t.Fatalf("revoked given token passed the guardrail: exit %d %s", res.code, res.stderr)
 	}
@@ -212,7 +211,7 @@ func TestDaemonUsageErrors(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			home := t.TempDir()
-			res := runHelyos(t, home, "", c.env, append([]string{"daemon"}, c.args...)...)
+			res := runRefusedDaemon(t, home, c.env, c.args...)
 			if res.code != 2 || !strings.Contains(res.stderr, c.want) {
 				t.Fatalf("exit %d, stderr %q; want exit 2 and %q", res.code, res.stderr, c.want)
 			}
@@ -477,7 +476,7 @@ func TestRestartKeepsState(t *testing.T) {
 		t.Fatal("alice refused")
 	}
 	d.stop(t)
-	serving := mustRead(t, filepath.Join(d.dataDir, serverCertFile))
+	serving := mustReadFile(t, filepath.Join(d.dataDir, serverCertFile))
 
 	d2 := startDaemon(t, home, []string{"--tls", "on"})
 	if d2.fp != d.fp {
@@ -486,7 +485,7 @@ func TestRestartKeepsState(t *testing.T) {
 	if strings.Contains(d2.out.String(), "HELYOS_API_TOKEN=") {
 		t.Errorf("second start printed a token:\n%s", d2.out.String())
 	}
-	if again := mustRead(t, filepath.Join(d.dataDir, serverCertFile)); !bytes.Equal(again, serving) {
+	if again := mustReadFile(t, filepath.Join(d.dataDir, serverCertFile)); !bytes.Equal(again, serving) {
 		t.Error("serving certificate re-issued although nothing changed")
 	}
 	for _, c := range []struct {
@@ -499,7 +498,7 @@ func TestRestartKeepsState(t *testing.T) {
 		}
 	}
 	var stored tokenFile
-	if err := json.Unmarshal(mustRead(t, filepath.Join(d.dataDir, tokenStoreFile)), &stored); err != nil {
+	if err := json.Unmarshal(mustReadFile(t, filepath.Join(d.dataDir, tokenStoreFile)), &stored); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range stored.Tokens {
@@ -518,9 +517,9 @@ func TestDataDirInUse(t *testing.T) {
 	home := t.TempDir()
 	d := startDaemon(t, home, []string{"--tls", "on"})
 	storePath := filepath.Join(d.dataDir, tokenStoreFile)
-	before := mustRead(t, storePath)
-	for _, args := range [][]string{{"daemon", "--port", "0"}, {"daemon", "--port", "0", "--tls", "off"}} {
-		res := runHelyos(t, home, "", nil, args...)
+	before := mustReadFile(t, storePath)
+	for _, args := range [][]string{{"--port", "0"}, {"--port", "0", "--tls", "off"}} {
+		res := runRefusedDaemon(t, home, nil, args...)
 		if res.code != 1 || !strings.Contains(res.stderr, "data dir "+d.dataDir+" is in use by another helyos daemon") ||
 			!strings.Contains(res.stderr, "give this one its own --data-dir") {
 			t.Fatalf("%v: exit %d, stderr:\n%s", args, res.code, res.stderr)
@@ -529,7 +528,7 @@ func TestDataDirInUse(t *testing.T) {
 			t.Errorf("%v: the refused daemon went on:\n%s", args, res.stderr)
 		}
 	}
-	if after := mustRead(t, storePath); !bytes.Equal(after, before) {
+	if after := mustReadFile(t, storePath); !bytes.Equal(after, before) {
 		t.Error("the refused daemon changed the token store")
 	}
 	if code, _, _ := d.do(t, "GET", "/api/v1/whoami", d.token, ""); code != 200 {
@@ -873,7 +872,7 @@ func TestNoSecretsInOutput(t *testing.T) {
 		t.Errorf("daemon --help with $HELYOS_API_TOKEN set: exit %d\n%s", help.code, help.stderr)
 	}
 	for _, f := range filesUnder(t, d.dataDir) {
-		texts["data dir: "+f] = string(mustRead(t, filepath.Join(d.dataDir, f)))
+		texts["data dir: "+f] = string(mustReadFile(t, filepath.Join(d.dataDir, f)))
 	}
 	for where, got := range answers {
 		texts["answers, token as "+where] = strings.Join(got, "\n")
@@ -1099,11 +1098,12 @@ func TestUnmatchedMethodsStayBounded(t *testing.T) {
 
 // serveInProcess serves the daemon's handler chain with the given timeouts
 // on a loopback port until the test ends, calling connState (if any) on
-// every connection state change, and returns its address and token store.
-func serveInProcess(t *testing.T, tm timeouts, connState func(net.Conn, http.ConnState)) (string, *tokenStore) {
+// every connection state change, and returns its address and an admin token.
+func serveInProcess(t *testing.T, tm timeouts, connState func(net.Conn, http.ConnState)) (string, string) {
 	t.Helper()
-	store, _ := newTestStore(t)
-	hs := (&server{tokens: store, metrics: newMetrics(), logger: log.New(io.Discard, "", 0), timeouts: tm}).httpServer(nil)
+	srv, token := newTestServer(t)
+	srv.timeouts = tm
+	hs := srv.httpServer(srv.logger)
 	hs.ConnState = connState
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -1111,7 +1111,7 @@ func serveInProcess(t *testing.T, tm timeouts, connState func(net.Conn, http.Con
 	}
 	go hs.Serve(ln)
 	t.Cleanup(func() { hs.Close() })
-	return ln.Addr().String(), store
+	return ln.Addr().String(), token
 }
 
 // dialUntilClosed connects to addr, sends request, and delivers everything
@@ -1172,11 +1172,7 @@ func TestSlowHeadersCutOff(t *testing.T) {
 // then dribbles its body is cut off by the whole-request limit.
 func TestWholeRequestTimeLimit(t *testing.T) {
 	t.Parallel()
-	addr, store := serveInProcess(t, timeouts{read: 300 * time.Millisecond}, nil)
-	token, _, err := store.create(context.Background(), "alice", "", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr, token := serveInProcess(t, timeouts{read: 300 * time.Millisecond}, nil)
 	conn, closed := dialUntilClosed(t, addr, "POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+token+
 		"\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{\"name\":\"")
 	got := dribbleUntilClosed(t, conn, closed, strings.Repeat("a", 60000))

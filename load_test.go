@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -567,12 +568,8 @@ func TestRandomTokensNeverReachArgon2(t *testing.T) {
 // land during the requests however slow the machine.
 func TestLastUsedNotWrittenOnRequestPath(t *testing.T) {
 	t.Parallel()
-	store, _ := newTestStore(t)
-	token, _, err := store.create(context.Background(), "alice", "", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := (&server{tokens: store, metrics: newMetrics(), logger: log.New(io.Discard, "", 0)}).routes()
+	srv, token := newTestServer(t)
+	store, h := srv.tokens, srv.routes()
 	before, err := os.ReadFile(store.path)
 	if err != nil {
 		t.Fatal(err)
@@ -591,7 +588,7 @@ func TestLastUsedNotWrittenOnRequestPath(t *testing.T) {
 	if !strings.Contains(body, `"last_used_at":"`) {
 		t.Fatalf("whoami shows no last use: %s", body)
 	}
-	after := mustRead(t, store.path)
+	after := mustReadFile(t, store.path)
 	fi2, _ := os.Stat(store.path)
 	if !bytes.Equal(before, after) || !fi2.ModTime().Equal(fi.ModTime()) {
 		t.Fatal("the token store was rewritten while serving requests")
@@ -599,7 +596,7 @@ func TestLastUsedNotWrittenOnRequestPath(t *testing.T) {
 	if err := store.flushLastUsed(); err != nil {
 		t.Fatal(err)
 	}
-	if flushed := mustRead(t, store.path); !strings.Contains(string(flushed), `"last_used_at"`) {
+	if flushed := mustReadFile(t, store.path); !strings.Contains(string(flushed), `"last_used_at"`) {
 		t.Fatalf("last use not flushed:\n%s", flushed)
 	}
 }

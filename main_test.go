@@ -272,6 +272,34 @@ func runHelyos(t testing.TB, home, stdin string, env []string, args ...string) c
 	return cliResult{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
 }
 
+// runRefusedDaemon runs `helyos daemon ARGS` that must refuse to start, and
+// returns what it printed and its exit code. A daemon that starts listening
+// instead is killed and fails the test at once, rather than at a timeout.
+func runRefusedDaemon(t testing.TB, home string, env []string, args ...string) cliResult {
+	t.Helper()
+	cmd := exec.Command(helyosBin, append([]string{"daemon"}, args...)...)
+	cmd.Env = testEnv(home, env...)
+	var stdout, stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("run helyos daemon %v: %v", args, err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		select {
+		case <-exited:
+			return cliResult{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
+		case <-time.After(10 * time.Millisecond):
+		}
+		if strings.Contains(stderr.String(), "listening on") || time.Now().After(deadline) {
+			cmd.Process.Kill()
+			<-exited
+			t.Fatalf("helyos daemon %v did not refuse to start:\n%s", args, stderr.String())
+		}
+	}
+}
+
 // mustRun runs the client and fails the test on a non-zero exit.
 func mustRun(t testing.TB, home string, env []string, args ...string) cliResult {
 	t.Helper()
@@ -282,9 +310,9 @@ func mustRun(t testing.TB, home string, env []string, args ...string) cliResult 
 	return r
 }
 
-// mustRead returns the content of path; a file that cannot be read fails
+// mustReadFile returns the content of path; a file that cannot be read fails
 // the test rather than compare as empty.
-func mustRead(t testing.TB, path string) []byte {
+func mustReadFile(t testing.TB, path string) []byte {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -76,7 +76,7 @@ func listenNotify(t *testing.T, name string) *net.UnixConn {
 // expectNotify reads the next message and checks it is want.
 func expectNotify(t *testing.T, conn *net.UnixConn, want string) {
 	t.Helper()
-	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
 	buf := make([]byte, 4096)
 	n, _, err := conn.ReadFrom(buf)
 	if err != nil || string(buf[:n]) != want {
@@ -361,9 +361,9 @@ func copyFile(t *testing.T, from, to string) {
 // pollUntil waits, with a deadline, until ok says the state arrived.
 func pollUntil(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Minute); !ok(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 20s", what)
+			t.Fatalf("%s: not within 2 minutes", what)
 		}
 	}
 }

@@ -822,9 +822,9 @@ func TestAllowsAndGrants(t *testing.T) {
 func TestRevokedAndExpiredNeverReachArgon2(t *testing.T) {
 	s, clock := newTestStore(t)
 	ctx := context.Background()
-	revoked, _, _ := s.create(ctx, "revoked", "", 0)
-	expired, _, _ := s.create(ctx, "expired", "", time.Hour)
-	if err := s.revoke("revoked"); err != nil {
+	revoked, _, _ := s.create(ctx, "revoked", "", 0, noAudit)
+	expired, _, _ := s.create(ctx, "expired", "", time.Hour, noAudit)
+	if err := s.revoke("revoked", noAudit); err != nil {
 		t.Fatal(err)
 	}
 	clock.advance(time.Hour)
@@ -871,7 +871,8 @@ func waitEntered(t *testing.T, entered <-chan struct{}, n int) {
 func TestRevokeDuringArgon2Wins(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
-	tok, _, err := s.create(ctx, "alice", "", 0)
+	s.create(ctx, "keeper", "", 0, noAudit) // so that alice is not the last admin
+	tok, _, err := s.create(ctx, "alice", "", 0, noAudit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -882,7 +883,7 @@ func TestRevokeDuringArgon2Wins(t *testing.T) {
 		result <- err
 	}()
 	waitEntered(t, entered, 1)
-	if err := s.revoke("alice"); err != nil {
+	if err := s.revoke("alice", noAudit); err != nil {
 		t.Fatal(err)
 	}
 	close(release)
@@ -909,7 +910,7 @@ func TestKnownPrefixFloodBounded(t *testing.T) {
 	flood := 3 * bound
 	var wrong []string // one known lookup key each, a wrong secret
 	for i := range flood {
-		tok, _, err := s.create(context.Background(), fmt.Sprintf("t%d", i), "", 0)
+		tok, _, err := s.create(context.Background(), fmt.Sprintf("t%d", i), "", 0, noAudit)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -255,7 +255,7 @@ func TestCredentialContextSet(t *testing.T) {
 	// Switching the stored-token context to an env source drops the token
 	// from the file; switching again replaces the env source.
 	mustRun(t, home, nil, "context", "set", "stored", "--token-env", "MY_TOKEN")
-	if data := mustRead(t, cliConfigPath(home)); strings.Contains(string(data), strings.TrimPrefix(d.token, "nxa-api_")) {
+	if data := mustReadFile(t, cliConfigPath(home)); strings.Contains(string(data), strings.TrimPrefix(d.token, "nxa-api_")) {
 		t.Errorf("the token is still in the file after --token-env:\n%s", data)
 	}
 	mustRun(t, home, nil, "context", "set", "stored", "--token-command", "pass show x")
@@ -278,11 +278,11 @@ func TestCredentialContextSet(t *testing.T) {
 		{[]string{"login", d.url, "--ca-fingerprint", d.fp, "--token-env", "A", "--token", d.token}, "one way only"},
 		{[]string{"login", d.url, "--ca-fingerprint", d.fp, "--token-env", "$A"}, "not an environment variable name"},
 	} {
-		before := mustRead(t, cliConfigPath(home))
+		before := mustReadFile(t, cliConfigPath(home))
 		r := runHelyos(t, home, "", nil, tc.args...)
 		wantFail(t, r, 2, tc.want)
 		noTokenIn(t, r, d.token)
-		if after := mustRead(t, cliConfigPath(home)); !bytes.Equal(after, before) {
+		if after := mustReadFile(t, cliConfigPath(home)); !bytes.Equal(after, before) {
 			t.Errorf("%v changed the config", tc.args)
 		}
 	}

@@ -1,0 +1,156 @@
+//go:build ignore
+
+// Mutation check, run by .ci/mutate: each line of the table breaks one
+// security promise with a one-line change to a copy of the tree, and the
+// tests it names must then fail. A mutation the tests survive, or one whose
+// old text no longer matches exactly once (the code moved: update the line),
+// fails the step. `.ci/mutate WORD` runs only the lines whose promise or
+// tests contain WORD.
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+)
+
+// mutation: in file, replace old (which must occur exactly once) by new;
+// the tests matched by the -run regexp must then fail.
+type mutation struct{ file, old, new, tests, promise string }
+
+var mutations = []mutation{
+	{"tokens.go", `return subtle.ConstantTimeCompare(got, want) == 1, nil`, `return subtle.ConstantTimeCompare(got, want) >= 0, nil`, `^TestCheapRefusals$`, "a wrong secret fails the constant-time compare"},
+	{"tokens.go", `if !isLowerHex(body) {`, `if false {`, `^TestTokenFormat$|^TestCheapRefusals$`, "a token of the wrong shape is refused before any lookup"},
+	{"tokens.go", `case r.RevokedAt != nil && !now.Before(*r.RevokedAt):`, `case false:`, `^TestRevokeTakesEffectAtOnce$`, "a revoked token is refused on the next request"},
+	{"tokens.go", `case r.ExpiresAt != nil && !now.Before(*r.ExpiresAt):`, `case false:`, `^TestExpiry$`, "an expired token is refused"},
+	{"tokens.go", `rec = s.byLookup[lookup]`, `rec = s.byLookup[lookup]; if rec == nil && len(s.records) > 0 { rec = s.records[0] }`, `^TestCheapRefusals$`, "random tokens never reach Argon2"},
+	{"tokens.go", `if state != nil {`, `if state != nil && false {`, `^TestRevokedAndExpiredNeverReachArgon2$`, "revoked and expired tokens never reach Argon2"},
+	{"tokens.go", `if err := rec.state(s.now()); err != nil {`, `if err := rec.state(s.now()); false && err != nil {`, `^TestRevokeDuringArgon2Wins$`, "a revoke during an Argon2 run wins"},
+	{"tokens.go", `argonSlots: make(chan struct{}, argonConcurrency()),`, `argonSlots: make(chan struct{}, 64),`, `^TestKnownPrefixFloodBounded$|^TestArgonRunsBounded$`, "Argon2 runs are bounded"},
+	{"tokens.go", `return max(1, min(runtime.NumCPU()/2, 4))`, `return max(1, runtime.NumCPU())`, `^TestKnownPrefixFloodBounded$`, "the Argon2 bound is half the CPUs, at most 4"},
+	{"tokens.go", "regexp.MustCompile(`nxa-api_[0-9A-Fa-f]{8,}`)", "regexp.MustCompile(`nxa-api_[0-9A-Fa-f]{80,}`)", `^TestCredentialContextSet$|^TestCLIRedactsTokensInErrors$`, "a token typed where a name belongs is redacted"},
+	{"daemon.go", `if !insecureHTTP {`, `if false {`, `^TestGuardrails$/^0\.0\.0\.0$/^tls=off$`, "guardrail: plain HTTP off loopback needs --insecure-http"},
+	{"daemon.go", `if !tokenConfigured {`, `if false {`, `^TestGuardrails$/^0\.0\.0\.0$/^tls=off$/^insecure-http$`, "guardrail: plain HTTP off loopback needs a token"},
+	{"daemon.go", `return c.tlsMode == "on" || (c.tlsMode == "auto" && (c.tlsCert != "" || !isLoopback(c.host)))`, `return c.tlsMode == "on" || (c.tlsMode == "auto" && c.tlsCert != "")`, `^TestGuardrails$/^0\.0\.0\.0$/^tls=auto$`, "--tls auto serves HTTPS off loopback"},
+	{"tls.go", `return ip != nil && ip.IsLoopback()`, `return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())`, `^TestIsLoopback$|^TestGuardrails$/^0\.0\.0\.0$/^tls=off$`, "loopback detection: 0.0.0.0 is not loopback"},
+	{"config.go", `f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")`, `f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)`, `^TestWriteFileAtomic$`, "state files are replaced whole, 0600 from the start"},
+	{"tokens.go", "RevokedAt  *time.Time     `json:\"revoked_at,omitempty\"`", "RevokedAt  *time.Time     `json:\"-\"`", `^TestRestartKeepsState$`, "a revocation is on disk and survives a restart"},
+	{"tls.go", `if errors.Is(certErr, os.ErrNotExist) && errors.Is(keyErr, os.ErrNotExist) {`, `if true {`, `^TestRestartKeepsState$`, "the CA survives restarts"},
+	{"daemon.go", `if err := os.Chmod(c.dataDir, 0o700); err != nil {`, `if err := os.Chmod(c.dataDir, 0o755); err != nil {`, `^TestFileModes$`, "the data dir is 0700"},
+	{"config.go", `if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {`, `if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {`, `^TestUpdateConfigFilesAndModes$`, "the config folder is 0700"},
+	{"config.go", `err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)`, `err = nil`, `^TestUpdateConfigConcurrent$`, "config saves are locked"},
+	{"daemon.go", `if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {`, `if err := error(nil); err != nil {`, `^TestDataDirInUse$`, "one daemon per data dir"},
+	{"daemon.go", `dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))`, `dec := json.NewDecoder(r.Body)`, `^TestRequestBodyTable$/^too_large$`, "request bodies are capped at 1 MiB"},
+	{"daemon.go", `rec, err = s.tokens.verify(r.Context(), token)`, `rec, err = &tokenRecord{Name: token}, nil`, `^TestBearerHeaderTable$`, "protected routes verify the bearer token"},
+	{"daemon.go", `{"/api/v1/", scopeRead, handleNotFound},`, `{"/api/v1/none/", scopeRead, handleNotFound},`, `^TestRoutes$`, "unknown API paths answer 401 to anonymous callers"},
+	{"daemon.go", `!strings.EqualFold(scheme, "bearer") ||`, `!strings.EqualFold(scheme, "bearer") && scheme != "Basic" ||`, `^TestBearerHeaderTable$/^basic_scheme$`, "only the Bearer scheme carries a token"},
+	{"daemon.go", `writeError(rec, http.StatusInternalServerError, "internal error")`, `rec.WriteHeader(http.StatusOK)`, `^TestPanicBecomes500$`, "a panic becomes a JSON 500"},
+	{"daemon.go", `IdleTimeout:       cmp.Or(s.timeouts.idle, serverIdleTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "idle connections are closed after 2 minutes"},
+	{"daemon.go", `ReadTimeout:       cmp.Or(s.timeouts.read, serverReadTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "a whole request must arrive within 30 s"},
+	{"daemon.go", `s.metrics.authFailure(reason)`, `s.metrics.authFailure(reason); s.logger.Printf("refused %q", token)`, `^TestNoSecretsInOutput$`, "no token in a log line"},
+	{"cli.go", `login := "helyos login " + created.Login.Server`, `login := "helyos login " + created.Login.Server + " --token " + created.Token`, `^TestReliabilitySecretScan$|^TestCLIAuthTokens$`, "a new token's secret appears once, on stdout"},
+	{"daemon.go", `switch generated := plaintext != "" && c.apiToken == ""; {`, `switch generated := plaintext != ""; {`, `^TestAPITokenFlag$`, "a token given by the operator is never printed"},
+	{"tls.go", `return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: getCert}`, `return &tls.Config{MinVersion: tls.VersionTLS10, GetCertificate: getCert}`, `^TestTLSCertificate$`, "the daemon refuses TLS below 1.2"},
+	{"tls.go", `sum := sha256.Sum256(der)`, `sum := sha256.Sum256(der[1:])`, `^TestCAEndpointAndFingerprint$`, "the fingerprint is the SHA-256 of the CA's DER"},
+	{"localpeer.go", `if uid, err := strconv.Atoi(f[7]); err != nil || (uid != 0 && uid != os.Getuid()) {`, `if uid, err := strconv.Atoi(f[7]); err != nil || (uid != 0 && uid != os.Getuid() && false) {`, `^TestCheckPeer$`, "no token to another user's local listener"},
+	{"terminal.go", `case strconv.IsPrint(r):`, `case strconv.IsPrint(r) || true:`, `^TestCLIEscapesServerText$`, "server text is escaped before it is printed"},
+	{"cli.go", `CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },`, `CheckRedirect: nil,`, `^TestCLIUnexpectedStatus$`, "no redirect is followed"},
+	{"cli.go", `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") {`, `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") && false {`, `^TestCLIContextSetNoDowngrade$`, "context set never downgrades https to http"},
+	{"config.go", `if (uid == 0 || int(uid) == me) && fi.Mode().Perm()&0o022 == 0 {`, `if true {`, `^TestCLIRefusesForeignConfig$`, "a config another user could write is refused"},
+	{"config.go", `backup = data`, `backup = old`, `^TestCLILogoutLeavesNoToken$`, "no file keeps a token after logout"},
+	{"config.go", `if c.CASHA256 != "" && !sameFingerprint(c.CASHA256, fingerprint(cert.Raw)) {`, `if false {`, `^TestCLIPinContradictions$`, "a ca-sha256 that does not match the ca is refused"},
+	{"cli.go", `if !sameFingerprint(caFingerprint, fp) {`, `if false {`, `^TestCLILoginRefusals$/^wrong_fingerprint$`, "login pins nothing whose fingerprint differs"},
+	{"tls.go", `cfg.RootCAs = pool`, `cfg.InsecureSkipVerify = pool != nil`, `^TestCLICertificateRefusals$/^pinned_to_A`, "a pinned context trusts only its CA"},
+	{"cli.go", `ctx = nil // its token and pin belong to another daemon`, `_ = ctx`, `^TestCLICertificateRefusals$/drops_the_pin`, "a context's pin is used only for its own server"},
+}
+
+func main() {
+	filter := strings.Join(os.Args[1:], " ")
+	start := time.Now()
+	// One mutation per CPU at a time: most of each is a compile and a link.
+	rows := make([]string, len(mutations))
+	results := make([]string, len(mutations))
+	slots := make(chan struct{}, runtime.NumCPU())
+	var wg sync.WaitGroup
+	for i, m := range mutations {
+		if filter != "" && !strings.Contains(m.promise+" "+m.tests, filter) {
+			continue
+		}
+		wg.Go(func() {
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			t0 := time.Now()
+			results[i] = apply(m)
+			rows[i] = fmt.Sprintf("%-3d %-8s %5.1fs  %s: %s (%s)", i+1, results[i], time.Since(t0).Seconds(), m.promise, m.tests, m.file)
+			fmt.Fprintln(os.Stderr, rows[i])
+		})
+	}
+	wg.Wait()
+	caught, total := 0, 0
+	fmt.Printf("%-3s %-8s %6s  %s\n", "#", "result", "time", "promise: tests (file)")
+	for i, row := range rows {
+		if row != "" {
+			fmt.Println(row)
+			total++
+			if results[i] == "caught" {
+				caught++
+			}
+		}
+	}
+	fmt.Printf("caught %d/%d mutations in %s\n", caught, total, time.Since(start).Round(time.Second))
+	if caught < total || total == 0 {
+		os.Exit(1)
+	}
+}
+
+// apply runs one mutation on a copy of the tree and says what came of it:
+// caught, SURVIVED, or a reason it could not be tried.
+func apply(m mutation) string {
+	dir, err := os.MkdirTemp("", "helyos-mutant-")
+	if err != nil {
+		return "ERROR " + err.Error()
+	}
+	defer os.RemoveAll(dir)
+	entries, err := os.ReadDir(".")
+	if err != nil {
+		return "ERROR " + err.Error()
+	}
+	for _, e := range entries {
+		if e.Name() == ".git" {
+			continue
+		}
+		if out, err := exec.Command("cp", "-r", e.Name(), dir).CombinedOutput(); err != nil {
+			return fmt.Sprintf("ERROR copy: %v %s", err, out)
+		}
+	}
+	path := filepath.Join(dir, m.file)
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return "ERROR " + err.Error()
+	}
+	if n := strings.Count(string(src), m.old); n != 1 {
+		return fmt.Sprintf("STALE (old text found %d times)", n)
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(string(src), m.old, m.new, 1)), 0o600); err != nil {
+		return "ERROR " + err.Error()
+	}
+	cmd := exec.Command("go", "test", "-count=1", "-vet=off", "-run", m.tests, ".")
+	cmd.Dir, cmd.Env = dir, append(os.Environ(), "GOFLAGS=-ldflags=-w") // no debug info: links faster
+	out, err := cmd.CombinedOutput()
+	switch {
+	case strings.Contains(string(out), "[build failed]") || strings.Contains(string(out), "build helyos:"):
+		fmt.Fprintf(os.Stderr, "%s\n", out)
+		return "NOBUILD"
+	case err == nil:
+		return "SURVIVED"
+	case !strings.Contains(string(out), "--- FAIL"):
+		fmt.Fprintf(os.Stderr, "%s\n", out)
+		return "ERROR"
+	}
+	return "caught"
+}
