@@ -878,7 +878,6 @@ func TestNoSecretsInOutput(t *testing.T) {
 		texts["answers, token as "+where] = strings.Join(got, "\n")
 	}
 	pending := map[string]string{ // checks whose fix is not merged yet
-		"answers, token as name of a create": "waiting for issue 12 item 9",
 		"answers, token as name of a revoke": "waiting for issue 12 item 9",
 	}
 	for name, text := range texts {
