@@ -830,10 +830,10 @@ func TestRevokedAndExpiredNeverReachArgon2(t *testing.T) {
 	clock.advance(time.Hour)
 	runs := s.argonRuns.Load()
 	for range 10 {
-		if _, err := s.verify(ctx, revoked); !errors.Is(err, errTokenRevoked) {
+		if _, err := s.verify(ctx, revoked, ""); !errors.Is(err, errTokenRevoked) {
 			t.Fatalf("revoked token: %v", err)
 		}
-		if _, err := s.verify(ctx, expired); !errors.Is(err, errTokenExpired) {
+		if _, err := s.verify(ctx, expired, ""); !errors.Is(err, errTokenExpired) {
 			t.Fatalf("expired token: %v", err)
 		}
 	}
@@ -879,7 +879,7 @@ func TestRevokeDuringArgon2Wins(t *testing.T) {
 	entered, release := holdArgon2(s)
 	result := make(chan error, 1)
 	go func() {
-		_, err := s.verify(ctx, tok)
+		_, err := s.verify(ctx, tok, "")
 		result <- err
 	}()
 	waitEntered(t, entered, 1)
@@ -890,7 +890,7 @@ func TestRevokeDuringArgon2Wins(t *testing.T) {
 	if err := <-result; !errors.Is(err, errTokenRevoked) {
 		t.Errorf("verification that was inside Argon2 during the revoke: %v, want %v", err, errTokenRevoked)
 	}
-	if _, err := s.verify(ctx, tok); !errors.Is(err, errTokenRevoked) {
+	if _, err := s.verify(ctx, tok, ""); !errors.Is(err, errTokenRevoked) {
 		t.Errorf("verification after: %v, want %v", err, errTokenRevoked)
 	}
 }
@@ -921,7 +921,7 @@ func TestKnownPrefixFloodBounded(t *testing.T) {
 	results := make(chan error, flood)
 	for _, tok := range wrong {
 		go func() {
-			_, err := s.verify(ctx, tok)
+			_, err := s.verify(ctx, tok, "")
 			results <- err
 		}()
 	}
