@@ -52,6 +52,7 @@ var mutations = []mutation{
 	{"daemon.go", `writeError(rec, http.StatusInternalServerError, "internal error")`, `rec.WriteHeader(http.StatusOK)`, `^TestPanicBecomes500$`, "a panic becomes a JSON 500"},
 	{"daemon.go", `IdleTimeout:       cmp.Or(s.timeouts.idle, serverIdleTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "idle connections are closed after 2 minutes"},
 	{"daemon.go", `ReadTimeout:       cmp.Or(s.timeouts.read, serverReadTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "a whole request must arrive within 30 s"},
+	{"daemon.go", `}{redactTokens(msg)})`, `}{msg})`, `^TestNoSecretsInOutput$`, "no error answer repeats a token"},
 	{"daemon.go", `s.metrics.authFailure()`, `s.metrics.authFailure(); s.logger.Printf("refused %q", token)`, `^TestNoSecretsInOutput$`, "no token in a log line"},
 	{"cli.go", `login := "helyos login " + server`, `login := "helyos login " + server + " --token " + created.Token`, `^TestReliabilitySecretScan$|^TestCLIAuthTokens$`, "a new token's secret appears once, on stdout"},
 	{"daemon.go", `switch generated := plaintext != "" && c.apiToken == ""; {`, `switch generated := plaintext != ""; {`, `^TestAPITokenFlag$`, "a token given by the operator is never printed"},
