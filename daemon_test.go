@@ -1323,7 +1323,7 @@ func TestCAFileHoldsOneCertificate(t *testing.T) {
 		{"empty", ""},
 	} {
 		os.WriteFile(caPath, []byte(c.content), 0o600)
-		res := runHelyos(t, home, "", nil, "daemon", "--port", "0", "--tls", "on")
+		res := runRefusedDaemon(t, home, nil, "--port", "0", "--tls", "on")
 		if res.code != 1 || !strings.Contains(res.stderr, "helyos: error: "+caPath+" must hold exactly one CERTIFICATE block and nothing else\nhelyos: hint: ") {
 			t.Errorf("%s: exit %d, stderr:\n%s", c.name, res.code, res.stderr)
 		}
@@ -1397,7 +1397,7 @@ func TestDataDirOwnedByAnotherUser(t *testing.T) {
 		if err := os.MkdirAll(dir, 0o700); err != nil || os.Chmod(dir, c.mode) != nil || os.Lchown(dir, c.owner, c.owner) != nil {
 			t.Fatal("could not set up the data dir")
 		}
-		res := runHelyos(t, home, "", nil, "daemon", "--port", "0")
+		res := runRefusedDaemon(t, home, nil, "--port", "0")
 		if want := "helyos: error: data dir " + dir + " " + c.want; res.code != 1 || !strings.HasPrefix(res.stderr, want) {
 			t.Errorf("mode %o: exit %d, stderr:\n%s\nwant:\n%s", c.mode, res.code, res.stderr, want)
 		}

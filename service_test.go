@@ -229,7 +229,7 @@ func TestBootstrapTokenFileNeverOverwritten(t *testing.T) {
 	os.MkdirAll(dataDir, 0o700)
 	path := filepath.Join(dataDir, bootstrapTokenFile)
 	os.WriteFile(path, []byte("left over\n"), 0o600)
-	r := runHelyos(t, home, "", []string{"NOTIFY_SOCKET=/nonexistent/notify"}, "daemon", "--port", "0", "--data-dir", dataDir)
+	r := runRefusedDaemon(t, home, []string{"NOTIFY_SOCKET=/nonexistent/notify"}, "--port", "0", "--data-dir", dataDir)
 	if r.code != 1 || !strings.Contains(r.stderr, path+" already exists but the token store is empty") ||
 		!strings.Contains(r.stderr, "helyos: hint: it is left from an earlier first start: delete it") {
 		t.Fatalf("exit %d:\n%s", r.code, r.stderr)
