@@ -5,7 +5,8 @@
 // tests it names must then fail. A mutation the tests survive, or one whose
 // old text no longer matches exactly once (the code moved: update the line),
 // fails the step. `.ci/mutate WORD` runs only the lines whose promise or
-// tests contain WORD.
+// tests contain WORD; `.ci/mutate -stale` only checks that every old text
+// still matches exactly once, which takes a second.
 package main
 
 import (
@@ -45,32 +46,32 @@ var mutations = []mutation{
 	{"config.go", `if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {`, `if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {`, `^TestUpdateConfigFilesAndModes$`, "the config folder is 0700"},
 	{"config.go", `err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)`, `err = nil`, `^TestUpdateConfigConcurrent$`, "config saves are locked"},
 	{"daemon.go", `if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {`, `if err := error(nil); err != nil {`, `^TestDataDirInUse$`, "one daemon per data dir"},
-	{"daemon.go", `body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))`, `body, err := io.ReadAll(r.Body)`, `^TestRequestBodyTable$/^too_large$`, "request bodies are capped at 1 MiB"},
-	{"daemon.go", `rec, err = s.tokens.verify(r.Context(), token, r.RemoteAddr)`, `rec, err = &tokenRecord{Name: token}, nil`, `^TestBearerHeaderTable$`, "protected routes verify the bearer token"},
-	{"daemon.go", `{"/api/v1/", scopeRead, handleNotFound},`, `{"/api/v1/none/", scopeRead, handleNotFound},`, `^TestRoutes$`, "unknown API paths answer 401 to anonymous callers"},
-	{"daemon.go", `!strings.EqualFold(scheme, "bearer") ||`, `!strings.EqualFold(scheme, "bearer") && scheme != "Basic" ||`, `^TestBearerHeaderTable$/^basic_scheme$`, "only the Bearer scheme carries a token"},
-	{"daemon.go", `writeError(rec, http.StatusInternalServerError, "internal error")`, `rec.WriteHeader(http.StatusOK)`, `^TestPanicBecomes500$`, "a panic becomes a JSON 500"},
-	{"daemon.go", `IdleTimeout:       cmp.Or(s.timeouts.idle, serverIdleTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "idle connections are closed after 2 minutes"},
-	{"daemon.go", `ReadTimeout:       cmp.Or(s.timeouts.read, serverReadTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "a whole request must arrive within 30 s"},
-	{"daemon.go", `}{redactTokens(msg)})`, `}{msg})`, `^TestNoSecretsInOutput$`, "no error answer repeats a token"},
-	{"daemon.go", `s.metrics.authFailure()`, `s.metrics.authFailure(); s.logger.Printf("refused %q", token)`, `^TestNoSecretsInOutput$`, "no token in a log line"},
+	{"server.go", `body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))`, `body, err := io.ReadAll(r.Body)`, `^TestRequestBodyTable$/^too_large$`, "request bodies are capped at 1 MiB"},
+	{"server.go", `rec, err = s.tokens.verify(r.Context(), token, r.RemoteAddr)`, `rec, err = &tokenRecord{Name: token}, nil`, `^TestBearerHeaderTable$`, "protected routes verify the bearer token"},
+	{"server.go", `{"/api/v1/", scopeRead, handleNotFound},`, `{"/api/v1/none/", scopeRead, handleNotFound},`, `^TestRoutes$`, "unknown API paths answer 401 to anonymous callers"},
+	{"server.go", `!strings.EqualFold(scheme, "bearer") ||`, `!strings.EqualFold(scheme, "bearer") && scheme != "Basic" ||`, `^TestBearerHeaderTable$/^basic_scheme$`, "only the Bearer scheme carries a token"},
+	{"server.go", `writeError(rec, http.StatusInternalServerError, "internal error")`, `rec.WriteHeader(http.StatusOK)`, `^TestPanicBecomes500$`, "a panic becomes a JSON 500"},
+	{"server.go", `IdleTimeout:       cmp.Or(s.timeouts.idle, serverIdleTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "idle connections are closed after 2 minutes"},
+	{"server.go", `ReadTimeout:       cmp.Or(s.timeouts.read, serverReadTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "a whole request must arrive within 30 s"},
+	{"server.go", `}{redactTokens(msg)})`, `}{msg})`, `^TestNoSecretsInOutput$`, "no error answer repeats a token"},
+	{"server.go", `s.metrics.authFailure()`, `s.metrics.authFailure(); s.logger.Printf("refused %q", token)`, `^TestNoSecretsInOutput$`, "no token in a log line"},
 	{"cli.go", `login := "helyos login " + server`, `login := "helyos login " + server + " --token " + created.Token`, `^TestReliabilitySecretScan$|^TestCLIAuthTokens$`, "a new token's secret appears once, on stdout"},
 	{"daemon.go", `switch generated := plaintext != "" && c.apiToken == ""; {`, `switch generated := plaintext != ""; {`, `^TestAPITokenFlag$`, "a token given by the operator is never printed"},
 	{"tls.go", `return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: getCert}`, `return &tls.Config{MinVersion: tls.VersionTLS10, GetCertificate: getCert}`, `^TestTLSCertificate$`, "the daemon refuses TLS below 1.2"},
 	{"tls.go", `sum := sha256.Sum256(der)`, `sum := sha256.Sum256(der[1:])`, `^TestCAEndpointAndFingerprint$`, "the fingerprint is the SHA-256 of the CA's DER"},
 	{"localpeer.go", `if uid, err := strconv.Atoi(f[7]); err != nil || (uid != 0 && uid != os.Getuid()) {`, `if uid, err := strconv.Atoi(f[7]); err != nil || (uid != 0 && uid != os.Getuid() && false) {`, `^TestCheckPeer$`, "no token to another user's local listener"},
 	{"terminal.go", `case strconv.IsPrint(r):`, `case strconv.IsPrint(r) || true:`, `^TestCLIEscapesServerText$`, "server text is escaped before it is printed"},
-	{"cli.go", `CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },`, `CheckRedirect: nil,`, `^TestCLIUnexpectedStatus$`, "no redirect is followed"},
-	{"cli.go", `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") {`, `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") && false {`, `^TestCLIContextSetNoDowngrade$`, "context set never downgrades https to http"},
+	{"client.go", `CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },`, `CheckRedirect: nil,`, `^TestCLIUnexpectedStatus$`, "no redirect is followed"},
+	{"login.go", `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") {`, `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") && false {`, `^TestCLIContextSetNoDowngrade$`, "context set never downgrades https to http"},
 	{"config.go", `if (uid == 0 || int(uid) == me) && fi.Mode().Perm()&0o022 == 0 {`, `if true {`, `^TestCLIRefusesForeignConfig$`, "a config another user could write is refused"},
 	{"config.go", `backup = data`, `backup = old`, `^TestCLILogoutLeavesNoToken$`, "no file keeps a token after logout"},
 	{"config.go", `if c.CASHA256 != "" && !sameFingerprint(c.CASHA256, fingerprint(cert.Raw)) {`, `if false {`, `^TestCLIPinContradictions$`, "a ca-sha256 that does not match the ca is refused"},
-	{"cli.go", `if !sameFingerprint(caFingerprint, fp) {`, `if false {`, `^TestCLILoginRefusals$/^wrong_fingerprint$`, "login pins nothing whose fingerprint differs"},
+	{"login.go", `if !sameFingerprint(caFingerprint, fp) {`, `if false {`, `^TestCLILoginRefusals$/^wrong_fingerprint$`, "login pins nothing whose fingerprint differs"},
 	{"tls.go", `cfg.RootCAs = pool`, `cfg.InsecureSkipVerify = pool != nil`, `^TestCLICertificateRefusals$/^pinned_to_A`, "a pinned context trusts only its CA"},
-	{"cli.go", `ctx = nil // its token and pin belong to another daemon`, `_ = ctx`, `^TestCLICertificateRefusals$/drops_the_pin`, "a context's pin is used only for its own server"},
+	{"client.go", `ctx = nil // its token and pin belong to another daemon`, `_ = ctx`, `^TestCLICertificateRefusals$/drops_the_pin`, "a context's pin is used only for its own server"},
 	{"tokens.go", `return r.Scope == scopeAdmin || r.Scope == need`, `return true`, `^TestAllowsAndGrants$`, "a scope grants only what it names"},
-	{"daemon.go", `{"POST /api/v1/tokens", scopeAdmin, s.handleCreateToken},`, `{"POST /api/v1/tokens", scopeRead, s.handleCreateToken},`, `^TestRouteTableMatchesSpec$`, "each route has the scope SPEC §5 gives it"},
-	{"daemon.go", `if !rec.grants(need) {`, `if false {`, `^TestScopeTable$`, "every protected request's scope is checked"},
+	{"server.go", `{"POST /api/v1/tokens", scopeAdmin, s.handleCreateToken},`, `{"POST /api/v1/tokens", scopeRead, s.handleCreateToken},`, `^TestRouteTableMatchesSpec$`, "each route has the scope SPEC §5 gives it"},
+	{"server.go", `if !rec.grants(need) {`, `if false {`, `^TestScopeTable$`, "every protected request's scope is checked"},
 	{"tokens.go", `if len(r.AllowFrom) == 0 {`, `if true {`, `^TestAllowsAndGrants$`, "a bound token is refused outside its CIDRs"},
 	{"tokens.go", `if state == nil && rec != nil && !rec.allows(remote) {`, `if false {`, `^TestBoundTokens$`, "verify checks a token's bindings"},
 	{"tokens.go", `retired = s.retireLocked(rec.Name, s.now().UTC().Truncate(time.Second).Add(grace))`, `_ = grace`, `^TestRotate$`, "rotation retires the old secret"},
@@ -78,28 +79,31 @@ var mutations = []mutation{
 	{"tokens.go", `rec := &tokenRecord{Name: old.Name, Scope: old.Scope, ExpiresAt: old.ExpiresAt, AllowFrom: old.AllowFrom, Bootstrap: old.Bootstrap}`, `rec := &tokenRecord{Name: old.Name, Scope: old.Scope, ExpiresAt: old.ExpiresAt, Bootstrap: old.Bootstrap}`, `^TestRotate$`, "rotation keeps the token's bindings"},
 	{"tokens.go", `delete(s.verified, k)`, `_ = k`, `^TestRotate$`, "retired secrets leave the verification cache"},
 	{"tokens.go", `if rec.Scope == scopeAdmin && !slices.ContainsFunc(s.records, func(r *tokenRecord) bool {`, `if false && !slices.ContainsFunc(s.records, func(r *tokenRecord) bool {`, `^TestLastAdminKept$`, "the last active admin token cannot be revoked"},
-	{"daemon.go", `writeError(w, http.StatusConflict, fmt.Sprintf("token %q is the last active admin token;`, `writeError(w, http.StatusBadRequest, fmt.Sprintf("token %q is the last active admin token;`, `^TestLastAdminRefused$`, "revoking the last admin token answers 409"},
+	{"server.go", `writeError(w, http.StatusConflict, fmt.Sprintf("token %q is the last active admin token;`, `writeError(w, http.StatusBadRequest, fmt.Sprintf("token %q is the last active admin token;`, `^TestLastAdminRefused$`, "revoking the last admin token answers 409"},
 	{"tokens.go", `if s.maxTTL > 0 && !rec.Bootstrap && (rec.ExpiresAt == nil || rec.ExpiresAt.Sub(now) > s.maxTTL) {`, `if s.maxTTL > 0 && !rec.Bootstrap && rec.ExpiresAt == nil {`, `^TestMaxTTLInStore$`, "--max-ttl refuses a longer ttl"},
 	{"tokens.go", `if old.Bootstrap && s.maxTTL > 0 {`, `if false {`, `^TestMaxTTLInStore$`, "--max-ttl: the bootstrap token is not rotated over the API"},
 	{"tokens.go", `if err := record(info, outcomeSuccess); err != nil {`, `if err := record(info, outcomeSuccess); false && err != nil {`, `^TestStoreRecordsBeforeChanging$`, "no token change without its audit record"},
-	{"daemon.go", `writeError(w, http.StatusServiceUnavailable, "the audit log cannot be written, so nothing was changed; the daemon's log says why")`, `writeError(w, http.StatusInternalServerError, "x")`, `^TestAuditWriteFailureFailsClosed$`, "an audit log that cannot be written answers 503"},
+	{"server.go", `writeError(w, http.StatusServiceUnavailable, "the audit log cannot be written, so nothing was changed; the daemon's log says why")`, `writeError(w, http.StatusInternalServerError, "x")`, `^TestAuditWriteFailureFailsClosed$`, "an audit log that cannot be written answers 503"},
 	{"audit.go", `rec.Seq, rec.Prev = a.seq+1, a.prev`, `rec.Seq, rec.Prev = a.seq+1, zeroHash`, `^TestAuditChainAcrossRestarts$`, "each audit record's prev is the hash of the line before"},
 	{"audit.go", `a.seq, a.prev, a.unclean = rec.Seq, hashLine(line), rec.Event != "daemon.stopped"`, `a.seq, a.prev, a.unclean = rec.Seq, zeroHash, rec.Event != "daemon.stopped"`, `^TestAuditChainAcrossRestarts$`, "the audit chain continues across restarts"},
 	{"audit.go", `case sum.Records > 0 && rec.Prev != prevHash:`, `case sum.Records < 0 && rec.Prev != prevHash:`, `^TestAuditVerifyCommand$`, "audit verify checks prev"},
 	{"audit.go", `case sum.Records > 0 && rec.Seq != sum.LastSeq+1:`, `case false:`, `^TestAuditVerifyCommand$`, "audit verify checks seq"},
-	{"daemon.go", `if err := st.tokens.check(st.caller); err != nil {`, `if err := st.tokens.check(st.caller); false && err != nil {`, `^TestEventsRefusals$`, "an event stream ends when its token is revoked"},
-	{"daemon.go", `case own >= l.perIP:`, `case false:`, `^TestConnectionCaps$`, "connections are capped per address"},
+	{"server.go", `if err := st.tokens.check(st.caller); err != nil {`, `if err := st.tokens.check(st.caller); false && err != nil {`, `^TestEventsRefusals$`, "an event stream ends when its token is revoked"},
+	{"server.go", `case own >= l.perIP:`, `case false:`, `^TestConnectionCaps$`, "connections are capped per address"},
 	{"tokens.go", `q = &keyQueue{turn: make(chan struct{}, 1)}`, `q = &keyQueue{turn: make(chan struct{}, argonQueuePerKey)}`, `^TestArgonQueuePerKey$`, "one Argon2 run per lookup key at a time"},
 	{"tls.go", `if block == nil || block.Type != "CERTIFICATE" || len(block.Headers) > 0 || len(bytes.TrimSpace(rest)) > 0 ||`, `if block == nil || block.Type != "CERTIFICATE" || len(block.Headers) > 0 || len(bytes.TrimSpace(rest)) < 0 ||`, `^TestCAFileHoldsOneCertificate$`, "a ca.pem holding more than one certificate is refused"},
 	{"tls.go", `return &certAuthority{cert: cert, key: signer, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}, nil`, `return &certAuthority{cert: cert, key: signer, pem: certPEM}, nil`, `^TestCAFileHoldsOneCertificate$|^TestCAEndpointAndFingerprint$`, "/api/v1/ca serves the re-encoded certificate"},
 	{"service.go", `f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)`, `f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)`, `^TestBootstrapTokenFileNeverOverwritten$`, "a bootstrap-token file left there is never overwritten"},
 	{"service.go", `f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)`, `f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)`, `^TestDaemonLogFormats$`, "the bootstrap-token file is 0600"},
 	{"daemon.go", `if mode := fi.Mode().Perm(); mode&0o022 != 0 {`, `if mode := fi.Mode().Perm(); mode&0 != 0 {`, `^TestDataDirOwnedByAnotherUser$`, "a data dir writable by group or others is refused"},
-	{"daemon.go", `case seen[key]:`, `case false:`, `^TestRequestBodyTable$`, "repeated JSON fields are a 400"},
-	{"daemon.go", `case strings.Trim(key, "abcdefghijklmnopqrstuvwxyz0123456789_") != "":`, `case false:`, `^TestRequestBodyTable$`, "case-variant JSON fields are a 400"},
+	{"server.go", `case seen[key]:`, `case false:`, `^TestRequestBodyTable$`, "repeated JSON fields are a 400"},
+	{"server.go", `case strings.Trim(key, "abcdefghijklmnopqrstuvwxyz0123456789_") != "":`, `case false:`, `^TestRequestBodyTable$`, "case-variant JSON fields are a 400"},
 }
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "-stale" {
+		os.Exit(checkStale())
+	}
 	filter := strings.Join(os.Args[1:], " ")
 	start := time.Now()
 	// One mutation per CPU at a time: most of each is a compile and a link.
@@ -136,6 +140,28 @@ func main() {
 	if caught < total || total == 0 {
 		os.Exit(1)
 	}
+}
+
+// checkStale reports every line whose old text does not occur exactly once
+// in its file, and says where it occurs if it moved to another file.
+func checkStale() int {
+	stale := 0
+	for i, m := range mutations {
+		src, err := os.ReadFile(m.file)
+		if n := strings.Count(string(src), m.old); err != nil || n != 1 {
+			stale++
+			others, _ := filepath.Glob("*.go")
+			var in []string
+			for _, f := range others {
+				if b, _ := os.ReadFile(f); strings.Count(string(b), m.old) == 1 {
+					in = append(in, f)
+				}
+			}
+			fmt.Printf("%d STALE in %s (found %d times; once in %v): %s\n", i+1, m.file, n, in, m.promise)
+		}
+	}
+	fmt.Printf("%d of %d lines stale\n", stale, len(mutations))
+	return min(stale, 1)
 }
 
 // apply runs one mutation on a copy of the tree and says what came of it:
