@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,80 +23,6 @@ import (
 // Black-box tests of the client: the real binary against real daemons on
 // loopback, each in its own temporary HOME. They only ever dial 127.0.0.1 or
 // localhost.
-
-// cliConfigPath is where the client keeps its config under home.
-func cliConfigPath(home string) string { return filepath.Join(home, ".helyos", "config.toml") }
-
-// readCLIConfig parses the client's config under home.
-func readCLIConfig(t *testing.T, home string) *Config {
-	t.Helper()
-	cfg, err := loadConfig(cliConfigPath(home))
-	if err != nil {
-		t.Fatalf("read client config: %v", err)
-	}
-	return cfg
-}
-
-// mustContext returns the named context from home's config or fails.
-func mustContext(t *testing.T, home, name string) *Context {
-	t.Helper()
-	cfg := readCLIConfig(t, home)
-	c := cfg.Context(name)
-	if c == nil {
-		t.Fatalf("no context %q; have %v", name, cfg.Names())
-	}
-	return c
-}
-
-// tlsDaemon starts a daemon that serves HTTPS on loopback (--tls on) in a
-// home of its own, and checks it printed a token and a fingerprint.
-func tlsDaemon(t *testing.T) *testDaemon {
-	t.Helper()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
-	if d.token == "" || d.fp == "" || !strings.HasPrefix(d.url, "https://") {
-		t.Fatalf("daemon printed no token, fingerprint or https address:\n%s", d.out.String())
-	}
-	return d
-}
-
-// httpDaemon starts a plain-HTTP daemon on loopback (the default there).
-func httpDaemon(t *testing.T) *testDaemon {
-	t.Helper()
-	d := startDaemon(t, t.TempDir(), nil)
-	if d.token == "" || !strings.HasPrefix(d.url, "http://") {
-		t.Fatalf("daemon printed no token or http address:\n%s", d.out.String())
-	}
-	return d
-}
-
-// wantFail checks a run failed with code and that stderr names every want.
-func wantFail(t *testing.T, r cliResult, code int, wants ...string) {
-	t.Helper()
-	if r.code != code {
-		t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, code, r.stdout, r.stderr)
-	}
-	for _, w := range wants {
-		if !strings.Contains(r.stderr, w) {
-			t.Errorf("stderr does not say %q:\n%s", w, r.stderr)
-		}
-	}
-}
-
-// decodeOutput unmarshals a command's --json output or fails.
-func decodeOutput(t *testing.T, r cliResult, v any) {
-	t.Helper()
-	if err := json.Unmarshal([]byte(r.stdout), v); err != nil {
-		t.Fatalf("stdout is not the JSON expected: %v\n%s", err, r.stdout)
-	}
-}
-
-// whoamiName runs `whoami --json` and returns the token name.
-func whoamiName(t *testing.T, home string, env []string, args ...string) string {
-	t.Helper()
-	var who struct{ Name string }
-	decodeOutput(t, mustRun(t, home, env, append(args, "whoami", "--json")...), &who)
-	return who.Name
-}
 
 // ---- pseudo-terminal ----
 

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log"
 	"net"
 	"net/http"
@@ -30,37 +29,6 @@ import (
 )
 
 const unauthorizedBody = `{"error": "missing or invalid bearer token"}`
-
-// filesUnder lists every file and folder below dir (relative paths).
-func filesUnder(t *testing.T, dir string) []string {
-	t.Helper()
-	var out []string
-	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err == nil && path != dir {
-			rel, _ := filepath.Rel(dir, path)
-			out = append(out, rel)
-		}
-		return nil
-	})
-	return out
-}
-
-// jsonEqual compares a JSON body with the expected JSON, ignoring layout.
-func jsonEqual(t *testing.T, got, want string) {
-	t.Helper()
-	var g, w any
-	if err := json.Unmarshal([]byte(got), &g); err != nil {
-		t.Fatalf("body %q is not JSON: %v", got, err)
-	}
-	if err := json.Unmarshal([]byte(want), &w); err != nil {
-		t.Fatal(err)
-	}
-	gb, _ := json.Marshal(g)
-	wb, _ := json.Marshal(w)
-	if string(gb) != string(wb) {
-		t.Errorf("body = %s, want %s", gb, wb)
-	}
-}
 
 // TestGuardrails runs every cell of host × --tls × --insecure-http × token.
 func TestGuardrails(t *testing.T) {
@@ -628,22 +596,6 @@ func TestTokenLifecycleOverHTTP(t *testing.T) {
 	waitStatus(t, d, d.createToken(t, d.token, "short", 1), 401)
 }
 
-// waitStatus polls GET /api/v1/whoami with token until it answers want, for
-// states that arrive with time (expiry, the end of a grace period), and
-// returns how many requests that took.
-func waitStatus(t *testing.T, d *testDaemon, token string, want int) int {
-	t.Helper()
-	for n, deadline := 1, time.Now().Add(2*time.Minute); ; n++ {
-		if code, _, _ := d.do(t, "GET", "/api/v1/whoami", token, ""); code == want {
-			return n
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("whoami did not answer %d within 2 minutes", want)
-		}
-		time.Sleep(50 * time.Millisecond) // polling, not waiting for a fixed time
-	}
-}
-
 // TestBearerHeaderTable: every malformed or wrong credential gets the same
 // 401; the scheme matches without regard to case.
 func TestBearerHeaderTable(t *testing.T) {
@@ -886,13 +838,6 @@ func TestNoSecretsInOutput(t *testing.T) {
 			}
 		})
 	}
-}
-
-// secretPart is the part of a token no output may ever show: all of it but
-// the non-secret lookup key, less its last digit so that a token one digit
-// off is caught too.
-func secretPart(token string) string {
-	return token[len(apiTokenPrefix)+lookupLen : len(token)-1]
 }
 
 func TestFileModes(t *testing.T) {
@@ -1405,39 +1350,6 @@ func TestDataDirOwnedByAnotherUser(t *testing.T) {
 			t.Errorf("mode %o: the refused daemon changed things: mode %o, files %v", c.mode, m, filesUnder(t, home))
 		}
 	}
-}
-
-// dialFrom opens a TCP connection to the daemon from the loopback address
-// src (all of 127.0.0.0/8 is this machine on Linux).
-func dialFrom(t testing.TB, src string, d *testDaemon) net.Conn {
-	t.Helper()
-	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
-	c, err := dialer.Dial("tcp", "127.0.0.1:"+d.port)
-	if err != nil {
-		t.Fatalf("dial from %s: %v", src, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// answers sends req (an HTTP request, or its end) on c and returns the
-// status of the answer; 0 when the daemon hung up without one, as it does
-// at once to a connection over a cap; -1 when it did neither within 20 s.
-func answers(c net.Conn, req string) int {
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := io.WriteString(c, req); err != nil {
-		return 0
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return -1
-	}
-	if err != nil {
-		return 0
-	}
-	io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
 }
 
 const healthRequest = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"

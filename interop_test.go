@@ -2,7 +2,6 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,21 +10,6 @@ import (
 // Interop: real clients that are not ours (curl, openssl, Python's tomllib)
 // against a real daemon and the files the real CLI writes. .ci/run installs
 // them; needTool fails these tests under CI when one is missing.
-
-// runTool runs a program with stdin closed and returns its combined output
-// and exit code.
-func runTool(t *testing.T, name string, args ...string) (string, int) {
-	t.Helper()
-	cmd := exec.Command(needTool(t, name), args...)
-	cmd.Env = append(os.Environ(), "LANG=C")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		if _, ok := err.(*exec.ExitError); !ok {
-			t.Fatalf("%s %v: %v", name, args, err)
-		}
-	}
-	return string(out), cmd.ProcessState.ExitCode()
-}
 
 // TestInteropCurl: curl trusts the daemon with the CA from the data dir
 // alone, sends a bearer token, and refuses the daemon without it.

@@ -167,23 +167,6 @@ func BenchmarkAuthVsPublic(b *testing.B) {
 	b.ReportMetric(whoami/health, "ratio")
 }
 
-// metricValue reads one unlabelled sample from the daemon's /metrics.
-func metricValue(tb testing.TB, d *testDaemon, name string) float64 {
-	tb.Helper()
-	_, _, body := d.do(tb, "GET", "/metrics", "", "")
-	for _, line := range strings.Split(body, "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			return f
-		}
-	}
-	tb.Fatalf("metric %s not found", name)
-	return 0
-}
-
 // peakRSS is the daemon's peak resident memory in bytes (Linux).
 func peakRSS(tb testing.TB, d *testDaemon) float64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
@@ -503,39 +486,6 @@ func isClosed(c <-chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-// sendRandomTokens sends each random well-formed tokens on each of conns
-// connections and returns how many were refused.
-func sendRandomTokens(t *testing.T, d *testDaemon, conns, each int) int {
-	pool := d.caPool(t)
-	var wg sync.WaitGroup
-	var refused atomic.Int64
-	for range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
-			defer tr.CloseIdleConnections()
-			client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-			for range each {
-				req, _ := http.NewRequest("GET", d.url+"/api/v1/whoami", nil)
-				req.Header.Set("Authorization", "Bearer "+newAPIToken())
-				resp, err := client.Do(req)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusUnauthorized {
-					refused.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return int(refused.Load())
 }
 
 // TestRandomTokensNeverReachArgon2 sends a few thousand random well-formed

@@ -1,13 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"debug/buildinfo"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,12 +19,22 @@ import (
 	"regexp"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 )
+
+// The shared test harness. TestMain builds the binary once; the helpers in
+// this file are the one way every test file starts a daemon, runs the CLI,
+// talks HTTP to a daemon, waits for a state to arrive and reads what a run
+// wrote. A helper only one file needs, and the in-process fixtures of one
+// type (fakeClock and newTestStore in tokens_test.go, newTestAudit and
+// readAuditFile in audit_test.go, the Config comparisons in config_test.go),
+// live beside their tests.
 
 // helyosBin is the binary every black-box test runs, built once by TestMain;
 // binVersion is the version it must report, from its own build info.
@@ -343,6 +357,288 @@ func needTool(t testing.TB, name string) string {
 	return path
 }
 
+// cliConfigPath is where the client keeps its config under home.
+func cliConfigPath(home string) string { return filepath.Join(home, ".helyos", "config.toml") }
+
+// readCLIConfig parses the client's config under home.
+func readCLIConfig(t testing.TB, home string) *Config {
+	t.Helper()
+	cfg, err := loadConfig(cliConfigPath(home))
+	if err != nil {
+		t.Fatalf("read client config: %v", err)
+	}
+	return cfg
+}
+
+// mustContext returns the named context from home's config or fails.
+func mustContext(t testing.TB, home, name string) *Context {
+	t.Helper()
+	cfg := readCLIConfig(t, home)
+	c := cfg.Context(name)
+	if c == nil {
+		t.Fatalf("no context %q; have %v", name, cfg.Names())
+	}
+	return c
+}
+
+// tlsDaemon starts a daemon that serves HTTPS on loopback (--tls on) in a
+// home of its own, and checks it printed a token and a fingerprint.
+func tlsDaemon(t testing.TB) *testDaemon {
+	t.Helper()
+	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	if d.token == "" || d.fp == "" || !strings.HasPrefix(d.url, "https://") {
+		t.Fatalf("daemon printed no token, fingerprint or https address:\n%s", d.out.String())
+	}
+	return d
+}
+
+// httpDaemon starts a plain-HTTP daemon on loopback (the default there).
+func httpDaemon(t testing.TB) *testDaemon {
+	t.Helper()
+	d := startDaemon(t, t.TempDir(), nil)
+	if d.token == "" || !strings.HasPrefix(d.url, "http://") {
+		t.Fatalf("daemon printed no token or http address:\n%s", d.out.String())
+	}
+	return d
+}
+
+// wantFail checks a run failed with code and that stderr names every want.
+func wantFail(t testing.TB, r cliResult, code int, wants ...string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, code, r.stdout, r.stderr)
+	}
+	for _, w := range wants {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("stderr does not say %q:\n%s", w, r.stderr)
+		}
+	}
+}
+
+// decodeOutput unmarshals a command's --json output or fails.
+func decodeOutput(t testing.TB, r cliResult, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(r.stdout), v); err != nil {
+		t.Fatalf("stdout is not the JSON expected: %v\n%s", err, r.stdout)
+	}
+}
+
+// whoamiName runs `whoami --json` and returns the token name.
+func whoamiName(t testing.TB, home string, env []string, args ...string) string {
+	t.Helper()
+	var who struct{ Name string }
+	decodeOutput(t, mustRun(t, home, env, append(args, "whoami", "--json")...), &who)
+	return who.Name
+}
+
+// noTokenIn fails if any of the secrets shows up in what a run printed.
+func noTokenIn(t testing.TB, r cliResult, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		if s == "" {
+			continue
+		}
+		hex := strings.TrimPrefix(s, "nxa-api_")
+		if strings.Contains(r.stdout+r.stderr, hex) {
+			t.Errorf("a token appears in the output:\nstdout: %s\nstderr: %s", r.stdout, r.stderr)
+		}
+	}
+}
+
+// writeScript writes an executable shell script into dir and returns its path.
+func writeScript(t testing.TB, dir, name, body string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// runTool runs a program with stdin closed and returns its combined output
+// and exit code.
+func runTool(t testing.TB, name string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(needTool(t, name), args...)
+	cmd.Env = append(os.Environ(), "LANG=C")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatalf("%s %v: %v", name, args, err)
+		}
+	}
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// filesUnder lists every file and folder below dir (relative paths).
+func filesUnder(t testing.TB, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && path != dir {
+			rel, _ := filepath.Rel(dir, path)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	return out
+}
+
+// jsonEqual compares a JSON body with the expected JSON, ignoring layout.
+func jsonEqual(t testing.TB, got, want string) {
+	t.Helper()
+	var g, w any
+	if err := json.Unmarshal([]byte(got), &g); err != nil {
+		t.Fatalf("body %q is not JSON: %v", got, err)
+	}
+	if err := json.Unmarshal([]byte(want), &w); err != nil {
+		t.Fatal(err)
+	}
+	gb, _ := json.Marshal(g)
+	wb, _ := json.Marshal(w)
+	if string(gb) != string(wb) {
+		t.Errorf("body = %s, want %s", gb, wb)
+	}
+}
+
+// waitStatus polls GET /api/v1/whoami with token until it answers want, for
+// states that arrive with time (expiry, the end of a grace period), and
+// returns how many requests that took.
+func waitStatus(t testing.TB, d *testDaemon, token string, want int) int {
+	t.Helper()
+	for n, deadline := 1, time.Now().Add(2*time.Minute); ; n++ {
+		if code, _, _ := d.do(t, "GET", "/api/v1/whoami", token, ""); code == want {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("whoami did not answer %d within 2 minutes", want)
+		}
+		time.Sleep(50 * time.Millisecond) // polling, not waiting for a fixed time
+	}
+}
+
+// secretPart is the part of a token no output may ever show: all of it but
+// the non-secret lookup key, less its last digit so that a token one digit
+// off is caught too.
+func secretPart(token string) string {
+	return token[len(apiTokenPrefix)+lookupLen : len(token)-1]
+}
+
+// dialFrom opens a TCP connection to the daemon from the loopback address
+// src (all of 127.0.0.0/8 is this machine on Linux).
+func dialFrom(t testing.TB, src string, d *testDaemon) net.Conn {
+	t.Helper()
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
+	c, err := dialer.Dial("tcp", "127.0.0.1:"+d.port)
+	if err != nil {
+		t.Fatalf("dial from %s: %v", src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// answers sends req (an HTTP request, or its end) on c and returns the
+// status of the answer; 0 when the daemon hung up without one, as it does
+// at once to a connection over a cap; -1 when it did neither within 20 s.
+func answers(c net.Conn, req string) int {
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, req); err != nil {
+		return 0
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return -1
+	}
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+// metricValue reads one unlabelled sample from the daemon's /metrics.
+func metricValue(t testing.TB, d *testDaemon, name string) float64 {
+	t.Helper()
+	_, _, body := d.do(t, "GET", "/metrics", "", "")
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+// sendRandomTokens sends each random well-formed tokens on each of conns
+// connections and returns how many were refused.
+func sendRandomTokens(t testing.TB, d *testDaemon, conns, each int) int {
+	pool := d.caPool(t)
+	var wg sync.WaitGroup
+	var refused atomic.Int64
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+			for range each {
+				req, _ := http.NewRequest("GET", d.url+"/api/v1/whoami", nil)
+				req.Header.Set("Authorization", "Bearer "+newAPIToken())
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusUnauthorized {
+					refused.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return int(refused.Load())
+}
+
+func copyFile(t testing.TB, from, to string) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err == nil {
+		err = os.WriteFile(to, data, 0o600)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pollUntil waits, with a deadline, until ok says the state arrived.
+func pollUntil(t testing.TB, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Minute); !ok(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 2 minutes", what)
+		}
+	}
+}
+
+// skipOrFailInCI is how a test says what the machine lacks: outside CI it
+// skips with that reason; under CI (.ci/run sets CI=1 and provides every
+// tool, pseudo-terminals and IPv6 loopback) it fails.
+func skipOrFailInCI(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf(format+" (CI must provide it: see .ci/run)", args...)
+	}
+	t.Skipf(format, args...)
+}
+
 // TestVersionOf: the version names the module version and, when the build
 // recorded one, the commit, marked -dirty for a modified tree.
 func TestVersionOf(t *testing.T) {
@@ -410,15 +706,4 @@ func TestVersionNamesCommit(t *testing.T) {
 	if !regexp.MustCompile(`^client: v0\.0\.0-\d{14}-` + rev[:12] + `\+dirty \(` + rev + `-dirty\)\n`).MatchString(got + "\n") {
 		t.Errorf("helyos version in a modified checkout of %s:\n%s", rev, got)
 	}
-}
-
-// skipOrFailInCI is how a test says what the machine lacks: outside CI it
-// skips with that reason; under CI (.ci/run sets CI=1 and provides every
-// tool, pseudo-terminals and IPv6 loopback) it fails.
-func skipOrFailInCI(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf(format+" (CI must provide it: see .ci/run)", args...)
-	}
-	t.Skipf(format, args...)
 }

@@ -347,27 +347,6 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 	}
 }
 
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	data, err := os.ReadFile(from)
-	if err == nil {
-		err = os.WriteFile(to, data, 0o600)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// pollUntil waits, with a deadline, until ok says the state arrived.
-func pollUntil(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(2 * time.Minute); !ok(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 2 minutes", what)
-		}
-	}
-}
-
 // TestJSONLogLevels: with --log-format json a warning, an error or a debug
 // line carries its level, and a daemon that cannot start says why, with the
 // hint, in JSON lines too.

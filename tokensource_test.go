@@ -16,30 +16,6 @@ import (
 // the token out of config.toml; failures name the variable or command and
 // the context, never a token.
 
-// noTokenIn fails if any of the secrets shows up in what a run printed.
-func noTokenIn(t *testing.T, r cliResult, secrets ...string) {
-	t.Helper()
-	for _, s := range secrets {
-		if s == "" {
-			continue
-		}
-		hex := strings.TrimPrefix(s, "nxa-api_")
-		if strings.Contains(r.stdout+r.stderr, hex) {
-			t.Errorf("a token appears in the output:\nstdout: %s\nstderr: %s", r.stdout, r.stderr)
-		}
-	}
-}
-
-// writeScript writes an executable shell script into dir and returns its path.
-func writeScript(t *testing.T, dir, name, body string) string {
-	t.Helper()
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // TestCredentialLoginRecordsOnlyTheSource: login with --token-env or
 // --token-command checks the token and saves the variable's name or the
 // command, never the token; later commands read it from there.
