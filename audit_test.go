@@ -482,13 +482,7 @@ func TestEventsSlowSubscriber(t *testing.T) {
 	}
 	close(slow.gate)
 	waitFor := func(s string) {
-		deadline := time.Now().Add(2 * time.Minute)
-		for !strings.Contains(slow.String(), s) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the slow subscriber never wrote %q: %q", s, slow.String())
-			}
-			time.Sleep(10 * time.Millisecond) // polling for the handler's writes
-		}
+		pollUntil(t, fmt.Sprintf("the slow subscriber writing %q", s), func() bool { return strings.Contains(slow.String(), s) }, slow)
 	}
 	waitFor("id: 2\n") // its buffer is drained
 	s.audit.record("daemon.stopped", "", "", "", outcomeSuccess, nil)
@@ -608,14 +602,7 @@ func TestAuditRecordsRealActions(t *testing.T) {
 	}
 	short := d.createToken(t, d.token, "short", 1)
 	secrets = append(secrets, reader, short)
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(50 * time.Millisecond) { // polling for expiry
-		if code, _, _ := d.do(t, "GET", "/api/v1/whoami", short, ""); code == 401 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a token with ttl_secs 1 was still accepted after 2 minutes")
-		}
-	}
+	waitStatus(t, d, short, 401)
 	d.do(t, "GET", "/api/v1/whoami", short, "") // a second refused use: no second token.expired
 	random := newAPIToken()
 	d.do(t, "GET", "/api/v1/whoami", random, "")
@@ -876,20 +863,12 @@ func TestCLIEvents(t *testing.T) {
 	wantFail(t, runHelyos(t, home, "", nil, "events", "--since", "yesterday"), 2, "--since \"yesterday\" is neither")
 
 	follow := exec.Command(helyosBin, "events", "--follow", "--since", "0", "--json")
-	follow.Env = testEnv(home)
 	out, errOut := &syncBuffer{}, &syncBuffer{}
 	follow.Stdout, follow.Stderr = out, errOut
-	if err := follow.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { follow.Process.Kill(); follow.Wait() }()
+	startProc(t, follow, home, nil)
 	waitOutput := func(s string) {
 		t.Helper()
-		for deadline := time.Now().Add(2 * time.Minute); !strings.Contains(out.String(), s); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("events --follow never printed %q:\n%s\nstderr: %s", s, out.String(), errOut.String())
-			}
-		}
+		pollUntil(t, fmt.Sprintf("events --follow printing %q", s), func() bool { return strings.Contains(out.String(), s) }, out, errOut)
 	}
 	waitOutput(`"target":"ci"`)
 	d.stop(t)

@@ -33,7 +33,7 @@ type ptyProc struct {
 	master   *os.File
 	out      syncBuffer
 	cmd      *exec.Cmd
-	exited   chan struct{}
+	exited   <-chan struct{}
 	readDone chan struct{}
 }
 
@@ -74,45 +74,29 @@ func startOnPty(t *testing.T, home string, env []string, args ...string) *ptyPro
 	if err != nil {
 		skipOrFailInCI(t, "open pty slave: %v", err)
 	}
-	p := &ptyProc{master: master, exited: make(chan struct{}), readDone: make(chan struct{})}
+	p := &ptyProc{master: master, readDone: make(chan struct{})}
 	p.cmd = exec.Command(helyosBin, args...)
-	p.cmd.Env = testEnv(home, env...)
 	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = slave, slave, slave
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
-	err = p.cmd.Start()
+	p.exited = startProc(t, p.cmd, home, env)
 	slave.Close() // the child holds it now; the master reads EIO once it exits
-	if err != nil {
-		t.Fatalf("start helyos on a pty: %v", err)
-	}
 	go func() { io.Copy(&p.out, master); close(p.readDone) }()
-	go func() { p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			p.cmd.Process.Kill()
-			<-p.exited
-		}
-	})
 	return p
 }
 
 // waitFor polls the terminal output until it holds s.
 func (p *ptyProc) waitFor(t *testing.T, s string) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for !strings.Contains(p.out.String(), s) {
-		select {
-		case <-p.readDone:
-			if !strings.Contains(p.out.String(), s) {
-				t.Fatalf("terminal closed without showing %q:\n%s", s, p.out.String())
-			}
-		case <-time.After(10 * time.Millisecond):
+	pollUntil(t, fmt.Sprintf("the terminal showing %q", s), func() bool {
+		closed := isClosed(p.readDone) // before the output is read: all of it is in by then
+		if strings.Contains(p.out.String(), s) {
+			return true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("terminal did not show %q within 2 minutes:\n%s", s, p.out.String())
+		if closed {
+			t.Fatalf("terminal closed without showing %q:\n%s", s, p.out.String())
 		}
-	}
+		return false
+	}, &p.out)
 }
 
 // typeLine types s and Enter.

@@ -99,9 +99,8 @@ func loadRun(b *testing.B, url, token string, pool *x509.CertPool, conns int, d 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 1}
-			defer tr.CloseIdleConnections()
-			client := &http.Client{Transport: tr}
+			client := pinnedClient(pool)
+			defer client.CloseIdleConnections()
 			var mine []time.Duration
 			for time.Now().Before(stop) {
 				req, _ := http.NewRequest("GET", url, nil)
@@ -189,9 +188,8 @@ func floodWith(d *testDaemon, pool *x509.CertPool, conns int, path string, next 
 	sent, limited = &atomic.Int64{}, &atomic.Int64{}
 	for range conns {
 		go func() {
-			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
-			defer tr.CloseIdleConnections()
-			client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+			client := pinnedClient(pool)
+			defer client.CloseIdleConnections()
 			for {
 				select {
 				case <-stop:
@@ -300,11 +298,7 @@ func timedDuringFlood(tb testing.TB, d *testDaemon, conns int, path string, next
 	defer close(stop)
 	start := time.Now()
 	sent, limited := floodWith(d, nil, conns, path, next, stop)
-	for deadline := time.Now().Add(60 * time.Second); sent.Load() < int64(conns); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			tb.Fatalf("the flood had only %d answers after 60s", sent.Load())
-		}
-	}
+	pollUntil(tb, "an answer on each connection of the flood", func() bool { return sent.Load() >= int64(conns) })
 	t0 := time.Now()
 	if code, _, body := d.do(tb, "GET", "/api/v1/whoami", fresh, ""); code != http.StatusOK {
 		tb.Fatalf("first use of another token during the flood: %d %s", code, body)
@@ -477,15 +471,6 @@ func raiseOwnFileLimit(want uint64) int {
 	lim.Cur = lim.Max
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 	return int(lim.Cur)
-}
-
-func isClosed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
 }
 
 // TestRandomTokensNeverReachArgon2 sends a few thousand random well-formed

@@ -99,7 +99,7 @@ type testDaemon struct {
 	fp      string // the CA fingerprint from the login hint, when TLS is on
 	cmd     *exec.Cmd
 	out     *syncBuffer
-	exited  chan struct{}
+	exited  <-chan struct{}
 }
 
 var (
@@ -119,7 +119,7 @@ func startDaemon(t testing.TB, home string, args []string, env ...string) *testD
 // its own process, such as prlimit.
 func startDaemonVia(t testing.TB, via []string, home string, args []string, env ...string) *testDaemon {
 	t.Helper()
-	d := &testDaemon{home: home, dataDir: filepath.Join(home, ".helyos", "data"), out: &syncBuffer{}, exited: make(chan struct{})}
+	d := &testDaemon{home: home, dataDir: filepath.Join(home, ".helyos", "data"), out: &syncBuffer{}}
 	all := append([]string{"daemon", "--port", "0"}, args...)
 	d.cmd = exec.Command(helyosBin, all...)
 	if len(via) > 0 {
@@ -129,28 +129,20 @@ func startDaemonVia(t testing.TB, via []string, home string, args []string, env 
 		// As systemd does: $JOURNAL_STREAM names the stream that is stderr.
 		d.cmd = exec.Command("/bin/sh", append([]string{"-c", `JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec "$0" "$@"`, helyosBin}, all...)...)
 	}
-	d.cmd.Env = testEnv(home, env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("start daemon: %v", err)
-	}
-	go func() { d.cmd.Wait(); close(d.exited) }()
+	d.exited = startProc(t, d.cmd, home, env)
 	t.Cleanup(func() { d.stop(t) })
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
+	pollUntil(t, fmt.Sprintf("daemon %v listening", args), func() bool {
+		exited := isClosed(d.exited) // before the output is read: all of it is in by then
 		if m := listeningRE.FindStringSubmatch(d.out.String()); m != nil {
 			d.url, d.port = m[1]+"://127.0.0.1:"+m[2], m[2]
-			break
+			return true
 		}
-		select {
-		case <-d.exited:
+		if exited {
 			t.Fatalf("daemon %v exited before listening:\n%s", args, d.out.String())
-		case <-time.After(10 * time.Millisecond):
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon %v did not listen within 2 minutes:\n%s", args, d.out.String())
-		}
-	}
+		return false
+	}, d.out)
 	if m := tokenLineRE.FindStringSubmatch(d.out.String()); m != nil {
 		d.token = m[1]
 	}
@@ -194,12 +186,19 @@ func (d *testDaemon) caPool(t testing.TB) *x509.CertPool {
 // client is a plain net/http client that trusts only this daemon's CA.
 func (d *testDaemon) client(t testing.TB) *http.Client {
 	t.Helper()
-	tr := &http.Transport{}
+	var pool *x509.CertPool
 	if strings.HasPrefix(d.url, "https://") {
-		tr.TLSClientConfig = &tls.Config{RootCAs: d.caPool(t)}
+		pool = d.caPool(t)
 	}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}
+	c := pinnedClient(pool)
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+// pinnedClient is a plain net/http client that trusts only the CAs in pool
+// (for goroutines that each want their own connection; they close it).
+func pinnedClient(pool *x509.CertPool) *http.Client {
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 2 * time.Minute}
 }
 
 // do sends one request with token (if any) and returns status, headers, body.
@@ -267,20 +266,12 @@ type cliResult struct {
 func runHelyos(t testing.TB, home, stdin string, env []string, args ...string) cliResult {
 	t.Helper()
 	cmd := exec.Command(helyosBin, args...)
-	cmd.Env = testEnv(home, env...)
 	cmd.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
+	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	done := make(chan error, 1)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("run helyos %v: %v", args, err)
-	}
-	go func() { done <- cmd.Wait() }()
 	select {
-	case <-done:
+	case <-startProc(t, cmd, home, env):
 	case <-time.After(2 * time.Minute):
-		cmd.Process.Kill()
-		<-done
 		t.Fatalf("helyos %v did not finish within 2 minutes", args)
 	}
 	return cliResult{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
@@ -292,26 +283,16 @@ func runHelyos(t testing.TB, home, stdin string, env []string, args ...string) c
 func runRefusedDaemon(t testing.TB, home string, env []string, args ...string) cliResult {
 	t.Helper()
 	cmd := exec.Command(helyosBin, append([]string{"daemon"}, args...)...)
-	cmd.Env = testEnv(home, env...)
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("run helyos daemon %v: %v", args, err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	for deadline := time.Now().Add(2 * time.Minute); ; {
-		select {
-		case <-exited:
-			return cliResult{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
-		case <-time.After(10 * time.Millisecond):
-		}
-		if strings.Contains(stderr.String(), "listening on") || time.Now().After(deadline) {
-			cmd.Process.Kill()
-			<-exited
+	exited := startProc(t, cmd, home, env)
+	pollUntil(t, fmt.Sprintf("helyos daemon %v refusing to start", args), func() bool {
+		if strings.Contains(stderr.String(), "listening on") {
 			t.Fatalf("helyos daemon %v did not refuse to start:\n%s", args, stderr.String())
 		}
-	}
+		return isClosed(exited)
+	}, &stderr)
+	return cliResult{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
 }
 
 // mustRun runs the client and fails the test on a non-zero exit.
@@ -506,15 +487,13 @@ func jsonEqual(t testing.TB, got, want string) {
 // returns how many requests that took.
 func waitStatus(t testing.TB, d *testDaemon, token string, want int) int {
 	t.Helper()
-	for n, deadline := 1, time.Now().Add(2*time.Minute); ; n++ {
-		if code, _, _ := d.do(t, "GET", "/api/v1/whoami", token, ""); code == want {
-			return n
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("whoami did not answer %d within 2 minutes", want)
-		}
-		time.Sleep(50 * time.Millisecond) // polling, not waiting for a fixed time
-	}
+	n := 0
+	pollUntil(t, fmt.Sprintf("whoami answering %d", want), func() bool {
+		n++
+		code, _, _ := d.do(t, "GET", "/api/v1/whoami", token, "")
+		return code == want
+	})
+	return n
 }
 
 // secretPart is the part of a token no output may ever show: all of it but
@@ -584,9 +563,8 @@ func sendRandomTokens(t testing.TB, d *testDaemon, conns, each int) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
-			defer tr.CloseIdleConnections()
-			client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+			client := pinnedClient(pool)
+			defer client.CloseIdleConnections()
 			for range each {
 				req, _ := http.NewRequest("GET", d.url+"/api/v1/whoami", nil)
 				req.Header.Set("Authorization", "Bearer "+newAPIToken())
@@ -618,11 +596,36 @@ func copyFile(t testing.TB, from, to string) {
 	}
 }
 
-// pollUntil waits, with a deadline, until ok says the state arrived.
-func pollUntil(t testing.TB, what string, ok func() bool) {
+// startProc starts cmd (the binary, or a wrapper that execs it) in a clean
+// environment for home. The channel it returns closes once cmd has exited
+// and its output is all copied; the test's end kills it if it still runs.
+func startProc(t testing.TB, cmd *exec.Cmd, home string, env []string) <-chan struct{} {
+	t.Helper()
+	cmd.Env = testEnv(home, env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %v: %v", cmd.Args, err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		if !isClosed(exited) {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	return exited
+}
+
+// pollUntil polls ok until it holds: the one way a test waits for a state
+// that arrives with time. After 2 minutes it fails the test, saying what
+// did not arrive and what each of show (a process's output) held then.
+func pollUntil(t testing.TB, what string, ok func() bool, show ...fmt.Stringer) {
 	t.Helper()
 	for deadline := time.Now().Add(2 * time.Minute); !ok(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
+			for _, s := range show {
+				what += "\n" + s.String()
+			}
 			t.Fatalf("%s: not within 2 minutes", what)
 		}
 	}
@@ -705,5 +708,14 @@ func TestVersionNamesCommit(t *testing.T) {
 	got := run(filepath.Join(dir, "helyos"), "version", "--server", "http://127.0.0.1:1")
 	if !regexp.MustCompile(`^client: v0\.0\.0-\d{14}-` + rev[:12] + `\+dirty \(` + rev + `-dirty\)\n`).MatchString(got + "\n") {
 		t.Errorf("helyos version in a modified checkout of %s:\n%s", rev, got)
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
