@@ -39,10 +39,7 @@ func newTestAudit(t testing.TB, dir string, maxSize int64, now func() time.Time)
 // auditLines returns the lines of an audit log file, newlines included.
 func auditLines(t testing.TB, path string) []string {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := mustReadFile(t, path)
 	lines := strings.SplitAfter(string(data), "\n")
 	return lines[:len(lines)-1] // after the last newline: nothing, or a torn line
 
@@ -257,10 +254,7 @@ func TestAuditTallies(t *testing.T) {
 func TestAuditFullDisk(t *testing.T) {
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI runs as root and can mount a tmpfs: %v %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs (not root?): %v %s", err, out)
+		skipOrFailInCI(t, "cannot mount a tmpfs (not root?): %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 	a := newTestAudit(t, dir, defaultAuditMaxSize, time.Now)
@@ -298,7 +292,7 @@ func TestAuditFullDisk(t *testing.T) {
 // newTestServer is an in-process daemon with a real store and audit log,
 // and two admin tokens (created unrecorded): admin, whose secret it
 // returns, and keeper.
-func newTestServer(t *testing.T) (*server, string) {
+func newTestServer(t testing.TB) (*server, string) {
 	t.Helper()
 	dir := t.TempDir()
 	store := newTokenStore(filepath.Join(dir, tokenStoreFile), nil, time.Now)
@@ -748,8 +742,7 @@ func TestAuditVerifyCommand(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			for _, f := range files {
-				data, _ := os.ReadFile(f)
-				os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o600)
+				copyFile(t, f, filepath.Join(dir, filepath.Base(f)))
 			}
 			if c.edit != nil {
 				editLines(dir, c.file, c.edit)
@@ -777,7 +770,7 @@ func TestAuditVerifyCommand(t *testing.T) {
 // not read.
 func TestEventsReplay(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on", "--audit-max-size", "1KiB"})
+	d := tlsDaemon(t, "--audit-max-size", "1KiB")
 	for _, name := range []string{"a", "b", "c"} {
 		d.createToken(t, d.token, name, 0)
 	}
@@ -896,7 +889,7 @@ func TestCLIEvents(t *testing.T) {
 // add up to every refusal.
 func TestAuditFloodOneRecordPerWindow(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(t)
 	start := time.Now()
 	const conns, each = 8, 250
 	if refused := sendRandomTokens(t, d, conns, each); refused != conns*each {

@@ -685,11 +685,11 @@ func TestCLILoginContextNames(t *testing.T) {
 	}
 	// --name of a context for another server: refused, nothing saved, as
 	// LXD refuses a remote that exists.
-	saved := readString(t, cliConfigPath(home))
+	saved := string(mustReadFile(t, cliConfigPath(home)))
 	wantFail(t, runHelyos(t, home, "", nil, "login", c.url, "--ca-fingerprint", c.fp, "--token", c.token, "--name", "prod"), 1,
 		`helyos: error: context "prod" already exists for `+a.url+"; nothing was saved\n",
 		"helyos: hint: pick another --name, or remove it first with 'helyos context rm prod'\n")
-	if after := readString(t, cliConfigPath(home)); after != saved {
+	if after := string(mustReadFile(t, cliConfigPath(home))); after != saved {
 		t.Errorf("a refused login changed the config:\n%s", after)
 	}
 	// Following the hint.
@@ -1293,10 +1293,7 @@ func TestCLILoginIPv6(t *testing.T) {
 	} else {
 		l.Close()
 	}
-	d := startDaemon(t, t.TempDir(), []string{"--host", "::1", "--tls", "on"})
-	if d.token == "" || d.fp == "" {
-		t.Fatalf("daemon on ::1 printed no token or fingerprint:\n%s", d.out.String())
-	}
+	d := tlsDaemon(t, "--host", "::1")
 	home := t.TempDir()
 	mustRun(t, home, nil, "login", "[::1]:"+d.port, "--ca-fingerprint", d.fp, "--token", d.token, "--name", "v6")
 	if c := mustContext(t, home, "v6"); c.Server != "https://[::1]:"+d.port || c.CASHA256 != d.fp {

@@ -81,10 +81,7 @@ func startImpostor(t *testing.T, addr string) (int, func() string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	data, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := mustReadFile(t, self)
 	bin := filepath.Join(dir, "impostor")
 	if err := os.WriteFile(bin, data, 0o755); err != nil || os.Chmod(dir, 0o755) != nil {
 		t.Fatal(err)

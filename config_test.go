@@ -322,24 +322,6 @@ func TestConfigTomllib(t *testing.T) {
 	}
 }
 
-func fileMode(t *testing.T, path string) os.FileMode {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Mode().Perm()
-}
-
-func readString(t *testing.T, path string) string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
-}
-
 func addContext(name string) func(*Config) error {
 	return func(c *Config) error {
 		c.Contexts = append(c.Contexts, &Context{Name: name, Server: "https://" + name + ":6443"})
@@ -354,24 +336,24 @@ func TestUpdateConfigFilesAndModes(t *testing.T) {
 	if err := updateConfig(path, addContext("one")); err != nil {
 		t.Fatal(err)
 	}
-	if m := fileMode(t, dir); m != 0o700 {
+	if m := permOf(t, dir); m != 0o700 {
 		t.Errorf("folder mode %o, want 700", m)
 	}
-	if m := fileMode(t, path); m != 0o600 {
+	if m := permOf(t, path); m != 0o600 {
 		t.Errorf("file mode %o, want 600", m)
 	}
 	if _, err := os.Stat(path + ".bak"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("first save made a backup: %v", err)
 	}
-	first := readString(t, path)
+	first := string(mustReadFile(t, path))
 
 	if err := updateConfig(path, addContext("two")); err != nil {
 		t.Fatal(err)
 	}
-	if got := readString(t, path+".bak"); got != first {
+	if got := string(mustReadFile(t, path+".bak")); got != first {
 		t.Errorf("backup holds\n%s\nwant the previous file\n%s", got, first)
 	}
-	if m := fileMode(t, path+".bak"); m != 0o600 {
+	if m := permOf(t, path+".bak"); m != 0o600 {
 		t.Errorf("backup mode %o, want 600", m)
 	}
 
@@ -384,7 +366,7 @@ func TestUpdateConfigFilesAndModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range []string{path, path + ".bak"} {
-		if m := fileMode(t, p); m != 0o600 {
+		if m := permOf(t, p); m != 0o600 {
 			t.Errorf("%s mode %o after a save, want 600", filepath.Base(p), m)
 		}
 	}
@@ -403,7 +385,7 @@ func TestUpdateConfigFilesAndModes(t *testing.T) {
 	if want := []string{"config.toml", "config.toml.bak", "config.toml.lock"}; !slices.Equal(names, want) {
 		t.Errorf("folder holds %q, want %q", names, want)
 	}
-	if m := fileMode(t, path+".lock"); m != 0o600 {
+	if m := permOf(t, path+".lock"); m != 0o600 {
 		t.Errorf("lock file mode %o, want 600", m)
 	}
 }
@@ -446,7 +428,7 @@ func TestUpdateConfigWritesNothingOnError(t *testing.T) {
 				if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("config was written: %v", err)
 				}
-			} else if got := readString(t, path); got != tt.existing {
+			} else if got := string(mustReadFile(t, path)); got != tt.existing {
 				t.Errorf("config changed to\n%s", got)
 			}
 			if _, err := os.Stat(path + ".bak"); !errors.Is(err, os.ErrNotExist) {
@@ -569,10 +551,10 @@ func TestWriteFileAtomic(t *testing.T) {
 	if err := writeFileAtomic(path, []byte("new")); err != nil {
 		t.Fatal(err)
 	}
-	if got := readString(t, path); got != "new" {
+	if got := string(mustReadFile(t, path)); got != "new" {
 		t.Errorf("content %q", got)
 	}
-	if m := fileMode(t, path); m != 0o600 {
+	if m := permOf(t, path); m != 0o600 {
 		t.Errorf("mode %o, want 600", m)
 	}
 	if got := dirNames(t, dir); !slices.Equal(got, []string{"state.json"}) {

@@ -218,8 +218,8 @@ func TestHelyosdName(t *testing.T) {
 // the daemon's CA, the SANs, and that other names and CAs are refused.
 func TestTLSCertificate(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on", "--advertise-addr", "helyos.test", "--tls-san", "10.1.2.3", "--tls-san", "Extra.Test"})
-	other := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(t, "--advertise-addr", "helyos.test", "--tls-san", "10.1.2.3", "--tls-san", "Extra.Test")
+	other := tlsDaemon(t)
 	hostname, _ := os.Hostname()
 
 	dial := func(serverName string, roots *x509.CertPool) (*tls.ConnectionState, error) {
@@ -281,7 +281,7 @@ func TestTLSCertificate(t *testing.T) {
 
 func TestCAEndpointAndFingerprint(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(t)
 	code, _, body := d.do(t, "GET", "/api/v1/ca", "", "")
 	if code != 200 {
 		t.Fatalf("GET /api/v1/ca = %d %s", code, body)
@@ -322,7 +322,7 @@ func TestCAEndpointAndFingerprint(t *testing.T) {
 		}
 	})
 
-	plain := startDaemon(t, t.TempDir(), nil)
+	plain := httpDaemon(t)
 	code, _, body = plain.do(t, "GET", "/api/v1/ca", "", "")
 	if code != 404 || !strings.Contains(body, `"error"`) {
 		t.Errorf("GET /api/v1/ca with TLS off = %d %s, want 404 with an error", code, body)
@@ -529,7 +529,7 @@ func TestAdvertiseAddrReissuesUnderSameCA(t *testing.T) {
 
 func TestTokenLifecycleOverHTTP(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(t)
 	before := time.Now().Truncate(time.Second)
 	code, _, body := d.do(t, "POST", "/api/v1/tokens", d.token, `{"name":"ci","ttl_secs":3600,"scope":"admin"}`)
 	after := time.Now()
@@ -600,7 +600,7 @@ func TestTokenLifecycleOverHTTP(t *testing.T) {
 // 401; the scheme matches without regard to case.
 func TestBearerHeaderTable(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(t)
 	valid := d.token
 	cases := []struct {
 		name    string
@@ -657,7 +657,7 @@ func TestBearerHeaderTable(t *testing.T) {
 
 func TestRequestBodyTable(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), nil)
+	d := httpDaemon(t)
 	big := `{"name":"` + strings.Repeat("a", maxBodyBytes) + `"}`
 	cases := []struct {
 		name, body string
@@ -707,7 +707,7 @@ func TestRequestBodyTable(t *testing.T) {
 
 func TestRoutes(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), nil)
+	d := httpDaemon(t)
 	cases := []struct {
 		name, method, path string
 		auth               bool
@@ -1024,7 +1024,7 @@ func TestMetrics(t *testing.T) {
 // TestUnmatchedMethodsStayBounded: odd methods do not grow the metrics.
 func TestUnmatchedMethodsStayBounded(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), nil)
+	d := httpDaemon(t)
 	for _, m := range []string{"BREW", "WHEN", "FOO"} {
 		d.do(t, m, "/health", "", "")
 	}
@@ -1287,7 +1287,7 @@ func TestCAFileHoldsOneCertificate(t *testing.T) {
 // belongs is never repeated in the answer, in any spelling.
 func TestTokensRedactedInErrors(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), nil)
+	d := httpDaemon(t)
 	tok := d.token
 	cases := []struct {
 		name, method, path, body string
@@ -1475,7 +1475,7 @@ func TestOpenFileLimit(t *testing.T) {
 // path) reach the log at most once a second, with a count of the rest.
 func TestClientErrorLinesRateLimited(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(t)
 	start := time.Now()
 	badHandshake := func() {
 		c := dialFrom(t, "127.0.0.1", d)

@@ -7,12 +7,10 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -31,7 +29,7 @@ import (
 // benchmarkRoute measures one route over TLS with a keep-alive connection
 // against a real daemon.
 func benchmarkRoute(b *testing.B, path string, withToken bool) {
-	d := startDaemon(b, b.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(b)
 	client := d.client(b)
 	req, _ := http.NewRequest("GET", d.url+path, nil)
 	if withToken {
@@ -56,16 +54,8 @@ func benchmarkRoute(b *testing.B, path string, withToken bool) {
 // (metrics, headers, routing, bearer parsing, verification, the handler)
 // in process, with no network, so the cost of authentication stands alone.
 func BenchmarkMiddleware(b *testing.B) {
-	store, _ := newTestStore(b)
-	token, _, err := store.create(context.Background(), "alice", "", 0, noAudit)
-	if err != nil {
-		b.Fatal(err)
-	}
-	audit, err := openAuditLog(b.TempDir(), defaultAuditMaxSize, time.Now, log.New(io.Discard, "", 0))
-	if err != nil {
-		b.Fatal(err)
-	}
-	h := (&server{tokens: store, metrics: newMetrics(), logger: log.New(io.Discard, "", 0), audit: audit}).routes()
+	srv, token := newTestServer(b)
+	h := srv.routes()
 	for _, c := range []struct{ name, path, token string }{
 		{"health", "/health", ""},
 		{"whoami", "/api/v1/whoami", token},
@@ -142,7 +132,7 @@ func percentile(lat []time.Duration, p float64) time.Duration {
 // ratio (target ≥ 0.95). The token's one Argon2 run happens before the
 // clock starts: it is the first request's cost, not the steady state's.
 func BenchmarkAuthVsPublic(b *testing.B) {
-	d := startDaemon(b, b.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(b)
 	pool := d.caPool(b)
 	if code, _, body := d.do(b, "GET", "/api/v1/whoami", d.token, ""); code != http.StatusOK {
 		b.Fatalf("whoami: %d %s", code, body)
@@ -224,7 +214,7 @@ func floodWith(d *testDaemon, pool *x509.CertPool, conns int, path string, next 
 // shares, any full-speed flood slows everyone, and what authentication adds
 // is the difference between the two floods.
 func BenchmarkRandomTokenFlood(b *testing.B) {
-	d := startDaemon(b, b.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(b)
 	pool := d.caPool(b)
 	whoami := d.url + "/api/v1/whoami"
 	loadRun(b, whoami, d.token, pool, 1, 100*time.Millisecond) // the token's one Argon2 run
@@ -263,7 +253,7 @@ func BenchmarkRandomTokenFlood(b *testing.B) {
 // Reports the daemon's peak memory and that a remembered valid token is
 // still answered.
 func BenchmarkKnownPrefixFlood(b *testing.B) {
-	d := startDaemon(b, b.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(b)
 	pool := d.caPool(b)
 	var prefixes []string
 	for i := range 50 {
@@ -375,7 +365,7 @@ func TestConnectionFlood(t *testing.T) {
 	case n < 20000:
 		t.Logf("the open-file limit allows %d connections, not 20,000", n)
 	}
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(t)
 	tlsConfig := &tls.Config{RootCAs: d.caPool(t), ServerName: "localhost"}
 	whoami := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig, DisableKeepAlives: true}, Timeout: 30 * time.Second}
 	var lat []time.Duration
@@ -478,7 +468,7 @@ func raiseOwnFileLimit(want uint64) int {
 // auth failure; at the default log level, no reason is logged.
 func TestRandomTokensNeverReachArgon2(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(t)
 	runs := metricValue(t, d, "helyos_argon2_runs_total")
 	failures := metricValue(t, d, "helyos_auth_failures_total")
 	const conns, each = 8, 250
@@ -505,17 +495,11 @@ func TestLastUsedNotWrittenOnRequestPath(t *testing.T) {
 	t.Parallel()
 	srv, token := newTestServer(t)
 	store, h := srv.tokens, srv.routes()
-	before, err := os.ReadFile(store.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := mustReadFile(t, store.path)
 	fi, _ := os.Stat(store.path)
 	var body string
 	for range 50 {
-		req := httptest.NewRequest("GET", "/api/v1/whoami", nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
+		rec := serveOnce(h, "GET", "/api/v1/whoami", token, "")
 		if body = rec.Body.String(); rec.Code != http.StatusOK {
 			t.Fatalf("whoami: %d %s", rec.Code, body)
 		}

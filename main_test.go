@@ -362,11 +362,12 @@ func mustContext(t testing.TB, home, name string) *Context {
 	return c
 }
 
-// tlsDaemon starts a daemon that serves HTTPS on loopback (--tls on) in a
-// home of its own, and checks it printed a token and a fingerprint.
-func tlsDaemon(t testing.TB) *testDaemon {
+// tlsDaemon starts a daemon that serves HTTPS on loopback (--tls on, and
+// any more flags in args) in a home of its own, and checks it printed a
+// token and a fingerprint.
+func tlsDaemon(t testing.TB, args ...string) *testDaemon {
 	t.Helper()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := startDaemon(t, t.TempDir(), append([]string{"--tls", "on"}, args...))
 	if d.token == "" || d.fp == "" || !strings.HasPrefix(d.url, "https://") {
 		t.Fatalf("daemon printed no token, fingerprint or https address:\n%s", d.out.String())
 	}
@@ -683,11 +684,7 @@ func TestVersionNamesCommit(t *testing.T) {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
 		}
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, f), data, 0o600)
+		copyFile(t, f, filepath.Join(dir, f))
 	}
 	run := func(name string, args ...string) string {
 		t.Helper()

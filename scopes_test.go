@@ -89,7 +89,7 @@ func concreteRequest(pattern string) (method, path, body string, ok int) {
 // change nothing.
 func TestScopeTable(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"})
+	d := tlsDaemon(t)
 	reader := createWith(t, d, d.token, `{"name":"reader","scope":"read"}`)
 	victims := map[string]string{}
 	for _, name := range []string{"rotate-me", "revoke-me"} {
@@ -187,7 +187,7 @@ func whoamiFrom(t *testing.T, c *http.Client, d *testDaemon, token string) (int,
 // the reason is counted for operators.
 func TestBoundTokens(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), []string{"--tls", "on"}) // bound to 127.0.0.1
+	d := tlsDaemon(t) // bound to 127.0.0.1
 	one, two := clientFrom(t, d, "127.0.0.1"), clientFrom(t, d, "127.0.0.2")
 	tokens := map[string]string{}
 	for name, cidrs := range map[string]string{
@@ -357,7 +357,7 @@ func TestRotation(t *testing.T) {
 // a way out; read tokens do not count as admins.
 func TestLastAdminRefused(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, t.TempDir(), nil)
+	d := httpDaemon(t)
 	lastAdmin := func(token, name string) {
 		t.Helper()
 		code, _, body := d.do(t, "DELETE", "/api/v1/tokens/"+name, token, "")

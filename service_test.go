@@ -29,10 +29,7 @@ import (
 func TestSystemdUnitVerifies(t *testing.T) {
 	t.Parallel()
 	tool := needTool(t, "systemd-analyze")
-	data, err := os.ReadFile(filepath.Join("contrib", "helyos.service"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := mustReadFile(t, filepath.Join("contrib", "helyos.service"))
 	unit := string(data)
 	const execStart = "\nExecStart=/usr/local/bin/helyos daemon "
 	if strings.Count(unit, execStart) != 1 {

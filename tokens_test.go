@@ -274,10 +274,7 @@ func TestStoreRecordsBeforeChanging(t *testing.T) {
 	ctx := context.Background()
 	s.create(ctx, "keeper", "", 0, noAudit) // so that alice is not the last admin
 	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
-	before, err := os.ReadFile(s.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := mustReadFile(t, s.path)
 	refuse := func(tokenInfo, string) error { return errAuditUnavailable }
 	if _, _, err := s.create(ctx, "bob", "", 0, refuse); !errors.Is(err, errAuditUnavailable) {
 		t.Errorf("create with no audit: %v", err)

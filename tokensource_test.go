@@ -45,10 +45,7 @@ func TestCredentialLoginRecordsOnlyTheSource(t *testing.T) {
 			home := t.TempDir()
 			r := mustRun(t, home, tc.env, "login", d.url, "--ca-fingerprint", d.fp, tc.flag, tc.value, "--name", "prod")
 			noTokenIn(t, r, secret, d.token)
-			data, err := os.ReadFile(cliConfigPath(home))
-			if err != nil {
-				t.Fatal(err)
-			}
+			data := mustReadFile(t, cliConfigPath(home))
 			if strings.Contains(string(data), strings.TrimPrefix(secret, "nxa-api_")) {
 				t.Fatalf("config.toml holds the token:\n%s", data)
 			}
