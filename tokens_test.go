@@ -41,6 +41,22 @@ func newTestStore(t testing.TB) (*tokenStore, *fakeClock) {
 	return newTokenStore(filepath.Join(t.TempDir(), tokenStoreFile), nil, clock.now), clock
 }
 
+// storeWithAlice is a test store holding two admins, keeper and alice (so
+// that alice is not the last admin), and alice's secret.
+func storeWithAlice(t testing.TB) (*tokenStore, string) {
+	t.Helper()
+	s, _ := newTestStore(t)
+	_, _, err := s.create(context.Background(), "keeper", "", 0, noAudit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := s.create(context.Background(), "alice", "", 0, noAudit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, tok
+}
+
 func TestTokenFormat(t *testing.T) {
 	seen := map[string]bool{}
 	for range 100 {
@@ -156,10 +172,8 @@ func TestCheapRefusals(t *testing.T) {
 }
 
 func TestRevokeTakesEffectAtOnce(t *testing.T) {
-	s, _ := newTestStore(t)
+	s, tok := storeWithAlice(t)
 	ctx := context.Background()
-	s.create(ctx, "keeper", "", 0, noAudit) // so that alice is not the last admin
-	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	if _, err := s.verify(ctx, tok, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -242,10 +256,8 @@ func TestCreateValidation(t *testing.T) {
 // TestStoreWriteFailureChangesNothing: a change that cannot be written is
 // not acknowledged and not kept in memory.
 func TestStoreWriteFailureChangesNothing(t *testing.T) {
-	s, _ := newTestStore(t)
+	s, tok := storeWithAlice(t)
 	ctx := context.Background()
-	s.create(ctx, "keeper", "", 0, noAudit)
-	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	s.path = filepath.Join(s.path, "not-a-dir", tokenStoreFile) // parent is a file: every write fails
 	var recorded []string
 	record := func(t tokenInfo, outcome string) error { recorded = append(recorded, t.Name+" "+outcome); return nil }
@@ -270,10 +282,8 @@ func TestStoreWriteFailureChangesNothing(t *testing.T) {
 // TestStoreRecordsBeforeChanging: a change whose record cannot be written
 // is not made, in memory or on disk.
 func TestStoreRecordsBeforeChanging(t *testing.T) {
-	s, _ := newTestStore(t)
+	s, tok := storeWithAlice(t)
 	ctx := context.Background()
-	s.create(ctx, "keeper", "", 0, noAudit) // so that alice is not the last admin
-	tok, _, _ := s.create(ctx, "alice", "", 0, noAudit)
 	before := mustReadFile(t, s.path)
 	refuse := func(tokenInfo, string) error { return errAuditUnavailable }
 	if _, _, err := s.create(ctx, "bob", "", 0, refuse); !errors.Is(err, errAuditUnavailable) {
@@ -866,13 +876,8 @@ func waitEntered(t *testing.T, entered <-chan struct{}, n int) {
 // TestRevokeDuringArgon2Wins: a token revoked while its first verification
 // is inside Argon2 is refused by that verification, and not remembered.
 func TestRevokeDuringArgon2Wins(t *testing.T) {
-	s, _ := newTestStore(t)
+	s, tok := storeWithAlice(t)
 	ctx := context.Background()
-	s.create(ctx, "keeper", "", 0, noAudit) // so that alice is not the last admin
-	tok, _, err := s.create(ctx, "alice", "", 0, noAudit)
-	if err != nil {
-		t.Fatal(err)
-	}
 	entered, release := holdArgon2(s)
 	result := make(chan error, 1)
 	go func() {
