@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -40,12 +41,11 @@ const (
 	// files (the token store, certificates, the data-dir lock) beyond its
 	// connections: --max-conns is lowered to fit under the open-file limit.
 	fdHeadroom = 64
-)
 
-// The plain-HTTP guardrail's messages, word for word from the security model.
-const (
-	msgPlainHTTP = "refusing to serve a non-loopback address (%s) over plain HTTP; use --tls on, or pass BOTH --tls off and --insecure-http"
-	msgNoToken   = "refusing to expose a non-loopback address with no API token configured; set --api-token / HELYOS_API_TOKEN first"
+	// bootstrapTokenFile is where the first-run token goes instead of the
+	// log when the log is kept (the journal, which every member of adm
+	// reads, or a JSON log shipper).
+	bootstrapTokenFile = "bootstrap-token"
 )
 
 // daemonConfig is everything the daemon's flags decide.
@@ -100,45 +100,42 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
 
 // daemonFlags binds the daemon's flags to cfg; completion lists them too.
 func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&cfg.host, "host", "127.0.0.1", "bind `address`")
-	fs.IntVar(&cfg.port, "port", 6443, "REST API `port` (0 picks a free one)")
-	fs.StringVar(&cfg.dataDir, "data-dir", defaultDataDir(), "`dir`ectory for state, keys and certificates")
-	fs.StringVar(&cfg.tlsMode, "tls", "auto", "`mode`: auto (HTTPS unless bound to loopback without --tls-cert), on, off")
-	fs.BoolVar(&cfg.insecureHTTP, "insecure-http", false, "acknowledge plain HTTP on a non-loopback address")
-	fs.StringVar(&cfg.apiToken, "api-token", "", "API `token` to accept (default $HELYOS_API_TOKEN)")
-	fs.StringVar(&cfg.advertiseAddr, "advertise-addr", "", "`host[:port]` clients dial: added to the certificate, the login hint and every new token's login line")
-	fs.Func("tls-san", "extra certificate subject alternative `name` (repeatable)", func(v string) error {
+	flags := flag.NewFlagSet("daemon", flag.ContinueOnError)
+	flags.SetOutput(io.Discard)
+	flags.StringVar(&cfg.host, "host", "127.0.0.1", "bind `address`")
+	flags.IntVar(&cfg.port, "port", 6443, "REST API `port` (0 picks a free one)")
+	flags.StringVar(&cfg.dataDir, "data-dir", defaultDataDir(), "`dir`ectory for state, keys and certificates")
+	flags.StringVar(&cfg.tlsMode, "tls", "auto", "`mode`: auto (HTTPS unless bound to loopback without --tls-cert), on, off")
+	flags.BoolVar(&cfg.insecureHTTP, "insecure-http", false, "acknowledge plain HTTP on a non-loopback address")
+	flags.StringVar(&cfg.apiToken, "api-token", "", "API `token` to accept (default $HELYOS_API_TOKEN)")
+	flags.StringVar(&cfg.advertiseAddr, "advertise-addr", "", "`host[:port]` clients dial: added to the certificate, the login hint and every new token's login line")
+	flags.Func("tls-san", "extra certificate subject alternative `name` (repeatable)", func(v string) error {
 		cfg.tlsSANs = append(cfg.tlsSANs, v)
 		return nil
 	})
-	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "serve this certificate `file` (PEM) instead of the self-signed one")
-	fs.StringVar(&cfg.tlsKey, "tls-key", "", "private key `file` (PEM) for --tls-cert; SIGHUP re-reads both")
-	fs.StringVar(&cfg.logFormat, "log-format", "text", "log `format`: text, or json (one object per line)")
-	fs.Func("max-ttl", "created and rotated tokens may live at most this `duration` (90s, 12h, 30d); the bootstrap token is exempt", func(v string) (err error) {
+	flags.StringVar(&cfg.tlsCert, "tls-cert", "", "serve this certificate `file` (PEM) instead of the self-signed one")
+	flags.StringVar(&cfg.tlsKey, "tls-key", "", "private key `file` (PEM) for --tls-cert; SIGHUP re-reads both")
+	flags.StringVar(&cfg.logFormat, "log-format", "text", "log `format`: text, or json (one object per line)")
+	flags.Func("max-ttl", "created and rotated tokens may live at most this `duration` (90s, 12h, 30d); the bootstrap token is exempt", func(v string) (err error) {
 		cfg.maxTTL, err = parseDuration(v)
 		return err
 	})
-	fs.Func("audit-max-size", "rotate audit.log when it would grow past `size` (bytes, or with KiB, MiB, GiB; default 64MiB)", func(v string) error {
-		n, err := parseSize(v)
-		cfg.auditMaxSize = n
+	flags.Func("audit-max-size", "rotate audit.log when it would grow past `size` (bytes, or with KiB, MiB, GiB; default 64MiB)", func(v string) (err error) {
+		cfg.auditMaxSize, err = parseSize(v)
 		return err
 	})
-	fs.StringVar(&cfg.logLevel, "log-level", "info", "`level`: info, or debug (adds why each bearer token was refused)")
-	fs.IntVar(&cfg.maxConns, "max-conns", 4096, "most open client connections, in total")
-	fs.IntVar(&cfg.maxConnsPerIP, "max-conns-per-ip", 256, "most open client connections from one source address")
-	fs.Usage = func() {
+	flags.StringVar(&cfg.logLevel, "log-level", "info", "`level`: info, or debug (adds why each bearer token was refused)")
+	flags.IntVar(&cfg.maxConns, "max-conns", 4096, "most open client connections, in total")
+	flags.IntVar(&cfg.maxConnsPerIP, "max-conns-per-ip", 256, "most open client connections from one source address")
+	flags.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n")
-		printFlags(stderr, fs)
+		printFlags(stderr, flags)
 	}
-	return fs
+	return flags
 }
 
 func (c *daemonConfig) validate() error {
-	switch c.tlsMode {
-	case "auto", "on", "off":
-	default:
+	if c.tlsMode != "auto" && c.tlsMode != "on" && c.tlsMode != "off" {
 		return usageErrorf("--tls must be auto, on or off, not %q", c.tlsMode)
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
@@ -170,7 +167,7 @@ func (c *daemonConfig) validate() error {
 		c.advertiseAddr, c.advertisePort = host, port
 	}
 	for _, san := range c.tlsSANs { // a certificate is public: no token, nothing but a name
-		if name := strings.TrimPrefix(strings.Trim(san, "[]"), "*."); net.ParseIP(name) == nil && (len(name) > 253 || !hostNamePattern.MatchString(name)) {
+		if !isHostName(strings.TrimPrefix(strings.Trim(san, "[]"), "*.")) {
 			return withHint(usageErrorf("--tls-san %q is not a host name or IP address", redactTokens(san)),
 				"give another name clients dial, for example --tls-san helyos.internal or --tls-san 10.0.0.5")
 		}
@@ -216,11 +213,12 @@ func checkExposure(host string, useTLS, insecureHTTP, tokenConfigured bool) erro
 	if useTLS || isLoopback(host) {
 		return nil
 	}
+	// Both messages are word for word from the security model.
 	if !insecureHTTP {
-		return fmt.Errorf(msgPlainHTTP, host)
+		return fmt.Errorf("refusing to serve a non-loopback address (%s) over plain HTTP; use --tls on, or pass BOTH --tls off and --insecure-http", host)
 	}
 	if !tokenConfigured {
-		return errors.New(msgNoToken)
+		return errors.New("refusing to expose a non-loopback address with no API token configured; set --api-token / HELYOS_API_TOKEN first")
 	}
 	return nil
 }
@@ -290,6 +288,55 @@ func runDaemon(args []string, stderr io.Writer) error {
 	return err
 }
 
+// stderrIsJournal tells whether stderr is the journal stream systemd names
+// in $JOURNAL_STREAM ("DEV:INODE"). Children inherit the variable, a shell
+// started by a service among them, so it counts only when it names stderr
+// (systemd.exec(5)).
+func stderrIsJournal(stream string) bool {
+	var st syscall.Stat_t
+	if stream == "" || syscall.Fstat(2, &st) != nil {
+		return false
+	}
+	return stream == fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+}
+
+// newLogger writes the daemon's log: "helyos: DATE TIME message" by default,
+// one JSON object per line with --log-format json, and no time stamp under
+// journald, which stamps every line itself.
+func newLogger(format string, journal bool, w io.Writer) *log.Logger {
+	switch {
+	case format == "json":
+		return log.New(jsonLines{slog.NewJSONHandler(w, nil), journal}, "", 0)
+	case journal:
+		return log.New(w, "helyos: ", 0)
+	}
+	return log.New(w, "helyos: ", log.LstdFlags)
+}
+
+// jsonLines turns each line the daemon logs into one JSON object: a line
+// starting "error: ", "warning: " or "debug: " at that level, without the
+// word, so a log shipper can alert on it; every other line at INFO.
+type jsonLines struct {
+	h       slog.Handler
+	journal bool // the record then has no time, which slog leaves out
+}
+
+func (j jsonLines) Write(p []byte) (int, error) {
+	msg, level := strings.TrimSuffix(string(p), "\n"), slog.LevelInfo
+	if m, ok := strings.CutPrefix(msg, "error: "); ok {
+		msg, level = m, slog.LevelError
+	} else if m, ok := strings.CutPrefix(msg, "warning: "); ok {
+		msg, level = m, slog.LevelWarn
+	} else if m, ok := strings.CutPrefix(msg, "debug: "); ok {
+		msg, level = m, slog.LevelDebug
+	}
+	var t time.Time
+	if !j.journal {
+		t = time.Now()
+	}
+	return len(p), j.h.Handle(context.Background(), slog.NewRecord(t, level, msg, 0))
+}
+
 // underSystemd: systemd sets $NOTIFY_SOCKET for Type=notify, and
 // $JOURNAL_STREAM to stderr's stream when stderr is the journal.
 func (c *daemonConfig) underSystemd() bool {
@@ -306,7 +353,6 @@ func (c *daemonConfig) keepTokenOutOfLog() bool {
 // run starts the daemon. Nothing is written to the data dir or the config
 // file until the guardrails have passed and the port is bound.
 func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger *log.Logger, stderr io.Writer) error {
-	now := time.Now
 	unlock, err := lockDataDir(c.dataDir)
 	if err != nil {
 		return err
@@ -316,67 +362,111 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 			unlock()
 		}
 	}()
-	records, err := readTokenFile(filepath.Join(c.dataDir, tokenStoreFile))
+	store, given, err := c.openTokenStore(ctx)
 	if err != nil {
 		return err
 	}
-	store := newTokenStore(filepath.Join(c.dataDir, tokenStoreFile), records, now)
-	store.maxTTL = c.maxTTL
-	var given *tokenRecord
-	if c.apiToken != "" {
-		if given, err = store.findToken(ctx, c.apiToken); err != nil {
-			return fmt.Errorf("check --api-token against the token store: %w", err)
-		}
-	}
-	givenUsable := c.apiToken != "" && (given == nil || given.active(now()))
-	if err := checkExposure(c.host, c.useTLS(), c.insecureHTTP, givenUsable || store.activeCount() > 0); err != nil {
-		return err
-	}
-
-	ln, err := net.Listen("tcp", net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(c.port)))
+	ln, err := net.Listen("tcp", hostPort(c.host, c.port))
 	if err != nil {
 		return fmt.Errorf("listen on %s port %d: %w", c.host, c.port, err)
 	}
 	defer ln.Close()
-	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
-	if err := os.Chmod(c.dataDir, 0o700); err != nil {
-		return fmt.Errorf("restrict data dir to its owner: %w", err)
-	}
-	if unlock == nil { // the data dir did not exist; lock it now that it does
-		if unlock, err = lockDataDir(c.dataDir); err != nil {
-			return err
-		}
+	if unlock, err = c.claimDataDir(unlock); err != nil {
+		return err
 	}
 	removeStaleTemps(c.dataDir, tokenStoreFile, caCertFile, caKeyFile, serverCertFile, serverKeyFile)
-	audit, err := openAuditLog(c.dataDir, c.auditMaxSize, now, logger)
+	audit, err := openAuditLog(c.dataDir, c.auditMaxSize, time.Now, logger)
 	if err != nil {
 		return err
 	}
 	defer audit.close()
+	srv, tlsConfig, err := c.newServer(store, audit, logger)
+	if err != nil {
+		return err
+	}
+	plaintext, err := c.bootstrapToken(ctx, store, given, audit, logger)
+	if err != nil {
+		return err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	srv.login = c.loginInfo(port, srv.ca)
+	c.announce(srv, plaintext, stderr)
+	if !c.underSystemd() { // a service's user is not the operator
+		c.writeLocalContext(ctx, srv, plaintext, port)
+	}
+	if store.activeCount() == 0 {
+		logger.Printf("warning: no active API token; restart with --api-token to add one")
+	}
+	if err := c.recordStart(audit, port); err != nil {
+		return err
+	}
+	// The last line of start-up: scripts and tests wait for it.
+	logger.Printf("listening on %s://%s", c.scheme(), hostPort(c.host, port))
+	return srv.serve(ctx, ln.(*net.TCPListener), tlsConfig, reload)
+}
 
+// openTokenStore reads the token store and looks the --api-token up in it,
+// then applies the plain-HTTP guardrail, which needs to know whether a
+// usable token is configured.
+func (c *daemonConfig) openTokenStore(ctx context.Context) (store *tokenStore, given *tokenRecord, err error) {
+	path := filepath.Join(c.dataDir, tokenStoreFile)
+	records, err := readTokenFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	store = newTokenStore(path, records, time.Now)
+	store.maxTTL = c.maxTTL
+	if c.apiToken != "" {
+		if given, err = store.findToken(ctx, c.apiToken); err != nil {
+			return nil, nil, fmt.Errorf("check --api-token against the token store: %w", err)
+		}
+	}
+	givenUsable := c.apiToken != "" && (given == nil || given.active(store.now()))
+	if err := checkExposure(c.host, c.useTLS(), c.insecureHTTP, givenUsable || store.activeCount() > 0); err != nil {
+		return nil, nil, err
+	}
+	return store, given, nil
+}
+
+// claimDataDir makes the data dir 0700, creating it or taking it back from
+// a looser mode, and returns the unlock of its lock: the one given, or a
+// new one when the dir did not exist before (unlock is nil).
+func (c *daemonConfig) claimDataDir(unlock func()) (func(), error) {
+	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
+		return unlock, fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.Chmod(c.dataDir, 0o700); err != nil {
+		return unlock, fmt.Errorf("restrict data dir to its owner: %w", err)
+	}
+	if unlock == nil {
+		return lockDataDir(c.dataDir)
+	}
+	return unlock, nil
+}
+
+// newServer builds the server from the flags, with --max-conns lowered to
+// fit the open-file limit, and its TLS configuration (nil when TLS is off).
+func (c *daemonConfig) newServer(store *tokenStore, audit *auditLog, logger *log.Logger) (*server, *tls.Config, error) {
 	srv := &server{tokens: store, metrics: newMetrics(), logger: logger, notifySocket: c.notifySocket, audit: audit, keepAlive: eventKeepAlive, debug: c.logLevel == "debug",
 		maxConns: c.maxConns, maxConnsPerIP: c.maxConnsPerIP}
 	if limit := raiseFileLimit(); limit > 0 && limit < uint64(c.maxConns)+fdHeadroom {
 		srv.maxConns = max(1, int(limit)-fdHeadroom)
 		logger.Printf("warning: the open-file limit is %d, so --max-conns is lowered to %d; raise the limit (ulimit -n, LimitNOFILE=) to allow more", limit, srv.maxConns)
 	}
-	var tlsConfig *tls.Config
-	if c.useTLS() {
-		if tlsConfig, srv.ca, srv.certs, err = c.loadTLS(now, audit); err != nil {
-			return err
-		}
+	if !c.useTLS() {
+		return srv, nil, nil
 	}
-	plaintext, err := c.bootstrapToken(ctx, store, given, audit, logger)
-	if err != nil {
-		return err
-	}
+	tlsConfig, err := c.loadTLS(srv)
+	return srv, tlsConfig, err
+}
 
-	port := ln.Addr().(*net.TCPAddr).Port
-	scheme := map[bool]string{true: "https", false: "http"}[tlsConfig != nil]
-	srv.login = c.loginInfo(scheme, port, srv.ca)
-	if !isLoopback(c.host) && tlsConfig == nil {
+// announce logs what the operator must know at start-up: a reachable
+// address in the clear, an --advertise-addr that changes nothing, where a
+// token generated now is, and the CA to pin. An operator's --api-token is
+// never printed.
+func (c *daemonConfig) announce(srv *server, plaintext string, stderr io.Writer) {
+	logger := srv.logger
+	if !isLoopback(c.host) && !c.useTLS() {
 		logger.Printf("warning: serving %s over plain HTTP: bearer tokens cross the network in the clear", c.host)
 	}
 	if c.advertiseAddr != "" && isLoopback(c.host) {
@@ -394,20 +484,30 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 		if isLoopback(c.host) {
 			where = "" // only this machine can reach a loopback address
 		}
-		logger.Printf("log in %swith: helyos login %s --ca-fingerprint %s", where, srv.login.Server, *fp)
+		logger.Printf("log in %swith: %s", where, loginCommand(srv.login.Server, srv.ca))
 	}
-	if !c.underSystemd() { // a service's user is not the operator
-		c.writeLocalContext(ctx, store, plaintext, scheme, port, srv.ca, logger)
+}
+
+// scheme is how clients reach the daemon.
+func (c *daemonConfig) scheme() string {
+	if c.useTLS() {
+		return "https"
 	}
-	if n := store.activeCount(); n == 0 {
-		logger.Printf("warning: no active API token; restart with --api-token to add one")
+	return "http"
+}
+
+// hostPort joins a host, bracketed or not, and a port.
+func hostPort(host string, port int) string {
+	return net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(port))
+}
+
+// loginCommand is the command that logs in to server, pinning ca if there
+// is one.
+func loginCommand(server string, ca *certAuthority) string {
+	if ca == nil {
+		return "helyos login " + server
 	}
-	if err := c.recordStart(audit, port, tlsConfig != nil); err != nil {
-		return err
-	}
-	// The last line of start-up: scripts and tests wait for it.
-	logger.Printf("listening on %s://%s", scheme, net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)))
-	return srv.serve(ctx, ln.(*net.TCPListener), tlsConfig, reload)
+	return "helyos login " + server + " --ca-fingerprint " + fingerprint(ca.cert.Raw)
 }
 
 // raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit (the Go
@@ -425,37 +525,38 @@ func raiseFileLimit() uint64 {
 
 // recordStart writes daemon.started; a daemon that cannot record it does
 // not serve.
-func (c *daemonConfig) recordStart(audit *auditLog, port int, useTLS bool) error {
+func (c *daemonConfig) recordStart(audit *auditLog, port int) error {
 	mode := "off"
 	switch {
-	case useTLS && c.tlsCert != "":
+	case c.useTLS() && c.tlsCert != "":
 		mode = "own certificate"
-	case useTLS:
+	case c.useTLS():
 		mode = "self-signed"
 	}
 	return audit.record("daemon.started", "", "", "", outcomeSuccess, map[string]any{"version": buildVersion(), "tls": mode,
-		"bind": net.JoinHostPort(strings.Trim(c.host, "[]"), strconv.Itoa(port)), "advertise": orNull(c.advertiseAddr), "unclean_stop": audit.unclean})
+		"bind": hostPort(c.host, port), "advertise": orNull(c.advertiseAddr), "unclean_stop": audit.unclean})
 }
 
-// loadTLS returns the serving TLS configuration and either the daemon's own
-// CA or the operator's certificate files.
-func (c *daemonConfig) loadTLS(now func() time.Time, audit *auditLog) (*tls.Config, *certAuthority, *certFiles, error) {
+// loadTLS returns the serving TLS configuration, and gives srv either the
+// operator's certificate files or the daemon's own CA.
+func (c *daemonConfig) loadTLS(srv *server) (*tls.Config, error) {
 	if c.tlsCert != "" {
-		files := &certFiles{certPath: c.tlsCert, keyPath: c.tlsKey, now: now}
-		if err := files.load(); err != nil {
-			return nil, nil, nil, err
+		srv.certs = &certFiles{certPath: c.tlsCert, keyPath: c.tlsKey, now: time.Now}
+		if err := srv.certs.load(); err != nil {
+			return nil, err
 		}
-		return serverTLSConfig(files.get), nil, files, nil
+		return serverTLSConfig(srv.certs.get), nil
 	}
-	ca, err := loadOrCreateCA(c.dataDir, now())
+	ca, err := loadOrCreateCA(c.dataDir, time.Now())
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
-	cert, err := newServingCert(ca, c.dataDir, certSANs(c.host, c.advertiseAddr, c.tlsSANs), now, audit)
+	cert, err := newServingCert(ca, c.dataDir, certSANs(c.host, c.advertiseAddr, c.tlsSANs), time.Now, srv.audit)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
-	return serverTLSConfig(cert.get), ca, nil, nil
+	srv.ca = ca
+	return serverTLSConfig(cert.get), nil
 }
 
 // bootstrapToken makes sure the daemon has a token someone holds, and returns
@@ -474,7 +575,10 @@ func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, gi
 		return c.apiToken, nil
 	case c.apiToken != "":
 		old := store.activeNamed(bootstrapName)
-		event := map[bool]string{true: "token.rotated", false: "token.created"}[old != nil]
+		event := "token.created"
+		if old != nil {
+			event = "token.rotated"
+		}
 		if _, err := store.add(ctx, c.apiToken, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, old, 0, audit.change(event, "", "")); err != nil {
 			return "", fmt.Errorf("store --api-token: %w", err)
 		}
@@ -507,12 +611,31 @@ func (c *daemonConfig) firstToken(ctx context.Context, store *tokenStore, audit 
 	return token, nil
 }
 
+// writeBootstrapToken stores the first-run token in path, readable by the
+// daemon's user alone. O_EXCL: it never overwrites a file nor follows a link
+// that someone left there.
+func writeBootstrapToken(path, token string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return withHint(fmt.Errorf("%s already exists but the token store is empty", path),
+			"it is left from an earlier first start: delete it, then start the daemon again")
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := writeAndClose(f, []byte(token+"\n")); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
 // loginInfo is where clients on other machines reach this daemon, as its
 // start-up hint and every new token's answer tell them: https://ADDR:PORT
 // with ADDR the --advertise-addr, else the bind host when it is not a
 // wildcard, else the hostname; and the CA to pin (nil without a self-signed CA).
-func (c *daemonConfig) loginInfo(scheme string, port int, ca *certAuthority) loginInfo {
-	host := strings.Trim(c.host, "[]")
+func (c *daemonConfig) loginInfo(port int, ca *certAuthority) loginInfo {
+	host := c.host
 	switch {
 	case c.advertiseAddr != "":
 		host = c.advertiseAddr
@@ -525,7 +648,7 @@ func (c *daemonConfig) loginInfo(scheme string, port int, ca *certAuthority) log
 	if c.advertisePort != "" {
 		port, _ = strconv.Atoi(c.advertisePort)
 	}
-	info := loginInfo{Server: scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port))}
+	info := loginInfo{Server: c.scheme() + "://" + hostPort(host, port)}
 	if ca != nil {
 		fp := fingerprint(ca.cert.Raw)
 		info.CASHA256 = &fp
@@ -537,6 +660,11 @@ func (c *daemonConfig) loginInfo(scheme string, port int, ca *certAuthority) log
 // letters, digits and inner hyphens.
 var hostNamePattern = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 
+// isHostName is true for an IP address or a name a certificate can carry.
+func isHostName(s string) bool {
+	return net.ParseIP(s) != nil || (len(s) <= 253 && hostNamePattern.MatchString(s))
+}
+
 // splitAdvertiseAddr accepts what clients dial, a host or host:port (an IPv6
 // address in brackets when a port follows), and nothing else: no scheme, no
 // path, no user.
@@ -546,7 +674,7 @@ func splitAdvertiseAddr(s string) (host, port string, err error) {
 		n, err := strconv.Atoi(p)
 		host, port, portOK = h, p, err == nil && n >= 1 && n <= 65535
 	}
-	if !portOK || (net.ParseIP(host) == nil && (len(host) > 253 || !hostNamePattern.MatchString(host))) {
+	if !portOK || !isHostName(host) {
 		return "", "", errors.New("want a host name or IP address, optionally with :PORT, and no scheme or path")
 	}
 	return host, port, nil
@@ -558,41 +686,26 @@ func splitAdvertiseAddr(s string) (host, port string, err error) {
 // tokens is this daemon's own: when the daemon now listens elsewhere (another
 // port, TLS on or off), its server and pin follow. Any other "local" is never
 // changed; one line then says how to reach this daemon.
-func (c *daemonConfig) writeLocalContext(ctx context.Context, store *tokenStore, token, scheme string, port int, ca *certAuthority, logger *log.Logger) {
+func (c *daemonConfig) writeLocalContext(ctx context.Context, srv *server, token string, port int) {
 	if c.configPath == "" {
 		return
 	}
-	if cfg, err := loadConfig(c.configPath); token == "" && (err != nil || cfg.Context("local") == nil) {
+	if config, err := loadConfig(c.configPath); token == "" && (err != nil || config.Context("local") == nil) {
 		return // a restart adds no context, and writes no file
 	}
 	host := "localhost"
 	if !isLoopback(c.host) && !isWildcard(c.host) {
-		host = strings.Trim(c.host, "[]")
+		host = c.host
 	}
-	server := scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port))
+	server := c.scheme() + "://" + hostPort(host, port)
 	var local *Context
 	var was, current string
-	errKept := errors.New("local is kept")
-	err := updateConfig(c.configPath, func(cfg *Config) error {
-		switch local = cfg.Context("local"); {
-		case local != nil:
-			rec, err := store.findToken(ctx, local.Token)
-			if sameServer(local.Server, server) || err != nil || rec == nil || !rec.active(store.now()) {
-				return errKept
-			}
-			was = local.Server
-		case token == "":
-			return errKept
-		default:
-			local = addLocalContext(cfg, token)
-		}
-		local.Server, local.CA, local.CASHA256 = server, "", ""
-		if ca != nil {
-			local.CA, local.CASHA256 = encodeCA(ca.pem), fingerprint(ca.cert.Raw)
-		}
-		current = cfg.CurrentContext
-		return nil
+	err := updateConfig(c.configPath, func(config *Config) (err error) {
+		local, was, err = pointLocalContext(ctx, config, srv.tokens, token, server, srv.ca)
+		current = config.CurrentContext
+		return err
 	})
+	logger := srv.logger
 	switch {
 	case err == nil && was != "":
 		logger.Printf("CLI context %q in %s holds this daemon's token; it now points here, at %s (was %s)", local.Name, c.configPath, server, was)
@@ -600,28 +713,43 @@ func (c *daemonConfig) writeLocalContext(ctx context.Context, store *tokenStore,
 		logger.Printf("wrote CLI context %q to %s", local.Name, c.configPath)
 	case err == nil:
 		logger.Printf("added CLI context %q to %s; the current context stays %q: reach this daemon with 'helyos --context local COMMAND'", local.Name, c.configPath, current)
-	case !errors.Is(err, errKept):
+	case !errors.Is(err, errLocalKept):
 		logger.Printf("warning: could not write the local CLI context: %v", err)
 	case local != nil && !sameServer(local.Server, server):
-		login := "helyos login " + server
-		if ca != nil {
-			login += " --ca-fingerprint " + fingerprint(ca.cert.Raw)
-		}
 		logger.Printf("CLI context %q in %s is for %s, not this daemon, and is left as it is; reach this daemon by logging in with its token: %s --name local-%d",
-			local.Name, c.configPath, local.Server, login, port)
+			local.Name, c.configPath, local.Server, loginCommand(server, srv.ca), port)
 	}
 }
 
-// addLocalContext adds the "local" context with token; a config's only
-// context, used until now, stays the one the CLI uses.
-func addLocalContext(cfg *Config, token string) *Context {
-	if cfg.CurrentContext == "" && len(cfg.Contexts) == 1 {
-		cfg.CurrentContext = cfg.Contexts[0].Name
+// errLocalKept: the "local" context stays as it is.
+var errLocalKept = errors.New("local is kept")
+
+// pointLocalContext points config's "local" context at server when it holds
+// one of this daemon's active tokens, or adds it with token when there is
+// none; else it returns errLocalKept and that context.
+func pointLocalContext(ctx context.Context, config *Config, store *tokenStore, token, server string, ca *certAuthority) (local *Context, was string, err error) {
+	switch local = config.Context("local"); {
+	case local != nil:
+		rec, err := store.findToken(ctx, local.Token)
+		if sameServer(local.Server, server) || err != nil || rec == nil || !rec.active(store.now()) {
+			return local, "", errLocalKept
+		}
+		was = local.Server
+	case token == "":
+		return nil, "", errLocalKept
+	default:
+		if config.CurrentContext == "" && len(config.Contexts) == 1 {
+			config.CurrentContext = config.Contexts[0].Name // the only context, used until now, stays the one the CLI uses
+		}
+		local = &Context{Name: "local", Token: token, TokenName: bootstrapName, Project: "default"}
+		config.Contexts = append(config.Contexts, local)
+		if config.CurrentContext == "" {
+			config.CurrentContext = local.Name
+		}
 	}
-	local := &Context{Name: "local", Token: token, TokenName: bootstrapName, Project: "default"}
-	cfg.Contexts = append(cfg.Contexts, local)
-	if cfg.CurrentContext == "" {
-		cfg.CurrentContext = local.Name
+	local.Server, local.CA, local.CASHA256 = server, "", ""
+	if ca != nil {
+		local.CA, local.CASHA256 = encodeCA(ca.pem), fingerprint(ca.cert.Raw)
 	}
-	return local
+	return local, was, nil
 }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"runtime"
 	"slices"
 	"strconv"
@@ -47,18 +49,11 @@ func newMetrics() *metrics {
 	}
 }
 
-func routeLabel(pattern string) string {
-	if pattern == "" {
-		return "unmatched"
-	}
-	return pattern
-}
-
 func (m *metrics) observe(method, pattern string, code int, d time.Duration) {
 	if !slices.Contains(knownMethods, method) {
 		method = "other"
 	}
-	route := routeLabel(pattern)
+	route := cmp.Or(pattern, "unmatched")
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.requests[requestKey{method, route, code}]++
@@ -103,11 +98,7 @@ func (m *metrics) write(out io.Writer, tokens *tokenStore) {
 	defer m.mu.Unlock()
 
 	family(w, "helyos_http_requests_total", "counter", "HTTP requests answered, by method, route pattern and status code.")
-	keys := make([]requestKey, 0, len(m.requests))
-	for k := range m.requests {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b requestKey) int {
+	keys := slices.SortedFunc(maps.Keys(m.requests), func(a, b requestKey) int {
 		return strings.Compare(fmt.Sprint(a.route, a.method, a.code), fmt.Sprint(b.route, b.method, b.code))
 	})
 	for _, k := range keys {
@@ -115,7 +106,7 @@ func (m *metrics) write(out io.Writer, tokens *tokenStore) {
 	}
 
 	family(w, "helyos_http_request_duration_seconds", "histogram", "Time to answer HTTP requests, by route pattern.")
-	for _, route := range sortedKeys(m.durations) {
+	for _, route := range slices.Sorted(maps.Keys(m.durations)) {
 		h := m.durations[route]
 		var cum uint64
 		for i, le := range durationBuckets {
@@ -153,28 +144,14 @@ func sample(w io.Writer, name, labels string, v float64) {
 
 // labels renders name/value pairs, escaping values as the format requires.
 func labels(pairs ...string) string {
-	var b strings.Builder
-	b.WriteByte('{')
+	escape := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+	var parts []string
 	for i := 0; i < len(pairs); i += 2 {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		v := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(pairs[i+1])
-		fmt.Fprintf(&b, `%s="%s"`, pairs[i], v)
+		parts = append(parts, pairs[i]+`="`+escape.Replace(pairs[i+1])+`"`)
 	}
-	b.WriteByte('}')
-	return b.String()
+	return "{" + strings.Join(parts, ",") + "}"
 }
 
 func formatFloat(v float64) string {
 	return strconv.FormatFloat(v, 'g', -1, 64)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -138,10 +138,21 @@ func (s *server) reload() {
 		map[string]any{"reason": "SIGHUP", "subject": leaf.Subject.CommonName, "serial": leaf.SerialNumber.Text(16), "not_after": leaf.NotAfter})
 }
 
-// notify tells systemd, when it is listening, what the daemon is doing.
+// notify sends one state ("READY=1", "RELOADING=1", "STOPPING=1") to
+// systemd over $NOTIFY_SOCKET, as sd_notify(3) does; with no socket it does
+// nothing. An "@" socket is in the abstract namespace, which Go's unix
+// address handling already understands.
 func (s *server) notify(state string) {
-	if err := sdNotify(s.notifySocket, state); err != nil {
-		s.logger.Printf("warning: %v", err)
+	if s.notifySocket == "" {
+		return
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: s.notifySocket, Net: "unixgram"})
+	if err == nil {
+		_, err = conn.Write([]byte(state))
+		conn.Close()
+	}
+	if err != nil {
+		s.logger.Printf("warning: notify systemd (%s): %v", state, err)
 	}
 }
 
@@ -322,9 +333,11 @@ type route struct {
 	handler authedHandler
 }
 
-// routeTable is every route the daemon serves with the scope it needs:
-// compare it with SPEC §5 line by line. read is every GET under /api/v1/
-// and nothing that changes state; admin is everything.
+// routeTable is every route the daemon serves with the scope it needs,
+// public ones included; nothing else registers a route. read is every GET
+// under /api/v1/ and nothing that changes state; admin is everything. The
+// tables in SECURITY.md ("What is public, what is protected" and "Scopes")
+// list the same routes, line by line.
 func (s *server) routeTable() []route {
 	return []route{
 		{"GET /health", "", s.handleHealth},
@@ -615,24 +628,11 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, caller *to
 		return
 	}
 	defer s.audit.unsubscribe(sub)
-	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
-	st := &eventStream{w: w, rc: rc, tokens: s.tokens, caller: caller, last: min(after, head), known: from.IsZero()}
-	if !replaying {
-		st.last = head
-	}
-	err = replay(files, st.last, func(ev auditEvent, t time.Time) error {
-		if !st.known && t.Before(from) {
-			return nil
-		}
-		if !st.known {
-			st.last, st.known = ev.seq-1, true
-		}
-		return st.send(ev)
-	})
-	if !st.known {
-		st.last, st.known = head, true
+	st := &eventStream{w: w, rc: http.NewResponseController(w), tokens: s.tokens, caller: caller, last: head}
+	if replaying {
+		err = st.sendStored(files, min(after, head), from, head)
 	}
 	if err == nil { // the id lets a client that saw nothing yet resume from here
 		err = st.write(fmt.Sprintf("id: %d\n: live\n\n", st.last))
@@ -654,10 +654,31 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, caller *to
 	}
 }
 
+// sendStored sends the records still on disk after the one numbered after,
+// or (from not zero) from the first record at or after time from; head is
+// the last record written before the subscription.
+func (st *eventStream) sendStored(files []*os.File, after uint64, from time.Time, head uint64) error {
+	st.last = after
+	found := from.IsZero()
+	err := replay(files, after, func(ev auditEvent, t time.Time) error {
+		if !found && t.Before(from) {
+			return nil
+		}
+		if !found {
+			st.last, found = ev.seq-1, true
+		}
+		return st.send(ev)
+	})
+	if !found {
+		st.last = head
+	}
+	return err
+}
+
 // eventsStart reads where a stream starts: after the record numbered by
 // Last-Event-ID or ?since=N, or (?since=TIME, RFC 3339) at the first record
 // from then on. With neither, only live records are sent.
-func eventsStart(r *http.Request) (after uint64, from time.Time, replay bool, err error) {
+func eventsStart(r *http.Request) (after uint64, from time.Time, replaying bool, err error) {
 	v := r.Header.Get("Last-Event-ID")
 	if v == "" {
 		v = r.URL.Query().Get("since")
@@ -681,7 +702,6 @@ type eventStream struct {
 	tokens *tokenStore
 	caller *tokenRecord // the token that opened the stream
 	last   uint64       // seq of the last record sent, or of the one the client saw
-	known  bool         // false while a replay from a time has not reached its first record
 }
 
 // send writes ev unless it was sent already, after a warning when records
