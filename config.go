@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"unicode/utf8"
@@ -404,69 +405,60 @@ func (c *Config) marshal() []byte {
 	return []byte(b.String())
 }
 
+// bareKeyChars are the characters a TOML key may hold without quotes.
+const bareKeyChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+// escapedChars are written in a basic string as a backslash and the letter
+// at the same place in escapeLetters. The writer and the reader share them.
+const escapedChars, escapeLetters = "\"\\\b\t\n\f\r", "\"\\btnfr"
+
 // tomlKey writes a key bare when TOML allows it, quoted otherwise.
 func tomlKey(s string) string {
-	if s == "" {
+	if s == "" || strings.Trim(s, bareKeyChars) != "" {
 		return tomlQuote(s)
-	}
-	for i := 0; i < len(s); i++ {
-		if !isBareKeyByte(s[i]) {
-			return tomlQuote(s)
-		}
 	}
 	return s
 }
 
-func isBareKeyByte(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
-}
-
-// tomlQuote returns s as a TOML basic string.
+// tomlQuote returns s as a TOML basic string: the escapes above, \uXXXX for
+// the other control characters, everything else as it is.
 func tomlQuote(s string) string {
 	var b strings.Builder
 	b.WriteByte('"')
 	for _, r := range s {
-		switch r {
-		case '"':
-			b.WriteString(`\"`)
-		case '\\':
-			b.WriteString(`\\`)
-		case '\b':
-			b.WriteString(`\b`)
-		case '\t':
-			b.WriteString(`\t`)
-		case '\n':
-			b.WriteString(`\n`)
-		case '\f':
-			b.WriteString(`\f`)
-		case '\r':
-			b.WriteString(`\r`)
+		i := strings.IndexRune(escapedChars, r)
+		switch {
+		case i >= 0:
+			b.WriteString(`\` + escapeLetters[i:i+1])
+		case isControl(r):
+			fmt.Fprintf(&b, `\u%04X`, r)
 		default:
-			if r < 0x20 || r == 0x7f {
-				fmt.Fprintf(&b, `\u%04X`, r)
-			} else {
-				b.WriteRune(r)
-			}
+			b.WriteRune(r)
 		}
 	}
 	b.WriteByte('"')
 	return b.String()
 }
 
-// parseConfig reads our TOML subset: comments, blank lines, basic and
-// literal strings, true/false, current-context at the top and one
-// [context.NAME] table per context. Anything else is an error "line N: ...",
-// never skipped, so a typo cannot silently drop a setting. It works line by
-// line (the subset has no multi-line values) and is written to return an
-// error, never panic, on any input. Errors never quote a value, which may be
-// a token.
+// isControl reports the characters TOML allows nowhere as they are (in a
+// string they must be escaped): all below space but tab, and DEL.
+func isControl(r rune) bool {
+	return r < 0x20 && r != '\t' || r == 0x7f
+}
+
+// parseConfig reads what marshal writes, and what a person editing it by
+// hand needs: blank lines, comments (alone or after a value), "basic"
+// strings with the escapes marshal writes, 'literal' strings, true and
+// false, bare or quoted keys, indentation and CRLF line ends. The rest of
+// TOML (dotted keys, multi-line strings, \U escapes, arrays, numbers...) is
+// refused by name, and so is any unknown or repeated key: a typo never
+// silently drops a setting, and whatever is accepted means the same to any
+// TOML 1.0 parser. It works line by line and never panics. Errors name the
+// line and never quote a value, which may be a token.
 func parseConfig(data []byte) (*Config, error) {
-	r := &configReader{cfg: &Config{}, tables: map[string]bool{}, keys: map[string]bool{}}
-	lines := strings.Split(string(data), "\n")
-	for i, line := range lines {
-		if i < len(lines)-1 {
-			line = strings.TrimSuffix(line, "\r") // CRLF; a lone CR stays an error
-		}
+	r := &configReader{cfg: &Config{}, keys: map[string]bool{}}
+	// CRLF line ends become LF; a lone CR stays, and is refused.
+	for i, line := range strings.Split(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n") {
 		if err := r.line(line); err != nil {
 			return nil, fmt.Errorf("line %d: %w", i+1, err)
 		}
@@ -476,381 +468,199 @@ func parseConfig(data []byte) (*Config, error) {
 
 // configReader is the state of parseConfig between lines.
 type configReader struct {
-	cfg    *Config
-	cur    *Context        // the table being filled, nil before the first
-	tables map[string]bool // context names seen
-	keys   map[string]bool // keys seen in the current table (or at the top)
+	cfg  *Config
+	cur  *Context        // the table being read, nil before the first
+	keys map[string]bool // keys seen in the current table (or at the top)
 }
 
 func (r *configReader) line(s string) error {
 	if !utf8.ValidString(s) {
 		return errors.New("invalid UTF-8")
 	}
-	sc := &tomlScanner{s: s}
-	sc.skipSpace()
-	switch sc.peek() {
-	case 0:
-		if sc.eof() {
-			return nil
-		}
-		return sc.end("")
-	case '#':
-		return sc.end("")
-	case '[':
-		return r.table(sc)
-	default:
-		return r.keyValue(sc)
+	// TOML allows a control character nowhere, not even in a comment: in a
+	// string it must be an escape.
+	if i := strings.IndexFunc(s, isControl); i >= 0 {
+		return fmt.Errorf(`control character U+%04X (inside "..." write it as \u%04X)`, s[i], s[i])
 	}
+	if s = strings.TrimLeft(s, " \t"); s == "" || s[0] == '#' {
+		return nil
+	}
+	if s[0] == '[' {
+		return r.table(s)
+	}
+	return r.keyValue(s)
 }
 
 // table reads a [context.NAME] header.
-func (r *configReader) table(sc *tomlScanner) error {
-	sc.i++ // '['
-	if sc.peek() == '[' {
-		return errors.New("arrays of tables ([[...]]) are not supported")
-	}
-	keys, err := sc.key()
-	if err != nil {
-		return err
-	}
-	if sc.peek() != ']' {
-		return fmt.Errorf("expected ] to close the table header, found %s", sc.found())
-	}
-	sc.i++
-	if err := sc.end("the table header"); err != nil {
-		return err
-	}
+func (r *configReader) table(s string) error {
+	rest, ok := strings.CutPrefix(s, "[context.")
 	switch {
-	case len(keys) == 1 && keys[0] == "context":
-		return errors.New("table [context] needs a name: [context.NAME]")
-	case len(keys) != 2 || keys[0] != "context":
-		return fmt.Errorf("unknown table [%s]; only [context.NAME] tables are allowed", dottedKey(keys))
-	case keys[1] == "":
-		return errors.New("empty context name")
-	case r.tables[keys[1]]:
-		return fmt.Errorf("duplicate table [context.%s]", tomlKey(keys[1]))
+	case strings.HasPrefix(s, "[["):
+		return errors.New("arrays of tables ([[...]]) are not supported here")
+	case !ok:
+		return errors.New("only [context.NAME] table headers are supported here, with no spaces inside the brackets")
 	}
-	r.tables[keys[1]] = true
+	name, rest, err := readKey(rest)
+	switch {
+	case err != nil:
+		return err
+	case !strings.HasPrefix(rest, "]"):
+		return errors.New("expected ] right after the context name")
+	case name == "":
+		return errors.New("empty context name")
+	case r.cfg.Context(name) != nil:
+		return fmt.Errorf("duplicate table [context.%s]", tomlKey(name))
+	}
 	r.keys = map[string]bool{}
-	r.cur = &Context{Name: keys[1]}
+	r.cur = &Context{Name: name}
 	r.cfg.Contexts = append(r.cfg.Contexts, r.cur)
-	return nil
+	return endOfLine(rest[1:], "the table header")
 }
 
 // keyValue reads "key = value" and stores it where it belongs.
-func (r *configReader) keyValue(sc *tomlScanner) error {
-	keys, err := sc.key()
+func (r *configReader) keyValue(s string) error {
+	key, rest, err := readKey(s)
 	if err != nil {
 		return err
 	}
-	if sc.peek() != '=' {
-		return fmt.Errorf("expected = after key %s, found %s", dottedKey(keys), sc.found())
+	rest, ok := strings.CutPrefix(strings.TrimLeft(rest, " \t"), "=")
+	if !ok {
+		return errors.New("expected = after the key") // the line may be a pasted token: not repeated
 	}
-	sc.i++
-	sc.skipSpace()
-	v, err := sc.value()
+	v, rest, err := readValue(strings.TrimLeft(rest, " \t"))
 	if err != nil {
 		return err
 	}
-	if err := sc.end("the value"); err != nil {
+	if err := endOfLine(rest, "the value"); err != nil {
 		return err
 	}
-	name := dottedKey(keys)
-	if r.keys[name] {
-		return fmt.Errorf("duplicate key %s%s", name, r.where())
-	}
-	r.keys[name] = true
-	if r.cur == nil {
-		if name != "current-context" {
-			return fmt.Errorf("unknown key %s before the first [context.NAME] table", name)
-		}
-		if v.isBool {
-			return errors.New("current-context must be a string (in quotes)")
-		}
-		r.cfg.CurrentContext = v.s
-		return nil
-	}
-	if name == "current-context" {
-		return errors.New("current-context must come before the first [context.NAME] table")
-	}
-	return r.set(name, v)
+	return r.set(key, v)
 }
 
-// set stores v under key in the current context.
+// set stores v under key: current-context at the top of the file, a
+// context's key in its table.
 func (r *configReader) set(key string, v tomlValue) error {
-	for _, f := range r.cur.fields() {
+	fields := []configField{{key: "current-context", str: &r.cfg.CurrentContext}}
+	where := " before the first [context.NAME] table"
+	if r.cur != nil {
+		fields, where = r.cur.fields(), " in [context."+tomlKey(r.cur.Name)+"]"
+	}
+	switch {
+	case r.cur != nil && key == "current-context":
+		return errors.New("current-context must come before the first [context.NAME] table")
+	case r.keys[key]:
+		return fmt.Errorf("duplicate key %s%s", tomlKey(key), where)
+	}
+	r.keys[key] = true
+	for _, f := range fields {
 		if f.key != key {
 			continue
 		}
 		switch {
 		case f.str != nil && v.isBool:
-			return fmt.Errorf("%s must be a string (in quotes)%s", key, r.where())
+			return fmt.Errorf("%s must be a string (in quotes)%s", key, where)
 		case f.str != nil:
-			*f.str = v.s
+			*f.str = v.text
 		case !v.isBool:
-			return fmt.Errorf("%s must be true or false%s", key, r.where())
+			return fmt.Errorf("%s must be true or false%s", key, where)
 		default:
-			*f.b = v.b
+			*f.b = v.text == "true"
 		}
 		return nil
 	}
-	return fmt.Errorf("unknown key %s%s", key, r.where())
+	return fmt.Errorf("unknown key %s%s", tomlKey(key), where)
 }
 
-// where names the current table for messages.
-func (r *configReader) where() string {
-	if r.cur == nil {
-		return ""
-	}
-	return " in [context." + tomlKey(r.cur.Name) + "]"
-}
-
-// dottedKey shows a key as TOML would spell it.
-func dottedKey(keys []string) string {
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = tomlKey(k)
-	}
-	return strings.Join(parts, ".")
-}
-
-// tomlValue is a parsed value: a string or a boolean.
+// tomlValue is a value as read: a string, or a boolean spelt true or false.
 type tomlValue struct {
-	s      string
-	b      bool
+	text   string
 	isBool bool
 }
 
-// tomlScanner walks one line. Every read checks the bounds, so no input
-// can make it index past the end.
-type tomlScanner struct {
-	s string
-	i int
-}
-
-func (sc *tomlScanner) eof() bool { return sc.i >= len(sc.s) }
-
-// peek returns the next byte, or 0 at the end of the line.
-func (sc *tomlScanner) peek() byte {
-	if sc.eof() {
-		return 0
+// endOfLine accepts the rest of a line only if it is blank or a comment.
+func endOfLine(rest, after string) error {
+	if rest = strings.TrimLeft(rest, " \t"); rest != "" && rest[0] != '#' {
+		return fmt.Errorf("unexpected text after %s (a comment starts with #)", after)
 	}
-	return sc.s[sc.i]
-}
-
-func (sc *tomlScanner) skipSpace() {
-	for !sc.eof() && (sc.s[sc.i] == ' ' || sc.s[sc.i] == '\t') {
-		sc.i++
-	}
-}
-
-// found describes the next character for an error message.
-func (sc *tomlScanner) found() string {
-	if sc.eof() {
-		return "end of line"
-	}
-	r, _ := utf8.DecodeRuneInString(sc.s[sc.i:])
-	return fmt.Sprintf("%q", r)
-}
-
-// end accepts the rest of the line only if it is blank or a comment.
-func (sc *tomlScanner) end(after string) error {
-	sc.skipSpace()
-	if sc.eof() {
-		return nil
-	}
-	if sc.s[sc.i] != '#' {
-		if after == "" {
-			return fmt.Errorf("unexpected %s", sc.found())
-		}
-		return fmt.Errorf("unexpected %s after %s", sc.found(), after)
-	}
-	for _, c := range []byte(sc.s[sc.i:]) {
-		if isControl(c) {
-			return fmt.Errorf("control character U+%04X in a comment", c)
-		}
-	}
-	sc.i = len(sc.s)
 	return nil
 }
 
-// isControl reports the characters TOML forbids unescaped in strings and
-// comments: everything below space except tab, and DEL.
-func isControl(c byte) bool {
-	return c < 0x20 && c != '\t' || c == 0x7f
-}
-
-// key reads a possibly dotted key (a.b, "a b".c) and the spaces after it.
-func (sc *tomlScanner) key() ([]string, error) {
-	var parts []string
-	for {
-		sc.skipSpace()
-		part, err := sc.keyPart()
-		if err != nil {
-			return nil, err
+// readKey reads a bare key or a quoted one, but not a dotted key (a.b).
+func readKey(s string) (key, rest string, err error) {
+	if strings.HasPrefix(s, `"`) || strings.HasPrefix(s, "'") {
+		if key, rest, err = readQuoted(s); err != nil {
+			return "", "", err
 		}
-		parts = append(parts, part)
-		sc.skipSpace()
-		if sc.peek() != '.' {
-			return parts, nil
-		}
-		sc.i++
+	} else if rest = strings.TrimLeft(s, bareKeyChars); rest == s {
+		return "", "", errors.New("expected a key: letters, digits, _ and -, or a name in quotes")
+	} else {
+		key = s[:len(s)-len(rest)]
 	}
+	if strings.HasPrefix(strings.TrimLeft(rest, " \t"), ".") {
+		return "", "", errors.New(`dotted keys are not supported here: a name that holds a dot goes in quotes, "a.b"`)
+	}
+	return key, rest, nil
 }
 
-func (sc *tomlScanner) keyPart() (string, error) {
-	switch sc.peek() {
-	case '"':
-		return sc.basicString()
-	case '\'':
-		return sc.literalString()
-	}
-	start := sc.i
-	for !sc.eof() && isBareKeyByte(sc.s[sc.i]) {
-		sc.i++
-	}
-	if sc.i == start {
-		return "", fmt.Errorf("expected a key, found %s", sc.found())
-	}
-	return sc.s[start:sc.i], nil
-}
-
-// value reads a string or a boolean. The message for anything else does
-// not repeat it: an unquoted value may be a token.
-func (sc *tomlScanner) value() (tomlValue, error) {
-	rest := sc.s[sc.i:]
+// readValue reads a string, true or false. Its errors never repeat the
+// value: an unquoted value may be a token.
+func readValue(s string) (v tomlValue, rest string, err error) {
 	switch {
-	case strings.HasPrefix(rest, `"""`), strings.HasPrefix(rest, `'''`):
-		return tomlValue{}, errors.New("multi-line strings are not supported")
-	case strings.HasPrefix(rest, `"`):
-		s, err := sc.basicString()
-		return tomlValue{s: s}, err
-	case strings.HasPrefix(rest, `'`):
-		s, err := sc.literalString()
-		return tomlValue{s: s}, err
-	case strings.HasPrefix(rest, "["):
-		return tomlValue{}, errors.New("arrays are not supported")
-	case strings.HasPrefix(rest, "{"):
-		return tomlValue{}, errors.New("inline tables are not supported")
-	case rest == "" || rest[0] == '#':
-		return tomlValue{}, errors.New("missing value after =")
+	case strings.HasPrefix(s, `"""`), strings.HasPrefix(s, "'''"):
+		return v, "", errors.New("multi-line strings are not supported here: write one line, with \\n for a line break")
+	case strings.HasPrefix(s, `"`), strings.HasPrefix(s, "'"):
+		v.text, rest, err = readQuoted(s)
+		return v, rest, err
+	case s == "" || s[0] == '#':
+		return v, "", errors.New("missing value after =")
 	}
-	n := strings.IndexAny(rest, " \t#")
-	if n < 0 {
-		n = len(rest)
-	}
-	switch rest[:n] {
-	case "true":
-		sc.i += n
-		return tomlValue{b: true, isBool: true}, nil
-	case "false":
-		sc.i += n
-		return tomlValue{isBool: true}, nil
-	}
-	return tomlValue{}, errors.New(`invalid value: strings need quotes ("..." or '...'), booleans are true or false`)
-}
-
-// literalString reads '...': no escapes, no control characters but tab.
-func (sc *tomlScanner) literalString() (string, error) {
-	sc.i++ // opening quote
-	start := sc.i
-	for !sc.eof() {
-		c := sc.s[sc.i]
-		switch {
-		case c == '\'':
-			sc.i++
-			return sc.s[start : sc.i-1], nil
-		case isControl(c):
-			return "", fmt.Errorf("control character U+%04X in a string", c)
+	for _, word := range []string{"true", "false"} {
+		if rest, ok := strings.CutPrefix(s, word); ok {
+			return tomlValue{text: word, isBool: true}, rest, nil
 		}
-		sc.i++
 	}
-	return "", errors.New("unterminated string (a string must end on the same line)")
+	return v, "", errors.New(`invalid value: strings need quotes ("..." or '...'), booleans are true or false; numbers, dates, arrays and inline tables are not supported here`)
 }
 
-// basicString reads "..." with the TOML 1.0 escapes.
-func (sc *tomlScanner) basicString() (string, error) {
-	sc.i++ // opening quote
-	var b []byte
-	for !sc.eof() {
-		c := sc.s[sc.i]
-		sc.i++
+// readQuoted reads a "basic" string, with the escapes the writer emits, or
+// a 'literal' one, with none. Either ends on its line.
+func readQuoted(s string) (str, rest string, err error) {
+	quote := s[0]
+	var b strings.Builder
+	for i := 1; i < len(s); i++ {
 		switch {
-		case c == '"':
-			return string(b), nil
-		case c == '\\':
-			var err error
-			if b, err = sc.escape(b); err != nil {
-				return "", err
+		case s[i] == quote:
+			return b.String(), s[i+1:], nil
+		case s[i] == '\\' && quote == '"' && i+1 < len(s):
+			n, err := readEscape(s[i+1:], &b)
+			if err != nil {
+				return "", "", err
 			}
-		case isControl(c):
-			return "", fmt.Errorf(`control character U+%04X in a string (write it as an escape such as \n)`, c)
+			i += n
 		default:
-			b = append(b, c)
+			b.WriteByte(s[i])
 		}
 	}
-	return "", errors.New("unterminated string (a string must end on the same line)")
+	return "", "", errors.New("unterminated string (a string must end on the same line)")
 }
 
-// escape decodes the escape after a backslash and appends it to b.
-func (sc *tomlScanner) escape(b []byte) ([]byte, error) {
-	if sc.eof() {
-		return nil, errors.New("unterminated string (a string must end on the same line)")
+// readEscape decodes the escape that starts s, just after a backslash,
+// into b and returns its length.
+func readEscape(s string, b *strings.Builder) (int, error) {
+	if i := strings.IndexByte(escapeLetters, s[0]); i >= 0 {
+		b.WriteByte(escapedChars[i])
+		return 1, nil
 	}
-	c := sc.s[sc.i]
-	sc.i++
-	switch c {
-	case 'b':
-		return append(b, '\b'), nil
-	case 't':
-		return append(b, '\t'), nil
-	case 'n':
-		return append(b, '\n'), nil
-	case 'f':
-		return append(b, '\f'), nil
-	case 'r':
-		return append(b, '\r'), nil
-	case '"':
-		return append(b, '"'), nil
-	case '\\':
-		return append(b, '\\'), nil
-	case 'u':
-		return sc.unicodeEscape(b, 4)
+	switch s[0] {
 	case 'U':
-		return sc.unicodeEscape(b, 8)
-	}
-	sc.i--
-	return nil, fmt.Errorf("invalid escape: backslash followed by %s in a string", sc.found())
-}
-
-// unicodeEscape reads n hex digits naming a Unicode scalar value.
-func (sc *tomlScanner) unicodeEscape(b []byte, n int) ([]byte, error) {
-	if len(sc.s)-sc.i < n {
-		return nil, fmt.Errorf(`\%c escape needs %d hex digits`, sc.s[sc.i-1], n)
-	}
-	var r rune
-	for _, c := range []byte(sc.s[sc.i : sc.i+n]) {
-		d, ok := hexDigit(c)
-		if !ok {
-			return nil, fmt.Errorf(`\%c escape needs %d hex digits`, sc.s[sc.i-1], n)
+		return 0, errors.New(`\U escapes are not supported here: write the character itself`)
+	case 'u': // the writer's \uXXXX is for control characters only
+		n, err := strconv.ParseUint(s[1:min(5, len(s))], 16, 32)
+		if err != nil || len(s) < 5 || !isControl(rune(n)) {
+			return 0, errors.New(`\u needs 4 hex digits naming a control character other than tab: write any other character as it is`)
 		}
-		r = r<<4 | d
+		b.WriteRune(rune(n))
+		return 5, nil
 	}
-	if r < 0 || !utf8.ValidRune(r) {
-		return nil, fmt.Errorf(`escape \%c%s is not a Unicode scalar value`, sc.s[sc.i-1], sc.s[sc.i:sc.i+n])
-	}
-	sc.i += n
-	return utf8.AppendRune(b, r), nil
-}
-
-func hexDigit(c byte) (rune, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return rune(c - '0'), true
-	case c >= 'a' && c <= 'f':
-		return rune(c-'a') + 10, true
-	case c >= 'A' && c <= 'F':
-		return rune(c-'A') + 10, true
-	}
-	return 0, false
+	return 0, errors.New(`invalid escape: use \" \\ \b \t \n \f \r or \uXXXX`)
 }

@@ -84,19 +84,24 @@ func TestConfigRoundTrip(t *testing.T) {
 		{"hostile values", hostileConfig()},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			data := tt.cfg.marshal()
-			got, err := parseConfig(data)
-			if err != nil {
-				t.Fatalf("parse of our own output: %v\n%s", err, data)
-			}
-			if !cfgEqual(got, tt.cfg) {
-				t.Fatalf("round trip changed the config\nwant:\n%s\ngot:\n%s\nfile:\n%s", cfgString(tt.cfg), cfgString(got), data)
-			}
-			if again := got.marshal(); !bytes.Equal(again, data) {
-				t.Fatalf("second marshal differs:\n%s\nvs\n%s", data, again)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { checkRoundTrip(t, tt.cfg) })
+	}
+}
+
+// checkRoundTrip: what marshal writes parses back as cfg, and writes again
+// byte for byte the same.
+func checkRoundTrip(t testing.TB, cfg *Config) {
+	t.Helper()
+	data := cfg.marshal()
+	got, err := parseConfig(data)
+	if err != nil {
+		t.Fatalf("parse of our own output: %v\n%s", err, data)
+	}
+	if !cfgEqual(got, cfg) {
+		t.Fatalf("round trip changed the config\nwant:\n%s\ngot:\n%s\nfile:\n%s", cfgString(cfg), cfgString(got), data)
+	}
+	if again := got.marshal(); !bytes.Equal(again, data) {
+		t.Fatalf("second marshal differs:\n%s\nvs\n%s", data, again)
 	}
 }
 
@@ -121,7 +126,7 @@ func TestConfigMarshalFormat(t *testing.T) {
 }
 
 // handEditedConfig is what a person might write: comments everywhere, both
-// quote styles, quoted and spaced table names, escapes.
+// quote styles, quoted table names, the escapes the writer emits.
 const handEditedConfig = `# my clusters
    # an indented comment
 
@@ -132,9 +137,9 @@ server="http://localhost:6443"
   token = "nxa-api_local"	# tab before this comment
 project = "default"
 
-[ context . "my prod" ]   # spaces in the header
+[context."my prod"]   # a quoted name
 server = 'C:\path\no-escapes'
-token-name = "al\u00e9ce \U0001F600 \"q\" \\ \b\t\n\f\r"
+token-name = "alé ✓ 𝄞 \"q\" \\ \b\t\n\f\r \u0001\u007F"
 insecure = true
 "ca-sha256" = "9f:86 # not a comment"
 
@@ -150,82 +155,133 @@ func handEditedWant() *Config {
 		CurrentContext: "prod",
 		Contexts: []*Context{
 			{Name: "local", Server: "http://localhost:6443", Token: "nxa-api_local", Project: "default"},
-			{Name: "my prod", Server: `C:\path\no-escapes`, TokenName: "al\u00e9ce \U0001F600 \"q\" \\ \b\t\n\f\r", Insecure: true, CASHA256: "9f:86 # not a comment"},
+			{Name: "my prod", Server: `C:\path\no-escapes`, TokenName: "alé ✓ 𝄞 \"q\" \\ \b\t\n\f\r \x01\x7f", Insecure: true, CASHA256: "9f:86 # not a comment"},
 			{Name: "prod", Server: "https://cluster.example.com:6443", TokenEnv: "PROD_TOKEN", TokenCommand: "op read 'op://vault/helyos/token'"},
 		},
 	}
 }
 
-func TestConfigParseHandEdited(t *testing.T) {
-	inputs := map[string]string{
-		"LF":           handEditedConfig,
-		"CRLF":         strings.ReplaceAll(handEditedConfig, "\n", "\r\n"),
-		"no final EOL": strings.TrimSuffix(handEditedConfig, "\n"),
+// configForm is a file the reader accepts and what it must read.
+type configForm struct {
+	name, input string
+	want        *Config
+}
+
+// configForms has a row for every form the reader accepts;
+// TestConfigTomllib checks that tomllib reads each of them the same.
+func configForms() []configForm {
+	a := func(c Context) *Config { c.Name = "a"; return &Config{Contexts: []*Context{&c}} }
+	return []configForm{
+		{"empty file", "", &Config{}},
+		{"blank lines and comments", "\n# c\n   # indented\n\t\n#", &Config{}},
+		{"hand-edited", handEditedConfig, handEditedWant()},
+		{"hand-edited CRLF", strings.ReplaceAll(handEditedConfig, "\n", "\r\n"), handEditedWant()},
+		{"no final line end", strings.TrimSuffix(handEditedConfig, "\n"), handEditedWant()},
+		{"current-context", `current-context = "x" # c`, &Config{CurrentContext: "x"}},
+		{"comment after a header", "[context.a]# c", a(Context{})},
+		{"comment right after a value", "[context.a]\ninsecure = true#c\nproject = 'p'#c", a(Context{Insecure: true, Project: "p"})},
+		{"no spaces around =", "[context.a]\nserver=\"x\"", a(Context{Server: "x"})},
+		{"indentation", "  [context.a]\n\t server = \"x\"", a(Context{Server: "x"})},
+		{"basic string", "[context.a]\nserver = \"https://h:6443\"", a(Context{Server: "https://h:6443"})},
+		{"literal string", "[context.a]\nserver = 'C:\\n\\\"x\"'", a(Context{Server: `C:\n\"x"`})},
+		{"empty strings", "[context.a]\nserver = \"\"\nproject = ''", a(Context{})},
+		{"# inside strings", "[context.a]\nserver = \"a # b\"\nproject = 'c # d'", a(Context{Server: "a # b", Project: "c # d"})},
+		{"tab and non-ASCII as they are", "[context.a]\nproject = \"\tà ✓ 𝄞\"", a(Context{Project: "\tà ✓ 𝄞"})},
+		{"every escape the writer emits", `[context.a]` + "\n" + `project = "\" \\ \b \t \n \f \r \u0000 \u001F \u007f"`, a(Context{Project: "\" \\ \b \t \n \f \r \x00 \x1f \x7f"})},
+		{"booleans", "[context.a]\ninsecure = false\n[context.b]\ninsecure = true", &Config{Contexts: []*Context{{Name: "a"}, {Name: "b", Insecure: true}}}},
+		{"bare name with - and _", "[context.my-prod_1]", &Config{Contexts: []*Context{{Name: "my-prod_1"}}}},
+		{"quoted names", `[context."my prod"]` + "\n" + `[context.'a.b']` + "\n" + `[context."q\"\u0001"]`, &Config{Contexts: []*Context{{Name: "my prod"}, {Name: "a.b"}, {Name: "q\"\x01"}}}},
+		{"quoted keys", "current-context = 'c'\n[context.a]\n\"server\" = \"x\"\n'token' = 'y'", &Config{CurrentContext: "c", Contexts: []*Context{{Name: "a", Server: "x", Token: "y"}}}},
 	}
-	for name, input := range inputs {
-		t.Run(name, func(t *testing.T) {
-			got, err := parseConfig([]byte(input))
+}
+
+func TestConfigParseAccepts(t *testing.T) {
+	for _, tt := range configForms() {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseConfig([]byte(tt.input))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := handEditedWant(); !cfgEqual(got, want) {
-				t.Fatalf("want:\n%s\ngot:\n%s", cfgString(want), cfgString(got))
+			if !cfgEqual(got, tt.want) {
+				t.Fatalf("want:\n%s\ngot:\n%s", cfgString(tt.want), cfgString(got))
 			}
 		})
 	}
 }
 
-func TestConfigParseErrors(t *testing.T) {
+// TestConfigParseRefuses: every form the reader refuses, with the message
+// that names it. No message repeats a value: it may be a token.
+func TestConfigParseRefuses(t *testing.T) {
+	const (
+		invalidValue = `invalid value: strings need quotes ("..." or '...'), booleans are true or false; numbers, dates, arrays and inline tables are not supported here`
+		dotted       = `dotted keys are not supported here: a name that holds a dot goes in quotes, "a.b"`
+		onlyContext  = `only [context.NAME] table headers are supported here, with no spaces inside the brackets`
+		unterminated = `unterminated string (a string must end on the same line)`
+		multiLine    = `multi-line strings are not supported here: write one line, with \n for a line break`
+		badEscape    = `invalid escape: use \" \\ \b \t \n \f \r or \uXXXX`
+		uEscape      = `\u needs 4 hex digits naming a control character other than tab: write any other character as it is`
+	)
 	tests := []struct {
 		name, input, want string
 	}{
 		{"unknown key", "[context.a]\nserver = \"x\"\nsever = \"y\"", `line 3: unknown key sever in [context.a]`},
 		{"unknown key quoted table", "[context.\"a b\"]\nfoo = true", `line 2: unknown key foo in [context."a b"]`},
-		{"dotted key", "[context.a]\nserver.x = \"y\"", `line 2: unknown key server.x in [context.a]`},
-		{"unknown table", "\n[server]", `line 2: unknown table [server]; only [context.NAME] tables are allowed`},
-		{"nested table", "[context.a.b]", `line 1: unknown table [context.a.b]; only [context.NAME] tables are allowed`},
-		{"context without name", "[context]", `line 1: table [context] needs a name: [context.NAME]`},
-		{"empty context name", `[context.""]`, `line 1: empty context name`},
-		{"array of tables", "[[context.a]]", `line 1: arrays of tables ([[...]]) are not supported`},
-		{"unclosed header", "[context.a", `line 1: expected ] to close the table header, found end of line`},
-		{"text after header", "[context.a] x", `line 1: unexpected 'x' after the table header`},
-		{"duplicate key", "[context.a]\nserver = \"x\"\n'server' = \"y\"", `line 3: duplicate key server in [context.a]`},
-		{"duplicate current", "current-context = \"a\"\ncurrent-context = \"b\"", `line 2: duplicate key current-context`},
-		{"duplicate table", "[context.a]\n[context.b]\n[ context . \"a\" ]", `line 3: duplicate table [context.a]`},
-		{"bool for string", "[context.a]\nserver = true", `line 2: server must be a string (in quotes) in [context.a]`},
-		{"string for bool", "[context.a]\ninsecure = \"true\"", `line 2: insecure must be true or false in [context.a]`},
-		{"bool current", "current-context = false", `line 1: current-context must be a string (in quotes)`},
 		{"key before table", "server = \"x\"\n[context.a]", `line 1: unknown key server before the first [context.NAME] table`},
 		{"current after table", "[context.a]\ncurrent-context = \"a\"", `line 2: current-context must come before the first [context.NAME] table`},
-		{"unterminated basic", "[context.a]\nserver = \"http://x", `line 2: unterminated string (a string must end on the same line)`},
-		{"unterminated literal", "[context.a]\nserver = 'http://x", `line 2: unterminated string (a string must end on the same line)`},
-		{"backslash at end", "[context.a]\nserver = \"x\\", `line 2: unterminated string (a string must end on the same line)`},
-		{"multi-line basic", "[context.a]\nserver = \"\"\"x\"\"\"", `line 2: multi-line strings are not supported`},
-		{"multi-line literal", "[context.a]\nserver = '''x'''", `line 2: multi-line strings are not supported`},
-		{"array", "[context.a]\nserver = [\"x\"]", `line 2: arrays are not supported`},
-		{"inline table", "[context.a]\nserver = {x = 1}", `line 2: inline tables are not supported`},
-		{"number", "[context.a]\nproject = 42", `line 2: invalid value: strings need quotes ("..." or '...'), booleans are true or false`},
-		{"unquoted token is not echoed", "[context.a]\ntoken = nxa-api_secret", `line 2: invalid value: strings need quotes ("..." or '...'), booleans are true or false`},
-		{"True is not a bool", "[context.a]\ninsecure = True", `line 2: invalid value: strings need quotes ("..." or '...'), booleans are true or false`},
+		{"dotted key", "[context.a]\nserver.x = \"y\"", `line 2: ` + dotted},
+		{"dotted key with spaces", "context . a . server = \"y\"", `line 1: ` + dotted},
+		{"dotted quoted key", "[context.a]\n\"server\".x = \"y\"", `line 2: ` + dotted},
+		{"dotted table", "[context.a.b]", `line 1: ` + dotted},
+		{"unknown table", "\n[server]", `line 2: ` + onlyContext},
+		{"table without name", "[context]", `line 1: ` + onlyContext},
+		{"spaces in header", "[ context.a ]", `line 1: ` + onlyContext},
+		{"space before ]", "[context.a ]", `line 1: expected ] right after the context name`},
+		{"unclosed header", "[context.a", `line 1: expected ] right after the context name`},
+		{"empty context name", `[context.""]`, `line 1: empty context name`},
+		{"array of tables", "[[context.a]]", `line 1: arrays of tables ([[...]]) are not supported here`},
+		{"text after header", "[context.a] x", `line 1: unexpected text after the table header (a comment starts with #)`},
+		{"duplicate key", "[context.a]\nserver = \"\"\n'server' = \"y\"", `line 3: duplicate key server in [context.a]`},
+		{"duplicate current", "current-context = \"a\"\ncurrent-context = \"b\"", `line 2: duplicate key current-context before the first [context.NAME] table`},
+		{"duplicate table", "[context.a]\n[context.b]\n[context.\"a\"]", `line 3: duplicate table [context.a]`},
+		{"bool for string", "[context.a]\nserver = true", `line 2: server must be a string (in quotes) in [context.a]`},
+		{"string for bool", "[context.a]\ninsecure = \"true\"", `line 2: insecure must be true or false in [context.a]`},
+		{"bool current", "current-context = false", `line 1: current-context must be a string (in quotes) before the first [context.NAME] table`},
+		{"unterminated basic", "[context.a]\nserver = \"http://x", `line 2: ` + unterminated},
+		{"unterminated literal", "[context.a]\nserver = 'http://x", `line 2: ` + unterminated},
+		{"backslash at end", "[context.a]\nserver = \"x\\", `line 2: ` + unterminated},
+		{"escaped quote at end", "[context.a]\nserver = \"x\\\"", `line 2: ` + unterminated},
+		{"unterminated key", "\"server = 1", `line 1: ` + unterminated},
+		{"multi-line basic", "[context.a]\nserver = \"\"\"x\"\"\"", `line 2: ` + multiLine},
+		{"multi-line literal", "[context.a]\nserver = '''x'''", `line 2: ` + multiLine},
+		{"array", "[context.a]\nserver = [\"x\"]", `line 2: ` + invalidValue},
+		{"inline table", "[context.a]\nserver = {x = 1}", `line 2: ` + invalidValue},
+		{"number", "[context.a]\nproject = 42", `line 2: ` + invalidValue},
+		{"date", "[context.a]\nproject = 1979-05-27", `line 2: ` + invalidValue},
+		{"unquoted token", "[context.a]\ntoken = nxa-api_secret", `line 2: ` + invalidValue},
+		{"True is not a bool", "[context.a]\ninsecure = True", `line 2: ` + invalidValue},
+		{"text after bool", "[context.a]\ninsecure = trueish", `line 2: unexpected text after the value (a comment starts with #)`},
+		{"text after value", "[context.a]\nserver = \"a\" \"b\"", `line 2: unexpected text after the value (a comment starts with #)`},
 		{"missing value", "[context.a]\nserver =   # nothing", `line 2: missing value after =`},
-		{"missing equals", "[context.a]\nserver \"x\"", `line 2: expected = after key server, found '"'`},
-		{"text after value", "[context.a]\nserver = \"a\" \"b\"", `line 2: unexpected '"' after the value`},
-		{"no key", "[context.a]\n= \"x\"", `line 2: expected a key, found '='`},
-		{"control in basic", "[context.a]\nserver = \"a\x01b\"", `line 2: control character U+0001 in a string (write it as an escape such as \n)`},
-		{"DEL in basic", "[context.a]\nserver = \"a\x7fb\"", `line 2: control character U+007F in a string (write it as an escape such as \n)`},
-		{"NUL in literal", "[context.a]\nserver = 'a\x00b'", `line 2: control character U+0000 in a string`},
-		{"control in comment", "# a\x02b", `line 1: control character U+0002 in a comment`},
-		{"NUL line", "\x00", `line 1: unexpected '\x00'`},
-		{"lone CR", "[context.a]\rserver = \"x\"", `line 1: unexpected '\r' after the table header`},
-		{"CR in value line", "[context.a]\nserver = \"x\"\r", `line 2: unexpected '\r' after the value`},
+		{"missing equals", "[context.a]\nserver \"x\"", `line 2: expected = after the key`},
+		{"pasted token", "[context.a]\nnxa-api_secret", `line 2: expected = after the key`},
+		{"no key", "[context.a]\n= \"x\"", `line 2: expected a key: letters, digits, _ and -, or a name in quotes`},
+		{"control in basic", "[context.a]\nserver = \"a\x01b\"", `line 2: control character U+0001 (inside "..." write it as \u0001)`},
+		{"DEL in basic", "[context.a]\nserver = \"a\x7fb\"", `line 2: control character U+007F (inside "..." write it as \u007F)`},
+		{"NUL in literal", "[context.a]\nserver = 'a\x00b'", `line 2: control character U+0000 (inside "..." write it as \u0000)`},
+		{"control in comment", "# a\x02b", `line 1: control character U+0002 (inside "..." write it as \u0002)`},
+		{"lone CR", "[context.a]\rserver = \"x\"", `line 1: control character U+000D (inside "..." write it as \u000D)`},
+		{"CR ending the last line", "[context.a]\nserver = \"x\"\r", `line 2: control character U+000D (inside "..." write it as \u000D)`},
 		{"invalid UTF-8", "[context.a]\n# ok\nserver = \"\xff\"", `line 3: invalid UTF-8`},
-		{"invalid escape", "[context.a]\nserver = \"a\\xb\"", `line 2: invalid escape: backslash followed by 'x' in a string`},
-		{"escape 1.1 \\e", "[context.a]\nserver = \"\\e\"", `line 2: invalid escape: backslash followed by 'e' in a string`},
-		{"short \\u", "[context.a]\nserver = \"\\u12\"", `line 2: \u escape needs 4 hex digits`},
-		{"bad hex \\U", "[context.a]\nserver = \"\\U0001F60G\"", `line 2: \U escape needs 8 hex digits`},
-		{"surrogate", "[context.a]\nserver = \"\\uD800\"", `line 2: escape \uD800 is not a Unicode scalar value`},
-		{"too large", "[context.a]\nserver = \"\\UFFFFFFFF\"", `line 2: escape \UFFFFFFFF is not a Unicode scalar value`},
-		{"CRLF line count", "\r\n# c\r\n\r\n[context.a]\r\nbad\r\n", `line 5: expected = after key bad, found end of line`},
+		{"invalid escape", "[context.a]\nserver = \"a\\xb\"", `line 2: ` + badEscape},
+		{"escape 1.1 \\e", "[context.a]\nserver = \"\\e\"", `line 2: ` + badEscape},
+		{"\\U escape", "[context.a]\nserver = \"\\U0001F600\"", `line 2: \U escapes are not supported here: write the character itself`},
+		{"\\u for a printable character", "[context.a]\nserver = \"\\u00e9\"", `line 2: ` + uEscape},
+		{"\\u for tab", "[context.a]\nserver = \"\\u0009\"", `line 2: ` + uEscape},
+		{"\\u surrogate", "[context.a]\nserver = \"\\uD800\"", `line 2: ` + uEscape},
+		{"short \\u", "[context.a]\nserver = \"\\u12\"", `line 2: ` + uEscape},
+		{"bad hex \\u", "[context.a]\nserver = \"\\u00G1\"", `line 2: ` + uEscape},
+		{"signed \\u", "[context.a]\nserver = \"\\u+001\"", `line 2: ` + uEscape},
+		{"CRLF line count", "\r\n# c\r\n\r\n[context.a]\r\nbad\r\n", `line 5: expected = after the key`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -244,21 +300,33 @@ func TestConfigParseErrors(t *testing.T) {
 // "any TOML 1.0 parser reads the same data".
 func tomllibLoad(t *testing.T, path string) *Config {
 	t.Helper()
+	return tomllibLoadAll(t, []string{path})[0]
+}
+
+// tomllibLoadAll is tomllibLoad for many files in one Python process.
+func tomllibLoadAll(t *testing.T, paths []string) []*Config {
+	t.Helper()
 	const script = `import json, sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    d = tomllib.load(f)
-d["context"] = [dict(name=k, **v) for k, v in d.get("context", {}).items()]
-json.dump(d, sys.stdout)
+docs = []
+for path in sys.argv[1:]:
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except Exception as e:
+        sys.exit(f"{path}: {e}")
+    d["context"] = [dict(name=k, **v) for k, v in d.get("context", {}).items()]
+    docs.append(d)
+json.dump(docs, sys.stdout)
 `
-	out, err := exec.Command("python3", "-c", script, path).Output()
+	out, err := exec.Command("python3", append([]string{"-c", script}, paths...)...).Output()
 	if err != nil {
 		var stderr []byte
 		if ee, ok := err.(*exec.ExitError); ok {
 			stderr = ee.Stderr
 		}
-		t.Fatalf("tomllib cannot read %s: %v\n%s", path, err, stderr)
+		t.Fatalf("tomllib cannot read a file: %v\n%s", err, stderr)
 	}
-	var doc struct {
+	var docs []struct {
 		CurrentContext string `json:"current-context"`
 		Context        []struct {
 			Name         string `json:"name"`
@@ -275,15 +343,18 @@ json.dump(d, sys.stdout)
 	}
 	dec := json.NewDecoder(bytes.NewReader(out))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&doc); err != nil {
+	if err := dec.Decode(&docs); err != nil || len(docs) != len(paths) {
 		t.Fatalf("tomllib output %s: %v", out, err)
 	}
-	cfg := &Config{CurrentContext: doc.CurrentContext}
-	for _, c := range doc.Context {
-		ctx := Context(c)
-		cfg.Contexts = append(cfg.Contexts, &ctx)
+	cfgs := make([]*Config, len(docs))
+	for i, doc := range docs {
+		cfgs[i] = &Config{CurrentContext: doc.CurrentContext}
+		for _, c := range doc.Context {
+			ctx := Context(c)
+			cfgs[i].Contexts = append(cfgs[i].Contexts, &ctx)
+		}
 	}
-	return cfg
+	return cfgs
 }
 
 // needTomllib skips the test, or fails it under CI, without Python 3.11+.
@@ -294,31 +365,30 @@ func needTomllib(t *testing.T) {
 	}
 }
 
+// TestConfigTomllib: tomllib reads what we write, and every form we accept,
+// as the same data as we do.
 func TestConfigTomllib(t *testing.T) {
 	needTomllib(t)
-	files := map[string][]byte{
-		"empty":          (&Config{}).marshal(),
-		"hostile":        hostileConfig().marshal(),
-		"seed example":   handEditedWant().marshal(),
-		"hand-edited":    []byte(handEditedConfig),
-		"hand-edited-cr": []byte(strings.ReplaceAll(handEditedConfig, "\n", "\r\n")),
-	}
+	forms := append(configForms(),
+		configForm{"written empty", string((&Config{}).marshal()), &Config{}},
+		configForm{"written hostile", string(hostileConfig().marshal()), hostileConfig()},
+		configForm{"written seed example", string(handEditedWant().marshal()), handEditedWant()})
 	dir := t.TempDir()
-	for name, data := range files {
-		t.Run(name, func(t *testing.T) {
-			path := filepath.Join(dir, name+".toml")
-			if err := os.WriteFile(path, data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			ours, err := loadConfig(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			theirs := tomllibLoad(t, path)
-			if !cfgEqual(ours, theirs) {
-				t.Fatalf("tomllib disagrees\nours:\n%s\ntomllib:\n%s", cfgString(ours), cfgString(theirs))
-			}
-		})
+	paths := make([]string, len(forms))
+	for i, form := range forms {
+		paths[i] = filepath.Join(dir, fmt.Sprintf("%d.toml", i))
+		if err := os.WriteFile(paths[i], []byte(form.input), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	theirs := tomllibLoadAll(t, paths)
+	for i, form := range forms {
+		ours, err := loadConfig(paths[i])
+		if err != nil {
+			t.Errorf("%s: %v", form.name, err)
+		} else if !cfgEqual(ours, form.want) || !cfgEqual(theirs[i], form.want) {
+			t.Errorf("%s: ours:\n%s\ntomllib:\n%s\nwant:\n%s", form.name, cfgString(ours), cfgString(theirs[i]), cfgString(form.want))
+		}
 	}
 }
 
@@ -520,7 +590,7 @@ func TestLoadConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = loadConfig(path)
-	want := "config " + path + ": line 3: unknown table [nope]; only [context.NAME] tables are allowed"
+	want := "config " + path + ": line 3: only [context.NAME] table headers are supported here, with no spaces inside the brackets"
 	if err == nil || err.Error() != want {
 		t.Fatalf("error %v, want %s", err, want)
 	}
@@ -708,22 +778,31 @@ func TestConfigHelpers(t *testing.T) {
 // FuzzParseConfig: no input panics, and whatever parses survives a
 // marshal and parse unchanged.
 func FuzzParseConfig(f *testing.F) {
-	f.Add([]byte(handEditedConfig))
+	for _, form := range configForms() {
+		f.Add([]byte(form.input))
+	}
 	f.Add(hostileConfig().marshal())
 	f.Add([]byte("[context.a]\nserver = \"\\uD800\\U0010FFFF\\\"\"\r\n"))
-	f.Add([]byte("current-context = 'x' # c\n[ context . 'a.b' ]\ninsecure = true"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := parseConfig(data)
-		if err != nil {
-			return
+		if cfg, err := parseConfig(data); err == nil {
+			checkRoundTrip(t, cfg)
 		}
-		out := cfg.marshal()
-		again, err := parseConfig(out)
-		if err != nil {
-			t.Fatalf("our output does not parse: %v\n%s", err, out)
+	})
+}
+
+// FuzzConfigRoundTrip: any config that updateConfig would save (check
+// passes) reads back as itself, whatever its names and values hold.
+func FuzzConfigRoundTrip(f *testing.F) {
+	f.Add("my prod", "\" \\ \b\t\n\f\r \x00\x1f\x7f é 𝄞 # [context.x] '", true)
+	f.Add("a.b", `\u0041 \U0001F600`, false)
+	f.Fuzz(func(t *testing.T, name, value string, insecure bool) {
+		cfg := &Config{CurrentContext: value, Contexts: []*Context{
+			{Name: name, Server: value, Token: value, TokenName: value, TokenEnv: value, TokenCommand: value, Project: value, Insecure: insecure, CA: value, CASHA256: value},
+			{Name: value + "2"},
+		}}
+		if cfg.check() != nil {
+			return // invalid UTF-8, an empty or a duplicate name: never saved
 		}
-		if !cfgEqual(cfg, again) {
-			t.Fatalf("round trip changed\n%s\n%s", cfgString(cfg), cfgString(again))
-		}
+		checkRoundTrip(t, cfg)
 	})
 }

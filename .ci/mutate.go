@@ -66,6 +66,8 @@ var mutations = []mutation{
 	{"config.go", `if (uid == 0 || int(uid) == me) && fi.Mode().Perm()&0o022 == 0 {`, `if true {`, `^TestCLIRefusesForeignConfig$`, "a config another user could write is refused"},
 	{"config.go", `backup = data`, `backup = old`, `^TestCLILogoutLeavesNoToken$`, "no file keeps a token after logout"},
 	{"config.go", `if c.CASHA256 != "" && !sameFingerprint(c.CASHA256, fingerprint(cert.Raw)) {`, `if false {`, `^TestCLIPinContradictions$`, "a ca-sha256 that does not match the ca is refused"},
+	{"config.go", `return fmt.Errorf("unknown key %s%s", tomlKey(key), where)`, `return nil`, `^TestConfigParseRefuses$`, "the config reader refuses a key it does not know: a typo never drops a setting"},
+	{"config.go", `case r.keys[key]:`, `case false:`, `^TestConfigParseRefuses$`, "the config reader refuses a repeated key, as every TOML parser does"},
 	{"login.go", `if !sameFingerprint(caFingerprint, fp) {`, `if false {`, `^TestCLILoginRefusals$/^wrong_fingerprint$`, "login pins nothing whose fingerprint differs"},
 	{"tls.go", `cfg.RootCAs = pool`, `cfg.InsecureSkipVerify = pool != nil`, `^TestCLICertificateRefusals$/^pinned_to_A`, "a pinned context trusts only its CA"},
 	{"client.go", `ctx = nil // its token and pin belong to another daemon`, `_ = ctx`, `^TestCLICertificateRefusals$/drops_the_pin`, "a context's pin is used only for its own server"},
