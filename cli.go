@@ -19,12 +19,12 @@ import (
 )
 
 const (
-	defaultServer      = "http://localhost:6443"
-	defaultPort        = "6443"
-	expiryWarning      = 7 * 24 * time.Hour // warn when the token in use expires sooner
-	requestTimeout     = 30 * time.Second
-	tokenCommandTimout = 10 * time.Second
-	maxResponseBytes   = 4 << 20
+	defaultServer       = "http://localhost:6443"
+	defaultPort         = "6443"
+	expiryWarning       = 7 * 24 * time.Hour // warn when the token in use expires sooner
+	requestTimeout      = 30 * time.Second
+	tokenCommandTimeout = 10 * time.Second
+	maxResponseBytes    = 4 << 20
 )
 
 // stdio is where a command reads and writes; tests run the real binary, so
@@ -41,13 +41,16 @@ type globals struct {
 	json                   bool
 	public                 bool // the command calls only public routes: resolve no token
 	io                     *stdio
+	configPath             string        // $HELYOS_CONFIG, else ~/.helyos/config.toml
+	configErr              error         // why configPath is unknown: returned by the commands that need it
 	flags                  *flag.FlagSet // the command's own flags, once it made them; completion reads them
 }
 
 // parseGlobals takes the global flags out of args wherever they stand (up
 // to a "--") and returns the rest in order.
-func parseGlobals(args []string, io *stdio) (*globals, []string, error) {
-	g := &globals{io: io}
+func parseGlobals(args []string, std *stdio) (*globals, []string, error) {
+	g := &globals{io: std}
+	g.configPath, g.configErr = configPath()
 	strs := map[string]*string{"context": &g.context, "server": &g.server, "token": &g.token}
 	var rest []string
 	for i := 0; i < len(args); i++ {
@@ -254,7 +257,7 @@ func cmdStatus(g *globals, args []string) error {
 		TLS     string     `json:"tls"`
 		Whoami  *tokenInfo `json:"whoami"`
 		Auth    string     `json:"auth"`
-	}{Server: t.server, Version: ver.Version, TLS: t.tlsMode, Auth: "no token"}
+	}{Server: t.server, Version: ver.Version, TLS: string(t.tlsMode), Auth: "no token"}
 	if t.ctx != nil {
 		st.Context = t.ctx.Name
 	}
@@ -319,10 +322,7 @@ func cmdVersion(g *globals, args []string) error {
 // warnLooseConfig warns when the config file, which may hold tokens, is
 // readable by others.
 func warnLooseConfig(g *globals) {
-	path, err := configPath()
-	if err != nil {
-		return
-	}
+	path := g.configPath
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		fmt.Fprintf(g.io.err, "helyos: warning: %s is readable by others (mode %04o); run: chmod 600 %s\n", path, fi.Mode().Perm(), path)
 	}

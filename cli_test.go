@@ -212,12 +212,12 @@ func TestCLILoginFingerprint(t *testing.T) {
 			if c.Server != d.url || c.Token != d.token || c.TokenName != "bootstrap" || c.CASHA256 != d.fp || c.Insecure {
 				t.Errorf("context = %+v", c)
 			}
-			pemBytes, err := c.decodeCA()
+			ca, err := c.decodeCA()
 			if err != nil {
 				t.Fatal(err)
 			}
 			want, _ := os.ReadFile(caFile)
-			if !bytes.Equal(bytes.TrimSpace(pemBytes), bytes.TrimSpace(want)) {
+			if !bytes.Equal(bytes.TrimSpace(pemEncode(ca)), bytes.TrimSpace(want)) {
 				t.Errorf("pinned CA is not the daemon's CA")
 			}
 			if got := whoamiName(t, home, nil); got != "bootstrap" {

@@ -111,7 +111,7 @@ type target struct {
 	tokenSource string   // for messages: never the token itself
 	ctx         *Context // the context whose server this is, if any
 	client      *http.Client
-	tlsMode     string    // pinned, system, insecure, http
+	tlsMode     trustMode
 	stderr      io.Writer // for the expiry warning; nil: none
 	warned      bool      // the expiry warning was given
 }
@@ -120,11 +120,7 @@ type target struct {
 // built-in default. A context's token and trust apply only when its own
 // server is the one dialled.
 func (g *globals) resolve() (*target, error) {
-	path, err := configPath()
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := loadConfig(path)
+	cfg, err := g.loadConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +164,6 @@ func (g *globals) resolve() (*target, error) {
 	if err := t.setTrust(); err != nil {
 		return nil, err
 	}
-	t.guardPlainHTTP(g.io.err)
 	g.warnPlainHTTP(server)
 	return t, nil
 }
@@ -189,29 +184,53 @@ func hostOf(server string) string {
 	return u.Hostname()
 }
 
-// setTrust builds the HTTP client for t from its context's pin, if any.
-func (t *target) setTrust() error {
-	var pinned *x509.Certificate
-	insecure := false
+// trustMode is how a client checks the daemon it dials.
+type trustMode string
+
+const (
+	trustHTTP     trustMode = "http"     // plain HTTP: nothing to check
+	trustInsecure trustMode = "insecure" // TLS, its certificate not checked
+	trustPinned   trustMode = "pinned"   // TLS, checked against the pinned CA only
+	trustSystem   trustMode = "system"   // TLS, checked against the system's CAs
+)
+
+// trustOf works out the trust mode for dialling and for showing alike. A
+// context that sets both insecure and a pin is refused before it is dialled
+// (decodeCA).
+func trustOf(server string, insecure, pinned bool) trustMode {
 	switch {
-	case strings.HasPrefix(t.server, "http://"):
-		t.tlsMode = "http"
-	case t.ctx != nil && t.ctx.CA != "": // refused with insecure = true
-		pemBytes, err := t.ctx.decodeCA()
-		if err == nil {
-			pinned, err = parseCAPEM(pemBytes)
-		}
-		if err != nil {
-			return withHint(fmt.Errorf("context %q: pinned CA: %w", t.ctx.Name, err), t.repin())
-		}
-		t.tlsMode = "pinned"
-	case t.ctx != nil && t.ctx.Insecure:
-		t.tlsMode, insecure = "insecure", true
-	default:
-		t.tlsMode = "system"
+	case strings.HasPrefix(strings.ToLower(server), "http://"):
+		return trustHTTP
+	case insecure:
+		return trustInsecure
+	case pinned:
+		return trustPinned
 	}
-	t.client = newHTTPClient(clientTLSConfig(pinned, insecure))
+	return trustSystem
+}
+
+// setTrust builds the HTTP client for t from its context's pin, if any. A
+// plain-HTTP server has no TLS to check.
+func (t *target) setTrust() error {
+	if t.ctx == nil || strings.HasPrefix(t.server, "http://") {
+		t.setClient(nil, false)
+		return nil
+	}
+	pinned, err := t.ctx.decodeCA()
+	if err != nil {
+		return withHint(fmt.Errorf("context %q: pinned CA: %w", t.ctx.Name, err), t.repin())
+	}
+	t.setClient(pinned, t.ctx.Insecure)
 	return nil
+}
+
+// setClient makes the HTTP client t dials with: pinned to one CA, not
+// checking at all when insecure, else checking with the system's CAs.
+// With a token over plain HTTP it dials only a local peer that is ours.
+func (t *target) setClient(pinned *x509.Certificate, insecure bool) {
+	t.tlsMode = trustOf(t.server, insecure, pinned != nil)
+	t.client = newHTTPClient(clientTLSConfig(pinned, insecure))
+	t.guardPlainHTTP(t.stderr)
 }
 
 func newHTTPClient(tlsConfig *tls.Config) *http.Client {
@@ -279,7 +298,7 @@ func checkEnvName(name string) error {
 // stdin closed, a time limit; the first line of its output is the token.
 // What the helper wrote to stderr is passed on to stderr when it fails.
 func runTokenCommand(command string, stderr io.Writer) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), tokenCommandTimout)
+	ctx, cancel := context.WithTimeout(context.Background(), tokenCommandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "sh", "-c", command)
 	var out, errOut bytes.Buffer
@@ -292,7 +311,7 @@ func runTokenCommand(command string, stderr io.Writer) (string, error) {
 	command = redactTokens(command) // for the messages below
 	switch {
 	case ctx.Err() != nil:
-		err = fmt.Errorf("token command %q did not finish within %s", command, tokenCommandTimout)
+		err = fmt.Errorf("token command %q did not finish within %s", command, tokenCommandTimeout)
 	case err != nil:
 		err = fmt.Errorf("token command %q failed: %v", command, err)
 	case tok == "":
@@ -353,8 +372,9 @@ func (t *target) call(method, path string, body, out any) error {
 	if resp.StatusCode >= 400 {
 		return t.statusError(resp.StatusCode, data)
 	}
-	// Every route answers one success status (SPEC §2); anything else, a
-	// proxy's redirect above all, must not pass for success.
+	// Every route answers one success status: 200 to a GET, 201 to a POST,
+	// 204 to a DELETE. Anything else, a proxy's redirect above all, must not
+	// pass for success.
 	if want := map[string]int{"GET": http.StatusOK, "POST": http.StatusCreated, "DELETE": http.StatusNoContent}[method]; resp.StatusCode != want {
 		err := fmt.Errorf("%s answered HTTP %d to %s %s, not the %d it promises", t.server, resp.StatusCode, method, path, want)
 		if loc := resp.Header.Get("Location"); loc != "" {
@@ -453,7 +473,7 @@ func (t *target) transportError(err error) error {
 		return refused
 	case errors.As(err, &unknownCA), errors.As(err, &verifyErr):
 		hint := "the daemon's CA is not the one pinned (made anew, or someone is in between); " + t.repin()
-		if t.tlsMode == "system" {
+		if t.tlsMode == trustSystem {
 			hint = "the system's CAs do not trust its certificate; pin the CA that signed it: " + t.relogin() + " (add --ca-file PEM for a certificate of your own)"
 		}
 		return withHint(fmt.Errorf("certificate problem talking to %s (%s trust): %w", t.server, t.tlsMode, err), hint)
@@ -481,7 +501,8 @@ func (t *target) transportError(err error) error {
 // connection: what protects the user is the fingerprint check that follows.
 // It returns nil, nil for a daemon that has no self-signed CA.
 func fetchCA(server string) (*x509.Certificate, error) {
-	t := &target{server: server, client: newHTTPClient(clientTLSConfig(nil, true)), tlsMode: "insecure"}
+	t := &target{server: server}
+	t.setClient(nil, true)
 	var answer struct {
 		PEM string `json:"pem"`
 	}

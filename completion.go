@@ -175,7 +175,11 @@ func flagsAt(path []string) map[string]bool {
 // read. A name the CLI would not accept (one edited in by hand, say "p;id")
 // is left out: bash puts a candidate into the command line unquoted.
 func contextNames() []string {
-	_, cfg, err := loadClientConfig()
+	path, err := configPath()
+	if err != nil {
+		return nil
+	}
+	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil
 	}

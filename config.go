@@ -129,10 +129,10 @@ func encodeCA(pemBytes []byte) string {
 	return base64.StdEncoding.EncodeToString(pemBytes)
 }
 
-// decodeCA returns the PEM bytes of the context's pinned CA, or nil when it
-// pins none. A value that is not one PEM CERTIFICATE is an error, never a
-// fall back to the system roots: a damaged pin must not widen trust.
-func (c *Context) decodeCA() ([]byte, error) {
+// decodeCA returns the context's pinned CA, or nil when it pins none. A
+// value that is not one PEM CERTIFICATE is an error, never a fall back to
+// the system roots: a damaged pin must not widen trust.
+func (c *Context) decodeCA() (*x509.Certificate, error) {
 	if c.CA == "" {
 		return nil, nil
 	}
@@ -158,7 +158,7 @@ func (c *Context) decodeCA() ([]byte, error) {
 	if c.CASHA256 != "" && !sameFingerprint(c.CASHA256, fingerprint(cert.Raw)) {
 		return nil, withHint(fmt.Errorf("context %q: ca-sha256 does not match the pinned ca, whose fingerprint is %s", c.Name, fingerprint(cert.Raw)), hint)
 	}
-	return data, nil
+	return cert, nil
 }
 
 // configPath is where the CLI's config lives: $HELYOS_CONFIG, else
@@ -281,6 +281,32 @@ func updateConfig(path string, fn func(*Config) error) error {
 		return fmt.Errorf("save config: %w", err)
 	}
 	return nil
+}
+
+// loadConfig reads the config file that parseGlobals found.
+func (g *globals) loadConfig() (*Config, error) {
+	if g.configErr != nil {
+		return nil, g.configErr
+	}
+	return loadConfig(g.configPath)
+}
+
+// editConfig changes the config file that parseGlobals found, the way
+// updateConfig does. edit returns the line that says what it did, printed
+// once the change is saved.
+func (g *globals) editConfig(edit func(*Config) (string, error)) error {
+	if g.configErr != nil {
+		return g.configErr
+	}
+	var done string
+	err := updateConfig(g.configPath, func(cfg *Config) (err error) {
+		done, err = edit(cfg)
+		return err
+	})
+	if err == nil {
+		fmt.Fprintln(g.io.err, done)
+	}
+	return err
 }
 
 // lockConfig takes an exclusive flock on the lock file and returns its

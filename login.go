@@ -48,136 +48,159 @@ func checkContextName(name string) error {
 	return nil
 }
 
-func cmdLogin(g *globals, args []string) error {
-	fs := g.newFlags("login", "SERVER", "Check a token against a daemon, pin the daemon's CA, and save both as a context.\nSERVER without a scheme gets https://, without a port :6443.")
-	fs.String("token", "", "API `token`, seen by ps and shell history: prefer --token-stdin, --token-env or the prompt")
-	tokenStdin := fs.Bool("token-stdin", false, "read the API token from stdin (one line; on a terminal, a paste that is not echoed)")
-	tokenEnv := fs.String("token-env", "", "read the token from environment `VAR` now and at every use; the file keeps only the name")
-	tokenCommand := fs.String("token-command", "", "run `command` (sh -c) now and at every use; the first line it prints is the token")
-	caFile := fs.String("ca-file", "", "pin the CA in this PEM `file` instead of fetching it")
-	caFingerprint := fs.String("ca-fingerprint", "", "require the daemon's CA to have this SHA-256 `fingerprint`; no prompt")
-	insecure := fs.Bool("insecure-skip-tls-verify", false, "skip TLS verification entirely (insecure: exposes the token)")
-	name := fs.String("name", "", "context `name` (default: derived from the host)")
-	project := fs.String("project", "", "default `project` for this context")
-	noSetCurrent := fs.Bool("no-set-current", false, "do not make this context the current one")
-	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	server, err := normalizeServer(pos[0])
-	if err != nil {
-		return withHint(usageErrorf("login: %v", err), "give a server like cluster.example.com or https://10.0.0.5:6443")
-	}
-	if err := checkLoginFlags(g, server, *tokenStdin, *tokenEnv, *tokenCommand, *caFile, *caFingerprint, *insecure); err != nil {
-		return err
-	}
-	g.warnPlainHTTP(server)
-	if *name != "" {
-		if err := checkContextName(*name); err != nil {
-			return err
-		}
-	}
-	path, err := configPath()
-	if err != nil {
-		return err
-	}
-	cfg, err := loadConfig(path)
-	if err != nil {
-		return err
-	}
-	_, existing := loginContextName(cfg, server, *name)
-	if err := checkSameServer(existing, server); err != nil {
-		return err
-	}
+// loginFlags are login's own flags and its SERVER argument. The token given
+// with --token is the global one, g.token.
+type loginFlags struct {
+	server        string // normalized
+	tokenStdin    bool
+	tokenEnv      string
+	tokenCommand  string
+	caFile        string
+	caFingerprint string
+	insecure      bool
+	name          string
+	project       string
+	noSetCurrent  bool
+}
 
-	pin, err := g.loginTrust(server, existing, *caFile, *caFingerprint, *insecure)
+func cmdLogin(g *globals, args []string) error {
+	f, err := parseLoginFlags(g, args)
 	if err != nil {
 		return err
 	}
-	token, source, err := g.loginToken(*tokenStdin, *tokenEnv, *tokenCommand)
-	if err == nil {
-		err = checkTokenShape(token, source)
-	}
+	g.warnPlainHTTP(f.server)
+	t, pin, err := g.loginTarget(f)
 	if err != nil {
 		return err
 	}
-	t := &target{server: server, token: token, tokenSource: source, ctx: existing, client: newHTTPClient(clientTLSConfig(pin, *insecure)), tlsMode: "system", stderr: g.io.err}
-	switch {
-	case strings.HasPrefix(server, "http://"):
-		t.tlsMode = "http"
-	case *insecure:
-		t.tlsMode = "insecure"
-	case pin != nil:
-		t.tlsMode = "pinned"
-	}
-	t.guardPlainHTTP(g.io.err)
 	var who tokenInfo
 	if err := t.call("GET", "/api/v1/whoami", nil, &who); err != nil {
-		return fmt.Errorf("login to %s failed, nothing was saved: %w", server, err)
+		return fmt.Errorf("login to %s failed, nothing was saved: %w", f.server, err)
 	}
-
-	var saved string
-	err = updateConfig(path, func(cfg *Config) error {
-		ctxName, c := loginContextName(cfg, server, *name)
-		if err := checkSameServer(c, server); err != nil {
-			return err // created by another process since the check above
-		}
-		if c == nil {
-			c = &Context{Name: ctxName}
-			cfg.Contexts = append(cfg.Contexts, c)
-		}
-		c.Server, c.TokenName, c.Insecure = server, who.Name, *insecure
-		c.Token, c.TokenEnv, c.TokenCommand = token, *tokenEnv, *tokenCommand
-		if *tokenEnv != "" || *tokenCommand != "" {
-			c.Token = ""
-		}
-		if *project != "" {
-			c.Project = *project
-		}
-		c.CA, c.CASHA256 = "", ""
-		if pin != nil {
-			c.CA = encodeCA(pemEncode(pin))
-			c.CASHA256 = fingerprint(pin.Raw)
-		}
-		if !*noSetCurrent {
-			cfg.CurrentContext = ctxName
-		}
-		saved = ctxName
-		return nil
+	err = g.editConfig(func(cfg *Config) (string, error) {
+		return saveLogin(cfg, f, t.token, pin, who)
 	})
 	if err != nil {
 		return fmt.Errorf("save context: %w", err)
 	}
-	fmt.Fprintf(g.io.err, "logged in to %s as %q (scope %s); saved as context %q", server, who.Name, sanitize(who.Scope), saved)
-	if !*noSetCurrent {
-		fmt.Fprint(g.io.err, ", now current")
-	}
-	fmt.Fprintln(g.io.err)
 	return nil
 }
 
-func checkLoginFlags(g *globals, server string, tokenStdin bool, tokenEnv, tokenCommand, caFile, caFingerprint string, insecure bool) error {
-	if countTrue(g.token != "", tokenStdin, tokenEnv != "", tokenCommand != "") > 1 {
+func parseLoginFlags(g *globals, args []string) (*loginFlags, error) {
+	f := &loginFlags{}
+	flags := g.newFlags("login", "SERVER", "Check a token against a daemon, pin the daemon's CA, and save both as a context.\nSERVER without a scheme gets https://, without a port :6443.")
+	// parseGlobals has taken --token out of args already (g.token): it is
+	// declared here only so that help shows it.
+	flags.String("token", "", "API `token`, seen by ps and shell history: prefer --token-stdin, --token-env or the prompt")
+	flags.BoolVar(&f.tokenStdin, "token-stdin", false, "read the API token from stdin (one line; on a terminal, a paste that is not echoed)")
+	flags.StringVar(&f.tokenEnv, "token-env", "", "read the token from environment `VAR` now and at every use; the file keeps only the name")
+	flags.StringVar(&f.tokenCommand, "token-command", "", "run `command` (sh -c) now and at every use; the first line it prints is the token")
+	flags.StringVar(&f.caFile, "ca-file", "", "pin the CA in this PEM `file` instead of fetching it")
+	flags.StringVar(&f.caFingerprint, "ca-fingerprint", "", "require the daemon's CA to have this SHA-256 `fingerprint`; no prompt")
+	flags.BoolVar(&f.insecure, "insecure-skip-tls-verify", false, "skip TLS verification entirely (insecure: exposes the token)")
+	flags.StringVar(&f.name, "name", "", "context `name` (default: derived from the host)")
+	flags.StringVar(&f.project, "project", "", "default `project` for this context")
+	flags.BoolVar(&f.noSetCurrent, "no-set-current", false, "do not make this context the current one")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
+	if err != nil {
+		return nil, err
+	}
+	if f.server, err = normalizeServer(pos[0]); err != nil {
+		return nil, withHint(usageErrorf("login: %v", err), "give a server like cluster.example.com or https://10.0.0.5:6443")
+	}
+	if err := checkLoginFlags(g, f); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func checkLoginFlags(g *globals, f *loginFlags) error {
+	if countTrue(g.token != "", f.tokenStdin, f.tokenEnv != "", f.tokenCommand != "") > 1 {
 		return usageErrorf("login: give the token one way only: --token, --token-stdin, --token-env or --token-command")
 	}
 	if err := checkTokenShape(g.token, "--token"); g.token != "" && err != nil {
 		return err
 	}
-	if err := checkEnvName(tokenEnv); err != nil {
+	if err := checkEnvName(f.tokenEnv); err != nil {
 		return err
 	}
-	if insecure && (caFile != "" || caFingerprint != "") {
+	if f.insecure && (f.caFile != "" || f.caFingerprint != "") {
 		return usageErrorf("login: --insecure-skip-tls-verify cannot be combined with --ca-file or --ca-fingerprint")
 	}
-	if strings.HasPrefix(server, "http://") && (insecure || caFile != "" || caFingerprint != "") {
-		return usageErrorf("login: %s is plain HTTP; TLS flags do not apply", server)
+	if strings.HasPrefix(f.server, "http://") && (f.insecure || f.caFile != "" || f.caFingerprint != "") {
+		return usageErrorf("login: %s is plain HTTP; TLS flags do not apply", f.server)
 	}
-	if caFingerprint != "" {
-		if _, err := normalizeFingerprint(caFingerprint); err != nil {
+	if f.caFingerprint != "" {
+		if _, err := normalizeFingerprint(f.caFingerprint); err != nil {
 			return usageErrorf("login: --ca-fingerprint: %v", err)
 		}
 	}
 	return nil
+}
+
+// loginTarget is what a login checks before it saves anything: the context
+// it would write (refused when it holds another server), the CA it pins
+// and the token it sends.
+func (g *globals) loginTarget(f *loginFlags) (*target, *x509.Certificate, error) {
+	if f.name != "" {
+		if err := checkContextName(f.name); err != nil {
+			return nil, nil, err
+		}
+	}
+	cfg, err := g.loadConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	_, existing := loginContextName(cfg, f.server, f.name)
+	if err := checkSameServer(existing, f.server); err != nil {
+		return nil, nil, err
+	}
+	pin, err := g.loginTrust(f, existing)
+	if err != nil {
+		return nil, nil, err
+	}
+	token, source, err := g.loginToken(f)
+	if err == nil {
+		err = checkTokenShape(token, source)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	t := &target{server: f.server, token: token, tokenSource: source, ctx: existing, stderr: g.io.err}
+	t.setClient(pin, f.insecure)
+	return t, pin, nil
+}
+
+// saveLogin writes what a login checked into cfg and says what it did. It
+// runs under the config lock, so it checks the context's name again.
+func saveLogin(cfg *Config, f *loginFlags, token string, pin *x509.Certificate, who tokenInfo) (string, error) {
+	name, c := loginContextName(cfg, f.server, f.name)
+	if err := checkSameServer(c, f.server); err != nil {
+		return "", err // created by another process since the first check
+	}
+	if c == nil {
+		c = &Context{Name: name}
+		cfg.Contexts = append(cfg.Contexts, c)
+	}
+	c.Server, c.TokenName, c.Insecure = f.server, who.Name, f.insecure
+	c.Token, c.TokenEnv, c.TokenCommand = token, f.tokenEnv, f.tokenCommand
+	if f.tokenEnv != "" || f.tokenCommand != "" {
+		c.Token = ""
+	}
+	if f.project != "" {
+		c.Project = f.project
+	}
+	c.CA, c.CASHA256 = "", ""
+	if pin != nil {
+		c.CA = encodeCA(pemEncode(pin))
+		c.CASHA256 = fingerprint(pin.Raw)
+	}
+	done := fmt.Sprintf("logged in to %s as %q (scope %s); saved as context %q", f.server, who.Name, sanitize(who.Scope), name)
+	if !f.noSetCurrent {
+		cfg.CurrentContext = name
+		done += ", now current"
+	}
+	return done, nil
 }
 
 // loginContextName picks the context a login writes. With --name, that
@@ -216,30 +239,31 @@ func checkSameServer(c *Context, server string) error {
 // confirms it, or the pin an existing context for this server already
 // holds. It returns nil for plain HTTP, --insecure-skip-tls-verify, and a
 // daemon with a certificate of its own, which the system's CAs then check.
-func (g *globals) loginTrust(server string, existing *Context, caFile, caFingerprint string, insecure bool) (*x509.Certificate, error) {
-	if strings.HasPrefix(server, "http://") || insecure {
+func (g *globals) loginTrust(f *loginFlags, existing *Context) (*x509.Certificate, error) {
+	server, caFingerprint := f.server, f.caFingerprint
+	if strings.HasPrefix(server, "http://") || f.insecure {
 		return nil, nil
 	}
-	if caFile != "" {
-		data, err := os.ReadFile(caFile)
+	if f.caFile != "" {
+		data, err := os.ReadFile(f.caFile)
 		if err != nil {
 			return nil, fmt.Errorf("read --ca-file: %w", err)
 		}
 		ca, err := parseCAPEM(data)
 		if err != nil {
-			return nil, fmt.Errorf("--ca-file %s: %w", caFile, err)
+			return nil, fmt.Errorf("--ca-file %s: %w", f.caFile, err)
 		}
 		if caFingerprint != "" && !sameFingerprint(caFingerprint, fingerprint(ca.Raw)) {
-			return nil, fmt.Errorf("--ca-file %s has fingerprint %s, not the %s given with --ca-fingerprint", caFile, fingerprint(ca.Raw), caFingerprint)
+			return nil, fmt.Errorf("--ca-file %s has fingerprint %s, not the %s given with --ca-fingerprint", f.caFile, fingerprint(ca.Raw), caFingerprint)
 		}
 		return ca, nil
 	}
 	if caFingerprint == "" && existing != nil && sameServer(existing.Server, server) && existing.CA != "" {
-		pemBytes, err := existing.decodeCA()
+		ca, err := existing.decodeCA()
 		if err != nil {
 			return nil, withHint(err, (&target{server: server, ctx: existing}).repin())
 		}
-		return parseCAPEM(pemBytes)
+		return ca, nil
 	}
 	ca, err := fetchCA(server)
 	switch {
@@ -278,14 +302,14 @@ func (g *globals) loginTrust(server string, existing *Context, caFile, caFingerp
 // loginToken finds the token to log in with: --token, --token-stdin,
 // --token-env, --token-command, $HELYOS_API_TOKEN, then a prompt that does
 // not echo. The second result names the source for messages.
-func (g *globals) loginToken(tokenStdin bool, tokenEnv, tokenCommand string) (string, string, error) {
+func (g *globals) loginToken(f *loginFlags) (string, string, error) {
 	switch {
 	case g.token != "":
 		return g.token, "--token", nil
-	case tokenStdin && isTerminal(g.io.in):
+	case f.tokenStdin && isTerminal(g.io.in):
 		tok, err := promptSecret(g.io.in, g.io.err, "API token: ")
 		return tok, "the prompt", err
-	case tokenStdin:
+	case f.tokenStdin:
 		line, err := readLine(g.io.in)
 		if err != nil && err != io.EOF {
 			return "", "", fmt.Errorf("read token from stdin: %w", err)
@@ -294,14 +318,14 @@ func (g *globals) loginToken(tokenStdin bool, tokenEnv, tokenCommand string) (st
 			return "", "", errors.New("--token-stdin: stdin held no token")
 		}
 		return line, "stdin", nil
-	case tokenEnv != "":
-		tok := strings.TrimSpace(os.Getenv(tokenEnv))
+	case f.tokenEnv != "":
+		tok := strings.TrimSpace(os.Getenv(f.tokenEnv))
 		if tok == "" {
-			return "", "", withHint(fmt.Errorf("--token-env: $%s is unset or empty", tokenEnv), "export "+tokenEnv+"=<token> first")
+			return "", "", withHint(fmt.Errorf("--token-env: $%s is unset or empty", f.tokenEnv), "export "+f.tokenEnv+"=<token> first")
 		}
-		return tok, "$" + tokenEnv, nil
-	case tokenCommand != "":
-		tok, err := runTokenCommand(tokenCommand, g.io.err)
+		return tok, "$" + f.tokenEnv, nil
+	case f.tokenCommand != "":
+		tok, err := runTokenCommand(f.tokenCommand, g.io.err)
 		return tok, "--token-command", err
 	case os.Getenv("HELYOS_API_TOKEN") != "":
 		return os.Getenv("HELYOS_API_TOKEN"), "$HELYOS_API_TOKEN", nil
@@ -317,36 +341,26 @@ func (g *globals) loginToken(tokenStdin bool, tokenEnv, tokenCommand string) (st
 }
 
 func cmdLogout(g *globals, args []string) error {
-	fs := g.newFlags("logout", "[NAME]", "Forget the token of a context (default: the active one). Its server, CA pin and project stay, so logging in again is one command.")
-	pos, err := g.parseFlagsNoData(fs, args, 0, 1)
+	flags := g.newFlags("logout", "[NAME]", "Forget the token of a context (default: the active one). Its server, CA pin and project stay, so logging in again is one command.")
+	pos, err := g.parseFlagsNoData(flags, args, 0, 1)
 	if err != nil {
 		return err
 	}
 	pos = append(pos, "") // NAME is optional
-	path, err := configPath()
-	if err != nil {
-		return err
-	}
-	var name, again string
-	err = updateConfig(path, func(cfg *Config) error {
+	return g.editConfig(func(cfg *Config) (string, error) {
 		c, err := g.namedOrActive(cfg, pos[0])
 		if err != nil {
-			return err
+			return "", err
 		}
 		c.Token, c.TokenName, c.TokenEnv, c.TokenCommand = "", "", "", ""
-		name, again = c.Name, "helyos login "+c.Server
+		again := "helyos login " + c.Server
 		// A bare login would pick the name derived from the host; point it
 		// back at this context when that is another one (say "local").
 		if derived, _ := loginContextName(cfg, c.Server, ""); derived != c.Name {
 			again += " --name " + c.Name
 		}
-		return nil
+		return fmt.Sprintf("logged out of context %q; its server and CA pin are kept: log in again with '%s'", c.Name, again), nil
 	})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(g.io.err, "logged out of context %q; its server and CA pin are kept: log in again with '%s'\n", name, again)
-	return nil
 }
 
 // namedOrActive is the context called name, or the active one when name is
@@ -356,13 +370,17 @@ func (g *globals) namedOrActive(cfg *Config, name string) (*Context, error) {
 		if c := cfg.Context(name); c != nil {
 			return c, nil
 		}
-		return nil, withHint(fmt.Errorf("context %q does not exist", name), "run 'helyos context ls' to see the contexts")
+		return nil, errNoContext(name)
 	}
 	c, err := g.activeContext(cfg)
 	if err == nil && c == nil {
 		err = withHint(errors.New("there are no contexts"), "log in first: helyos login SERVER")
 	}
 	return c, err
+}
+
+func errNoContext(name string) error {
+	return withHint(fmt.Errorf("context %q does not exist", name), "run 'helyos context ls' to see the contexts")
 }
 
 // ---- context ----
@@ -376,15 +394,14 @@ func contextCommands() map[string]func(*globals, []string) error {
 
 func cmdContext(g *globals, args []string) error {
 	subs := contextCommands()
-	if len(args) == 0 || subs[args[0]] == nil {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprint(g.io.err, contextUsage)
-			return flag.ErrHelp
-		}
-		fmt.Fprint(g.io.err, contextUsage)
-		return subcommandError("context", strings.Join(args[:min(len(args), 1)], " "), "ls, use, current, rename, rm or set")
+	if len(args) > 0 && subs[args[0]] != nil {
+		return subs[args[0]](g, args[1:])
 	}
-	return subs[args[0]](g, args[1:])
+	fmt.Fprint(g.io.err, contextUsage)
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+		return flag.ErrHelp
+	}
+	return subcommandError("context", strings.Join(args[:min(len(args), 1)], " "), "ls, use, current, rename, rm or set")
 }
 
 const contextUsage = `Usage: helyos context SUBCOMMAND
@@ -409,15 +426,7 @@ type contextView struct {
 }
 
 func viewOf(c *Context, active *Context) contextView {
-	v := contextView{Name: c.Name, Server: c.Server, Project: c.Project, TLS: "system", TokenSource: "-", Active: c == active}
-	switch {
-	case strings.HasPrefix(strings.ToLower(c.Server), "http://"):
-		v.TLS = "http"
-	case c.Insecure:
-		v.TLS = "insecure"
-	case c.CA != "":
-		v.TLS = "pinned"
-	}
+	v := contextView{Name: c.Name, Server: c.Server, Project: c.Project, TLS: string(trustOf(c.Server, c.Insecure, c.CA != "")), TokenSource: "-", Active: c == active}
 	switch {
 	case c.TokenEnv != "":
 		v.TokenSource = "env:" + c.TokenEnv
@@ -429,21 +438,12 @@ func viewOf(c *Context, active *Context) contextView {
 	return v
 }
 
-func loadClientConfig() (string, *Config, error) {
-	path, err := configPath()
-	if err != nil {
-		return "", nil, err
-	}
-	cfg, err := loadConfig(path)
-	return path, cfg, err
-}
-
 func cmdContextList(g *globals, args []string) error {
-	fs := g.newFlags("context ls", "", "List contexts; * marks the active one.")
-	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+	flags := g.newFlags("context ls", "", "List contexts; * marks the active one.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
-	_, cfg, err := loadClientConfig()
+	cfg, err := g.loadConfig()
 	if err != nil {
 		return err
 	}
@@ -469,34 +469,27 @@ func cmdContextList(g *globals, args []string) error {
 }
 
 func cmdContextUse(g *globals, args []string) error {
-	fs := g.newFlags("context use", "NAME", "Make NAME the current context.")
-	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
+	flags := g.newFlags("context use", "NAME", "Make NAME the current context.")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
-	path, err := configPath()
-	if err != nil {
-		return err
-	}
-	err = updateConfig(path, func(cfg *Config) error {
+	return g.editConfig(func(cfg *Config) (string, error) {
 		c, err := g.namedOrActive(cfg, pos[0])
-		if err == nil {
-			cfg.CurrentContext = c.Name
+		if err != nil {
+			return "", err
 		}
-		return err
+		cfg.CurrentContext = c.Name
+		return fmt.Sprintf("switched to context %q", pos[0]), nil
 	})
-	if err == nil {
-		fmt.Fprintf(g.io.err, "switched to context %q\n", pos[0])
-	}
-	return err
 }
 
 func cmdContextCurrent(g *globals, args []string) error {
-	fs := g.newFlags("context current", "", "Print the active context: --context, else $HELYOS_CONTEXT, else current-context, else the only one.")
-	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+	flags := g.newFlags("context current", "", "Print the active context: --context, else $HELYOS_CONTEXT, else current-context, else the only one.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
-	_, cfg, err := loadClientConfig()
+	cfg, err := g.loadConfig()
 	if err != nil {
 		return err
 	}
@@ -512,8 +505,8 @@ func cmdContextCurrent(g *globals, args []string) error {
 }
 
 func cmdContextRename(g *globals, args []string) error {
-	fs := g.newFlags("context rename", "OLD NEW", "Rename a context.")
-	pos, err := g.parseFlagsNoData(fs, args, 2, 2)
+	flags := g.newFlags("context rename", "OLD NEW", "Rename a context.")
+	pos, err := g.parseFlagsNoData(flags, args, 2, 2)
 	if err != nil {
 		return err
 	}
@@ -521,104 +514,69 @@ func cmdContextRename(g *globals, args []string) error {
 	if err := checkContextName(newName); err != nil {
 		return err
 	}
-	path, err := configPath()
-	if err != nil {
-		return err
-	}
-	err = updateConfig(path, func(cfg *Config) error {
+	return g.editConfig(func(cfg *Config) (string, error) {
 		c, err := g.namedOrActive(cfg, oldName)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if cfg.Context(newName) != nil {
-			return withHint(fmt.Errorf("context %q already exists", newName), "remove it first with 'helyos context rm "+newName+"', or pick another name")
+			return "", withHint(fmt.Errorf("context %q already exists", newName), "remove it first with 'helyos context rm "+newName+"', or pick another name")
 		}
 		c.Name = newName
 		if cfg.CurrentContext == oldName {
 			cfg.CurrentContext = newName
 		}
-		return nil
+		return fmt.Sprintf("renamed context %q to %q", oldName, newName), nil
 	})
-	if err == nil {
-		fmt.Fprintf(g.io.err, "renamed context %q to %q\n", oldName, newName)
-	}
-	return err
 }
 
 func cmdContextRemove(g *globals, args []string) error {
-	fs := g.newFlags("context rm", "NAME", "Remove a context: its server, token and pinned CA.")
-	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	path, err := configPath()
+	flags := g.newFlags("context rm", "NAME", "Remove a context: its server, token and pinned CA.")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
 	name := pos[0]
-	err = updateConfig(path, func(cfg *Config) error {
-		if _, err := g.namedOrActive(cfg, name); err != nil {
-			return err
+	return g.editConfig(func(cfg *Config) (string, error) {
+		if !cfg.Remove(name) {
+			return "", errNoContext(name)
 		}
-		cfg.Remove(name)
 		if cfg.CurrentContext == name {
 			cfg.CurrentContext = ""
 		}
-		return nil
+		return fmt.Sprintf("removed context %q", name), nil
 	})
-	if err == nil {
-		fmt.Fprintf(g.io.err, "removed context %q\n", name)
-	}
-	return err
 }
 
 func cmdContextSet(g *globals, args []string) error {
-	fs := g.newFlags("context set", "NAME [--server URL] [--project P] [--token-env VAR | --token-command CMD]",
+	flags := g.newFlags("context set", "NAME [--server URL] [--project P] [--token-env VAR | --token-command CMD]",
 		"Edit a context, or create one. A context created here pins no CA: it trusts the system roots.")
-	fs.String("server", "", "daemon `URL`")
-	project := fs.String("project", "", "default `project`")
-	tokenEnv := fs.String("token-env", "", "read the token from environment `VAR` at every use")
-	tokenCommand := fs.String("token-command", "", "run `command` (sh -c) at every use; its first line is the token")
-	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
+	// parseGlobals has taken --server out of args already (g.server): it is
+	// declared here only so that help shows it.
+	flags.String("server", "", "daemon `URL`")
+	project := flags.String("project", "", "default `project`")
+	tokenEnv := flags.String("token-env", "", "read the token from environment `VAR` at every use")
+	tokenCommand := flags.String("token-command", "", "run `command` (sh -c) at every use; its first line is the token")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
 	name := pos[0]
-	if err := checkContextName(name); err != nil {
-		return err
-	}
-	if g.token != "" {
-		return withHint(usageErrorf("context set does not store --token"), "log in to save a checked token: helyos login SERVER --name "+name+", or use --token-env / --token-command")
-	}
-	if *tokenEnv != "" && *tokenCommand != "" {
-		return usageErrorf("context set: give --token-env or --token-command, not both")
-	}
-	if err := checkEnvName(*tokenEnv); err != nil {
-		return err
-	}
-	server := ""
-	if g.server != "" {
-		var err error
-		if server, err = normalizeServer(g.server); err != nil {
-			return usageErrorf("context set: --server: %v", err)
-		}
-	}
-	path, err := configPath()
+	server, err := checkContextSet(g, name, *tokenEnv, *tokenCommand)
 	if err != nil {
 		return err
 	}
-	created := false
-	err = updateConfig(path, func(cfg *Config) error {
-		c := cfg.Context(name)
+	return g.editConfig(func(cfg *Config) (string, error) {
+		c, verb := cfg.Context(name), "updated"
 		if c == nil {
 			if server == "" {
-				return withHint(fmt.Errorf("context %q does not exist", name), "create it with: helyos context set "+name+" --server URL")
+				return "", withHint(fmt.Errorf("context %q does not exist", name), "create it with: helyos context set "+name+" --server URL")
 			}
-			c, created = &Context{Name: name}, true
+			c, verb = &Context{Name: name}, "created"
 			cfg.Contexts = append(cfg.Contexts, c)
 		}
 		if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") {
-			return withHint(fmt.Errorf("context %q uses HTTPS; refusing to switch it to plain HTTP (%s), which would send its token unencrypted", name, server),
+			return "", withHint(fmt.Errorf("context %q uses HTTPS; refusing to switch it to plain HTTP (%s), which would send its token unencrypted", name, server),
 				"for a deliberate plain-HTTP daemon, log in to a context of its own: helyos login "+server+" --name NAME")
 		}
 		if server != "" {
@@ -630,17 +588,31 @@ func cmdContextSet(g *globals, args []string) error {
 		if *tokenEnv != "" || *tokenCommand != "" {
 			c.Token, c.TokenEnv, c.TokenCommand = "", *tokenEnv, *tokenCommand
 		}
-		return nil
+		return fmt.Sprintf("%s context %q", verb, name), nil
 	})
-	if err != nil {
-		return err
-	}
-	verb := "updated"
-	if created {
-		verb = "created"
-	}
-	fmt.Fprintf(g.io.err, "%s context %q\n", verb, name)
-	return nil
 }
 
-// ---- auth token ----
+// checkContextSet refuses context set's bad input before the config is
+// touched. It returns --server normalized, or "" when it was not given.
+func checkContextSet(g *globals, name, tokenEnv, tokenCommand string) (string, error) {
+	if err := checkContextName(name); err != nil {
+		return "", err
+	}
+	if g.token != "" {
+		return "", withHint(usageErrorf("context set does not store --token"), "log in to save a checked token: helyos login SERVER --name "+name+", or use --token-env / --token-command")
+	}
+	if tokenEnv != "" && tokenCommand != "" {
+		return "", usageErrorf("context set: give --token-env or --token-command, not both")
+	}
+	if err := checkEnvName(tokenEnv); err != nil {
+		return "", err
+	}
+	if g.server == "" {
+		return "", nil
+	}
+	server, err := normalizeServer(g.server)
+	if err != nil {
+		return "", usageErrorf("context set: --server: %v", err)
+	}
+	return server, nil
+}
