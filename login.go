@@ -22,23 +22,14 @@ func contextNameFor(server string) string {
 	if u, err := url.Parse(server); err == nil && u.Hostname() != "" {
 		host = u.Hostname()
 	}
-	var b strings.Builder
-	dash := false
-	for _, c := range strings.ToLower(host) {
-		if (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') {
-			if dash && b.Len() > 0 {
-				b.WriteByte('-')
-			}
-			b.WriteRune(c)
-			dash = false
-		} else {
-			dash = true
-		}
-	}
-	if b.Len() == 0 || b.Len() > 60 {
+	words := strings.FieldsFunc(strings.ToLower(host), func(c rune) bool {
+		return (c < 'a' || c > 'z') && (c < '0' || c > '9')
+	})
+	name := strings.Join(words, "-")
+	if name == "" || len(name) > 60 {
 		return "helyos"
 	}
-	return b.String()
+	return name
 }
 
 func checkContextName(name string) error {
@@ -51,16 +42,12 @@ func checkContextName(name string) error {
 // loginFlags are login's own flags and its SERVER argument. The token given
 // with --token is the global one, g.token.
 type loginFlags struct {
-	server        string // normalized
-	tokenStdin    bool
-	tokenEnv      string
-	tokenCommand  string
-	caFile        string
-	caFingerprint string
-	insecure      bool
-	name          string
-	project       string
-	noSetCurrent  bool
+	server                 string // normalized
+	tokenStdin             bool
+	tokenEnv, tokenCommand string
+	caFile, caFingerprint  string
+	insecure, noSetCurrent bool
+	name, project          string
 }
 
 func cmdLogin(g *globals, args []string) error {
