@@ -95,41 +95,37 @@ func parseGlobals(args []string, std *stdio) (*globals, []string, error) {
 // newFlags makes a command's flag set; errors come back to the one error
 // path instead of being printed by the flag package.
 func (g *globals) newFlags(name, argsUsage, about string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	g.flags = fs
-	fs.Usage = func() {
-		fmt.Fprintf(g.io.err, "Usage: helyos %s %s\n\n%s\n", name, argsUsage, about)
-		printFlags(g.io.err, fs)
-		fmt.Fprintf(g.io.err, "\nGlobal flags: --context NAME, --server URL, --token TOKEN, --json\n")
+	flags := flag.NewFlagSet(name, flag.ContinueOnError)
+	flags.SetOutput(io.Discard)
+	g.flags = flags
+	flags.Usage = func() {
+		fmt.Fprintf(g.io.out, "Usage: helyos %s %s\n\n%s\n", name, argsUsage, about)
+		printFlags(g.io.out, flags)
+		fmt.Fprintf(g.io.out, "\nGlobal flags: --context NAME, --server URL, --token TOKEN, --json\n")
 	}
-	return fs
+	return flags
 }
 
 // parseFlags parses args, allowing flags after the positional arguments
 // (`auth token create ci --ttl 3600`), and checks how many positional
 // arguments there are. It returns them.
-func parseFlags(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
+func parseFlags(flags *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
 	// The flag package calls Usage on every parse error; print the help
 	// only when it was asked for.
-	help := fs.Usage
-	fs.Usage = func() {}
-	defer func() { fs.Usage = help }()
+	help := flags.Usage
+	flags.Usage = func() {}
+	defer func() { flags.Usage = help }()
 	var positional []string
 	for {
-		err := fs.Parse(args)
+		err := flags.Parse(args)
 		if errors.Is(err, flag.ErrHelp) {
 			help()
 			return nil, err
 		}
 		if err != nil {
-			msg := err.Error() // the flag package spells a flag -name; we spell it --name
-			if !strings.HasPrefix(msg, "bad flag syntax") {
-				msg = strings.Replace(msg, " -", " --", 1)
-			}
-			return nil, withHint(usageErrorf("%s: %s", fs.Name(), redactTokens(msg)), "run 'helyos "+fs.Name()+" --help'")
+			return nil, withHint(usageErrorf("%s: %s", flags.Name(), redactTokens(flagError(err.Error()))), "run 'helyos "+flags.Name()+" --help'")
 		}
-		args = fs.Args()
+		args = flags.Args()
 		if len(args) == 0 {
 			break
 		}
@@ -137,17 +133,32 @@ func parseFlags(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string
 		args = args[1:]
 	}
 	if n := len(positional); n < minArgs || n > maxArgs {
-		return nil, withHint(usageErrorf("%s: wrong number of arguments (%d)", fs.Name(), n), "run 'helyos "+fs.Name()+" --help'")
+		return nil, withHint(usageErrorf("%s: wrong number of arguments (%d)", flags.Name(), n), "run 'helyos "+flags.Name()+" --help'")
 	}
 	return positional, nil
 }
 
+// flagError words an error of the flag package as helyos words the rest:
+// a flag is --name, an unknown one is quoted as typed.
+func flagError(msg string) string {
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return fmt.Sprintf("unknown flag %q", "--"+name)
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return "flag --" + name + " needs a value"
+	}
+	return strings.NewReplacer("for flag -", "for flag --", "for -", "for --").Replace(msg)
+}
+
+// isHelp reports whether arg asks for help.
+func isHelp(arg string) bool { return arg == "-h" || arg == "--help" }
+
 // parseFlagsNoData is parseFlags for a command that prints no data: --json
 // is refused there rather than silently ignored.
-func (g *globals) parseFlagsNoData(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
-	pos, err := parseFlags(fs, args, minArgs, maxArgs)
+func (g *globals) parseFlagsNoData(flags *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
+	pos, err := parseFlags(flags, args, minArgs, maxArgs)
 	if err == nil && g.json {
-		err = withHint(usageErrorf("%s prints no data: --json does not apply", fs.Name()), "drop --json; the exit code says whether it worked")
+		err = withHint(usageErrorf("%s: --json does not apply: it prints no data", flags.Name()), "drop --json; the exit code says whether it worked")
 	}
 	return pos, err
 }
@@ -165,18 +176,14 @@ func countTrue(conds ...bool) int {
 
 // printJSON writes v (or raw JSON) to stdout with two-space indentation.
 func (g *globals) printJSON(v any) error {
-	var data []byte
+	data, err := json.MarshalIndent(v, "", "  ")
 	if raw, ok := v.(json.RawMessage); ok {
 		var buf bytes.Buffer
-		if err := json.Indent(&buf, raw, "", "  "); err != nil {
-			return fmt.Errorf("format JSON: %w", err)
-		}
+		err = json.Indent(&buf, raw, "", "  ")
 		data = buf.Bytes()
-	} else {
-		var err error
-		if data, err = json.MarshalIndent(v, "", "  "); err != nil {
-			return fmt.Errorf("format JSON: %w", err)
-		}
+	}
+	if err != nil {
+		return fmt.Errorf("format JSON: %w", err)
 	}
 	// Indented JSON holds no raw newline but its line breaks: sanitize each
 	// line, escaping inside strings what a server may have sent raw.
@@ -184,7 +191,7 @@ func (g *globals) printJSON(v any) error {
 	for i := range lines {
 		lines[i] = sanitize(lines[i])
 	}
-	_, err := fmt.Fprintln(g.io.out, strings.Join(lines, "\n"))
+	_, err = fmt.Fprintln(g.io.out, strings.Join(lines, "\n"))
 	return err
 }
 
@@ -209,8 +216,8 @@ func formatTime(t *time.Time, unset string) string {
 // ---- whoami, status, version ----
 
 func cmdWhoami(g *globals, args []string) error {
-	fs := g.newFlags("whoami", "", "Show the identity of the token in use.")
-	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+	flags := g.newFlags("whoami", "", "Show the identity of the token in use.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	t, err := g.resolve()
@@ -235,8 +242,8 @@ func cmdWhoami(g *globals, args []string) error {
 }
 
 func cmdStatus(g *globals, args []string) error {
-	fs := g.newFlags("status", "", "Check the daemon: reachable, its version, the TLS trust in use, and who you are.")
-	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+	flags := g.newFlags("status", "", "Check the daemon: reachable, its version, the TLS trust in use, and who you are.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	t, err := g.resolve()
@@ -283,8 +290,8 @@ func cmdStatus(g *globals, args []string) error {
 }
 
 func cmdVersion(g *globals, args []string) error {
-	fs := g.newFlags("version", "", "Print the client's version and, when it can be reached, the daemon's.")
-	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+	flags := g.newFlags("version", "", "Print the client's version and, when it can be reached, the daemon's.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	v := struct {
@@ -328,7 +335,7 @@ func warnLooseConfig(g *globals) {
 	}
 }
 
-// ---- login, logout ----
+// ---- auth token ----
 
 func tokenCommands() map[string]func(*globals, []string) error {
 	return map[string]func(*globals, []string) error{
@@ -338,14 +345,13 @@ func tokenCommands() map[string]func(*globals, []string) error {
 
 func cmdAuth(g *globals, args []string) error {
 	subs := tokenCommands()
-	if len(args) > 1 && args[0] == "token" && subs[args[1]] != nil {
+	switch {
+	case len(args) > 1 && args[0] == "token" && subs[args[1]] != nil:
 		return subs[args[1]](g, args[2:])
-	}
-	fmt.Fprint(g.io.err, authUsage)
-	if len(args) > 0 && (args[len(args)-1] == "-h" || args[len(args)-1] == "--help") {
+	case len(args) > 0 && isHelp(args[len(args)-1]):
+		fmt.Fprint(g.io.out, authUsage)
 		return flag.ErrHelp
-	}
-	if len(args) == 0 || args[0] != "token" {
+	case len(args) == 0 || args[0] != "token":
 		return subcommandError("auth", strings.Join(args[:min(len(args), 1)], " "), "token")
 	}
 	return subcommandError("auth token", strings.Join(args[1:min(len(args), 2)], " "), "create, ls, revoke, rotate")
@@ -353,10 +359,11 @@ func cmdAuth(g *globals, args []string) error {
 
 // subcommandError tells a missing subcommand from a mistyped one.
 func subcommandError(cmd, got, choices string) error {
+	err := usageErrorf("%s: unknown subcommand %q; use %s", cmd, got, choices)
 	if got == "" {
-		return usageErrorf("%s: give a subcommand: %s", cmd, choices)
+		err = usageErrorf("%s: give a subcommand: %s", cmd, choices)
 	}
-	return usageErrorf("%s: unknown subcommand %q; use %s", cmd, got, choices)
+	return withHint(err, "run 'helyos "+cmd+" --help'")
 }
 
 const authUsage = `Usage: helyos auth token SUBCOMMAND
@@ -373,23 +380,23 @@ DURATION: 90s, 15m, 12h, 30d, or whole seconds.
 `
 
 func cmdTokenCreate(g *globals, args []string) error {
-	fs := g.newFlags("auth token create", "NAME [--ttl DURATION] [--scope admin|read] [--allow-from CIDR]...",
+	flags := g.newFlags("auth token create", "NAME [--ttl DURATION] [--scope admin|read] [--allow-from CIDR]...",
 		"Mint a named API token. Its secret is printed once, on stdout.\n"+
 			"A read token may use every GET under /api/v1/ and change nothing. A token with --allow-from is\n"+
 			"accepted only from those source addresses. Behind a proxy the daemon sees the proxy's address\n"+
 			"(X-Forwarded-For is not trusted), so bind to the proxy or not at all.")
 	var ttl time.Duration
-	fs.Func("ttl", "lifetime: a `duration` such as 90s, 15m, 12h or 30d, or whole seconds (default: no expiry)", func(s string) (err error) {
+	flags.Func("ttl", "lifetime: a `duration` such as 90s, 15m, 12h or 30d, or whole seconds (default: no expiry)", func(s string) (err error) {
 		ttl, err = parseDuration(s)
 		return err
 	})
-	scope := fs.String("scope", "", "`scope`: admin (everything; the default) or read (every GET, no changes)")
+	scope := flags.String("scope", "", "`scope`: admin (everything; the default) or read (every GET, no changes)")
 	var allowFrom []string
-	fs.Func("allow-from", "accept the token only from this source `CIDR`, e.g. 10.0.0.0/8 or 192.0.2.7/32 (repeatable)", func(v string) error {
+	flags.Func("allow-from", "accept the token only from this source `CIDR`, e.g. 10.0.0.0/8 or 192.0.2.7/32 (repeatable)", func(v string) error {
 		allowFrom = append(allowFrom, v)
 		return nil
 	})
-	pos, err := parseFlags(fs, args, 1, 1)
+	pos, err := parseFlags(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -401,15 +408,15 @@ func cmdTokenCreate(g *globals, args []string) error {
 }
 
 func cmdTokenRotate(g *globals, args []string) error {
-	fs := g.newFlags("auth token rotate", "NAME [--grace DURATION]",
+	flags := g.newFlags("auth token rotate", "NAME [--grace DURATION]",
 		"Give a token a new secret with the same name, scope, bindings and expiry. The new secret is\n"+
 			"printed once, on stdout. The old one is refused from the next request, or after --grace.")
 	var grace time.Duration
-	fs.Func("grace", "keep the old secret working this `duration` longer (90s, 15m, 12h, 1d), for clients that need time to pick up the new one", func(v string) (err error) {
+	flags.Func("grace", "keep the old secret working this `duration` longer (90s, 15m, 12h, 1d), for clients that need time to pick up the new one", func(v string) (err error) {
 		grace, err = parseDuration(v)
 		return err
 	})
-	pos, err := parseFlags(fs, args, 1, 1)
+	pos, err := parseFlags(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -421,7 +428,7 @@ func cmdTokenRotate(g *globals, args []string) error {
 	if grace > 0 {
 		when = "in " + grace.String()
 	}
-	fmt.Fprintf(g.io.err, "The old secret stops working %s.\n", when)
+	fmt.Fprintf(g.io.err, "helyos: the old secret stops working %s\n", when)
 	return nil
 }
 
@@ -452,7 +459,7 @@ func (g *globals) printNewToken(raw json.RawMessage) error {
 		return fmt.Errorf("decode the new token: %w", err)
 	}
 	fmt.Fprintln(g.io.out, sanitize(created.Token))
-	fmt.Fprintf(g.io.err, "token %q (scope %s, expires %s, allowed from %s): its secret is printed once, on stdout; save it now.\n",
+	fmt.Fprintf(g.io.err, "helyos: token %q (scope %s, expires %s, allowed from %s): its secret is printed once, on stdout; save it now\n",
 		created.Name, sanitize(created.Scope), formatTime(created.ExpiresAt, "never"), allowedFrom(created.AllowFrom))
 	server, err := normalizeServer(created.Login.Server)
 	fp := ""
@@ -470,11 +477,11 @@ func (g *globals) printNewToken(raw json.RawMessage) error {
 	if fp != "" {
 		login += " --ca-fingerprint " + fp
 	}
-	where := "To use it on another machine, run this there and paste the token"
+	where := "to use it on another machine, run this there and paste the token"
 	if isLoopback(hostOf(server)) {
-		where = "Only this machine reaches the daemon (loopback); to log in with the token here, run this and paste the token"
+		where = "only this machine reaches the daemon (loopback); to log in with the token here, run this and paste the token"
 	}
-	fmt.Fprintf(g.io.err, "%s:\n  %s --token-stdin\n", where, login)
+	fmt.Fprintf(g.io.err, "helyos: %s:\n  %s --token-stdin\n", where, login)
 	return nil
 }
 
@@ -514,8 +521,8 @@ func allowedFrom(prefixes []netip.Prefix) string {
 }
 
 func cmdTokenList(g *globals, args []string) error {
-	fs := g.newFlags("auth token ls", "", "List the daemon's active API tokens (never their secrets).")
-	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+	flags := g.newFlags("auth token ls", "", "List the daemon's active API tokens (never their secrets).")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	t, err := g.resolve()
@@ -546,8 +553,8 @@ func cmdTokenList(g *globals, args []string) error {
 }
 
 func cmdTokenRevoke(g *globals, args []string) error {
-	fs := g.newFlags("auth token revoke", "NAME", "Revoke an API token; it is refused from the very next request.")
-	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
+	flags := g.newFlags("auth token revoke", "NAME", "Revoke an API token; it is refused from the very next request.")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -558,23 +565,22 @@ func cmdTokenRevoke(g *globals, args []string) error {
 	if err := t.call("DELETE", "/api/v1/tokens/"+url.PathEscape(pos[0]), nil, nil); err != nil {
 		return fmt.Errorf("revoke token %q: %w", pos[0], err)
 	}
-	fmt.Fprintf(g.io.err, "revoked token %q\n", pos[0])
+	fmt.Fprintf(g.io.err, "helyos: revoked token %q\n", pos[0])
 	return nil
 }
 
 // ---- audit, events ----
 
 func cmdAudit(g *globals, args []string) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		args = []string{"verify", "--help"} // the one subcommand's help
+	}
 	if len(args) == 0 || args[0] != "verify" {
-		fmt.Fprint(g.io.err, "Usage: helyos audit verify [FILE...] [--data-dir DIR]\n")
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			return flag.ErrHelp
-		}
 		return subcommandError("audit", strings.Join(args[:min(len(args), 1)], " "), "verify")
 	}
-	fs := g.newFlags("audit verify", "[FILE...]", "Walk the audit log's hash chain and report the first record whose seq or prev does not follow.\nReads the files only: no daemon needed. Default: the data dir's audit.log.5 ... audit.log.1, audit.log.")
-	dataDir := fs.String("data-dir", defaultDataDir(), "the daemon's data `dir`ectory")
-	files, err := parseFlags(fs, args[1:], 0, 1<<16)
+	flags := g.newFlags("audit verify", "[FILE...]", "Walk the audit log's hash chain and report the first record whose seq or prev does not follow.\nReads the files only: no daemon needed. Default: the data dir's audit.log.5 ... audit.log.1, audit.log.")
+	dataDir := flags.String("data-dir", defaultDataDir(), "the daemon's data `dir`ectory")
+	files, err := parseFlags(flags, args[1:], 0, 1<<16)
 	if err != nil {
 		return err
 	}
@@ -591,7 +597,11 @@ func cmdAudit(g *globals, args []string) error {
 		return g.printJSON(sum)
 	}
 	files = sum.Files
-	fmt.Fprintf(g.io.out, "intact: %d records, seq %d to %d, in %d file%s\n", sum.Records, sum.FirstSeq, sum.LastSeq, len(files), map[bool]string{true: "s"}[len(files) > 1])
+	plural := "s"
+	if len(files) == 1 {
+		plural = ""
+	}
+	fmt.Fprintf(g.io.out, "intact: %d records, seq %d to %d, in %d file%s\n", sum.Records, sum.FirstSeq, sum.LastSeq, len(files), plural)
 	if sum.FirstSeq > 1 {
 		fmt.Fprintf(g.io.out, "the chain starts at seq %d: the records before it were rotated away or are in files not given\n", sum.FirstSeq)
 	}
@@ -607,10 +617,10 @@ const (
 )
 
 func cmdEvents(g *globals, args []string) error {
-	fs := g.newFlags("events", "[--follow] [--since DURATION|SEQ]", "Show the daemon's audit events: a table, or JSON lines with --json.\nWithout --since: every record still on disk, or with --follow only new ones.")
-	follow := fs.Bool("follow", false, "keep streaming; reconnect after a dropped connection")
-	since := fs.String("since", "", "start after record `SEQ`, or this long ago (90s, 15m, 12h, 7d)")
-	if _, err := parseFlags(fs, args, 0, 0); err != nil {
+	flags := g.newFlags("events", "[--follow] [--since DURATION|SEQ]", "Show the daemon's audit events: a table, or JSON lines with --json.\nWithout --since: every record still on disk, or with --follow only new ones.")
+	follow := flags.Bool("follow", false, "keep streaming; reconnect after a dropped connection")
+	since := flags.String("since", "", "start after record `SEQ`, or this long ago (90s, 15m, 12h, 7d)")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	from, err := sinceQuery(*since, *follow)
@@ -660,7 +670,7 @@ func sinceQuery(since string, follow bool) (string, error) {
 	}
 	d, err := parseDuration(since)
 	if err != nil {
-		return "", usageErrorf("--since %q is neither a record number nor a duration such as 15m, 12h or 7d", redactTokens(since))
+		return "", usageErrorf("events: --since %q is neither a record number nor a duration such as 15m, 12h or 7d", redactTokens(since))
 	}
 	return time.Now().Add(-d).UTC().Format(time.RFC3339), nil
 }

@@ -782,7 +782,7 @@ func TestCLIAuthTokens(t *testing.T) {
 	}
 	// The secret is printed once, on stdout; the login line for a plain-HTTP
 	// loopback daemon has no fingerprint and takes the token from stdin.
-	if !strings.Contains(r.stderr, `token "ci" (scope admin, expires 2`) || !strings.Contains(r.stderr, "Only this machine reaches the daemon (loopback)") ||
+	if !strings.Contains(r.stderr, `token "ci" (scope admin, expires 2`) || !strings.Contains(r.stderr, "helyos: only this machine reaches the daemon (loopback)") ||
 		!strings.Contains(r.stderr, "\n  helyos login "+d.url+" --token-stdin\n") {
 		t.Errorf("create said:\n%s", r.stderr)
 	}
@@ -1019,8 +1019,8 @@ func TestCLIExitCodes(t *testing.T) {
 	refused := "http://127.0.0.1:1" // nothing listens on loopback port 1
 	shaped := "nxa-api_" + strings.Repeat("0", 64)
 	notAToken := "the token from --token is not a helyos API token (want nxa-api_ and 64 hex characters)"
-	flagError := "helyos: error: %s: flag provided but not defined: --bogus\nhelyos: hint: run 'helyos %[1]s --help'\n"
-	noJSON := "helyos: error: %s prints no data: --json does not apply\n"
+	flagError := "helyos: error: %s: unknown flag \"--bogus\"\nhelyos: hint: run 'helyos %[1]s --help'\n"
+	noJSON := "helyos: error: %s: --json does not apply: it prints no data\n"
 	for _, tc := range []struct {
 		args []string
 		code int

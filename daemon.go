@@ -81,16 +81,16 @@ func defaultDataDir() string {
 	return "/var/lib/helyos"
 }
 
-func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
+func parseDaemonFlags(args []string, help io.Writer) (*daemonConfig, error) {
 	cfg := &daemonConfig{notifySocket: os.Getenv("NOTIFY_SOCKET"), journal: stderrIsJournal(os.Getenv("JOURNAL_STREAM")), auditMaxSize: defaultAuditMaxSize}
-	if _, err := parseFlags(daemonFlags(cfg, stderr), args, 0, 0); err != nil {
+	if _, err := parseFlags(daemonFlags(cfg, help), args, 0, 0); err != nil {
 		return nil, err
 	}
 	if cfg.apiToken == "" {
 		cfg.apiToken = os.Getenv("HELYOS_API_TOKEN") // read here, so --help never shows it
 	}
 	if err := cfg.validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	if p, err := configPath(); err == nil {
 		cfg.configPath = p
@@ -99,7 +99,7 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonConfig, error) {
 }
 
 // daemonFlags binds the daemon's flags to cfg; completion lists them too.
-func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
+func daemonFlags(cfg *daemonConfig, help io.Writer) *flag.FlagSet {
 	flags := flag.NewFlagSet("daemon", flag.ContinueOnError)
 	flags.SetOutput(io.Discard)
 	flags.StringVar(&cfg.host, "host", "127.0.0.1", "bind `address`")
@@ -128,8 +128,8 @@ func daemonFlags(cfg *daemonConfig, stderr io.Writer) *flag.FlagSet {
 	flags.IntVar(&cfg.maxConns, "max-conns", 4096, "most open client connections, in total")
 	flags.IntVar(&cfg.maxConnsPerIP, "max-conns-per-ip", 256, "most open client connections from one source address")
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n")
-		printFlags(stderr, flags)
+		fmt.Fprintf(help, "Usage: helyos daemon [flags]\n\nRuns the helyos REST API server.\n")
+		printFlags(help, flags)
 	}
 	return flags
 }
@@ -161,7 +161,7 @@ func (c *daemonConfig) validate() error {
 	if c.advertiseAddr != "" {
 		host, port, err := splitAdvertiseAddr(c.advertiseAddr)
 		if err != nil {
-			return withHint(usageErrorf("--advertise-addr %q: %v", redactTokens(c.advertiseAddr), err),
+			return withHint(usageErrorf("--advertise-addr %q: %w", redactTokens(c.advertiseAddr), err),
 				"give the name or address clients dial, for example --advertise-addr cluster.example.com or 203.0.113.7:7443")
 		}
 		c.advertiseAddr, c.advertisePort = host, port
@@ -265,8 +265,8 @@ func lockDataDir(dir string) (unlock func(), err error) {
 }
 
 // runDaemon is `helyos daemon`. It returns when the daemon stops.
-func runDaemon(args []string, stderr io.Writer) error {
-	cfg, err := parseDaemonFlags(args, stderr)
+func runDaemon(args []string, std *stdio) error {
+	cfg, err := parseDaemonFlags(args, std.out)
 	if err != nil {
 		return err
 	}
@@ -275,8 +275,8 @@ func runDaemon(args []string, stderr io.Writer) error {
 	reload := make(chan os.Signal, 1)
 	signal.Notify(reload, syscall.SIGHUP)
 	defer signal.Stop(reload)
-	logger := newLogger(cfg.logFormat, cfg.journal, stderr)
-	err = cfg.run(ctx, reload, logger, stderr)
+	logger := newLogger(cfg.logFormat, cfg.journal, std.err)
+	err = cfg.run(ctx, reload, logger, std.err)
 	if err != nil && cfg.logFormat == "json" { // the reason, too, in the log's own format
 		logger.Printf("error: %s", redactTokens(err.Error()))
 		var h *hintError
@@ -300,7 +300,7 @@ func stderrIsJournal(stream string) bool {
 	return stream == fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }
 
-// newLogger writes the daemon's log: "helyos: DATE TIME message" by default,
+// newLogger writes the daemon's log: "DATE TIME helyos: message" by default,
 // one JSON object per line with --log-format json, and no time stamp under
 // journald, which stamps every line itself.
 func newLogger(format string, journal bool, w io.Writer) *log.Logger {
@@ -310,7 +310,7 @@ func newLogger(format string, journal bool, w io.Writer) *log.Logger {
 	case journal:
 		return log.New(w, "helyos: ", 0)
 	}
-	return log.New(w, "helyos: ", log.LstdFlags)
+	return log.New(w, "helyos: ", log.LstdFlags|log.Lmsgprefix)
 }
 
 // jsonLines turns each line the daemon logs into one JSON object: a line

@@ -147,7 +147,7 @@ func TestDaemonUsageErrors(t *testing.T) {
 		{"port too big", []string{"--port", "70000"}, nil, "--port must be between 0 and 65535, not 70000"},
 		{"port negative", []string{"--port", "-1"}, nil, "--port must be between 0 and 65535, not -1"},
 		{"port not a number", []string{"--port", "http"}, nil, `daemon: invalid value "http" for flag --port`},
-		{"unknown flag", []string{"--colour"}, nil, "daemon: flag provided but not defined: --colour"},
+		{"unknown flag", []string{"--colour"}, nil, `daemon: unknown flag "--colour"`},
 		{"stray argument", []string{"now"}, nil, "daemon: wrong number of arguments (1)"},
 		{"malformed api token flag", []string{"--api-token", "secret"}, nil, "is not nxa-api_ followed by 64 lower-case hex characters"},
 		{"malformed api token env", nil, []string{"HELYOS_API_TOKEN=nxa-api_ABC"}, "is not nxa-api_ followed by 64 lower-case hex characters"},

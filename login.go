@@ -34,7 +34,7 @@ func contextNameFor(server string) string {
 
 func checkContextName(name string) error {
 	if err := checkName("context", name); err != nil {
-		return &usageError{err.Error()}
+		return &usageError{err}
 	}
 	return nil
 }

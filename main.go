@@ -1,5 +1,39 @@
 // Command helyos is a secure-by-default control plane in one binary:
 // `helyos daemon` serves the REST API, every other subcommand is its client.
+//
+// Output rules, for every line the binary prints (TestOutputShapes holds
+// the binary to them):
+//
+//   - stdout carries what the command was asked for and nothing else: a
+//     table, JSON with --json, a secret shown once, a script, the help that
+//     --help asked for. A failing command prints nothing there.
+//   - stderr carries everything meant for a person, one line per message,
+//     each starting "helyos: ": "helyos: error: " for the reason a command
+//     failed (printed once, by report, from the error it returned), then
+//     "helyos: hint: " for each next step the error carries, outermost
+//     first; "helyos: warning: " for what works but should not be left as
+//     it is; plain "helyos: " for a confirmation ("helyos: revoked token
+//     "ci""). Messages are lower-case with no full stop, name the thing
+//     (context "prod", --ttl, the file path) and the cause.
+//   - A usage error (exit 2) starts with the command as typed and a colon
+//     ("context set: --server: ..."), unless it is about helyos itself (an
+//     unknown command, a global flag); a run-time error (exit 1) starts with
+//     the step that failed ("revoke token "ci": ..."). No message repeats a
+//     prefix or the command name, nor uses the flag package's own words: a
+//     flag is always spelled --name.
+//   - An error the daemon sent is relayed after the step that met it, as
+//     "the daemon answered: MESSAGE (HTTP STATUS)", control characters
+//     escaped and tokens redacted, like anything that repeats outside input.
+//   - Lines to copy into a shell stand alone, indented two spaces, after a
+//     "helyos: " line that says what they are for.
+//   - The daemon's log lines are "DATE TIME helyos: [warning: |error: |
+//     hint: |debug: ]message" (no time under journald, one JSON object per
+//     line with --log-format json); a daemon that cannot start reports the
+//     reason as any command does.
+//   - Exceptions, exact because the product pages quote them: the first-run
+//     token ("Generated new API token ..." then HELYOS_API_TOKEN=...), and
+//     the login prompt for a CA ("The server ... presented a self-signed
+//     CA:", "SHA-256: ...", "Trust and pin this CA? [y/N]").
 package main
 
 import (
@@ -70,7 +104,7 @@ func main() {
 
 // run dispatches argv and turns an error into its exit code: 2 for usage
 // errors, 1 for everything else.
-func run(argv []string, io *stdio) int {
+func run(argv []string, std *stdio) int {
 	args := argv[1:]
 	if strings.TrimSuffix(filepath.Base(argv[0]), ".exe") == "helyosd" {
 		args = append([]string{"daemon"}, args...)
@@ -78,38 +112,37 @@ func run(argv []string, io *stdio) int {
 	var err error
 	switch {
 	case len(args) == 0:
-		usage(io.err)
-		return 2
+		err = runClient(args, std)
 	case len(args) > 1 && args[0] == "help": // help COMMAND is COMMAND --help
-		return run(append(append([]string{argv[0]}, args[1:]...), "--help"), io)
+		return run(append(append([]string{argv[0]}, args[1:]...), "--help"), std)
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
-		usage(io.out)
+		usage(std.out)
 		return 0
 	case args[0] == "--version":
-		fmt.Fprintf(io.out, "helyos %s\n", buildVersion())
+		fmt.Fprintf(std.out, "helyos %s\n", buildVersion())
 		return 0
 	case args[0] == "daemon":
-		err = runDaemon(args[1:], io.err)
+		err = runDaemon(args[1:], std)
 	case args[0] == completeCommand:
-		printCompletions(io.out, args[1:])
+		printCompletions(std.out, args[1:])
 		return 0
 	default:
-		err = runClient(args, io)
+		err = runClient(args, std)
 	}
-	return report(err, io.err)
+	return report(err, std.err)
 }
 
-func runClient(args []string, io *stdio) error {
-	g, rest, err := parseGlobals(args, io)
+func runClient(args []string, std *stdio) error {
+	g, rest, err := parseGlobals(args, std)
 	if err != nil {
 		return err
 	}
 	switch {
 	case len(rest) == 0:
-		usage(io.err)
+		usage(std.err)
 		return usageErrorf("no command given")
 	case rest[0] == "-h" || rest[0] == "--help":
-		usage(io.out)
+		usage(std.out)
 		return nil
 	case strings.HasPrefix(rest[0], "-"):
 		return withHint(usageErrorf("unknown flag %q", rest[0]), "run 'helyos --help' to see the commands and the global flags")
@@ -142,9 +175,9 @@ Run 'helyos COMMAND --help' for a command's flags.
 
 // printFlags lists a flag set's flags under "Flags:", spelled --name as
 // everywhere else (the flag package would print -name).
-func printFlags(w io.Writer, fs *flag.FlagSet) {
+func printFlags(w io.Writer, flags *flag.FlagSet) {
 	var tw *tabwriter.Writer
-	fs.VisitAll(func(f *flag.Flag) {
+	flags.VisitAll(func(f *flag.Flag) {
 		if tw == nil {
 			fmt.Fprint(w, "\nFlags:\n")
 			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -161,12 +194,13 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 }
 
 // usageError marks a mistake in how the command was called (exit code 2).
-type usageError struct{ msg string }
+// It wraps, so a cause given with %w keeps its own hint.
+type usageError struct{ error }
 
-func (e *usageError) Error() string { return e.msg }
+func (e *usageError) Unwrap() error { return e.error }
 
 func usageErrorf(format string, a ...any) error {
-	return &usageError{fmt.Sprintf(format, a...)}
+	return &usageError{fmt.Errorf(format, a...)}
 }
 
 // hintError carries a next step for the user; main prints "helyos: hint: ...".
@@ -201,13 +235,13 @@ func report(err error, w io.Writer) int {
 	if err == errLogged {
 		return 1
 	}
-	// An error may repeat what a server sent or what the user typed: its
-	// control characters are escaped and anything shaped like a token is
-	// hidden. Hints are ours (multi-line allowed); they are redacted only.
+	// An error or a hint may repeat what a server sent or what the user
+	// typed: control characters are escaped and anything shaped like a
+	// token is hidden. Every hint on the chain is printed, outermost first
+	// as the error reads: an outer one may not replace what the cause knew.
 	fmt.Fprintf(w, "helyos: error: %s\n", sanitize(redactTokens(err.Error())))
-	var h *hintError
-	if errors.As(err, &h) {
-		fmt.Fprintf(w, "helyos: hint: %s\n", redactTokens(h.hint))
+	for e, h := err, (*hintError)(nil); errors.As(e, &h); e = h.err {
+		fmt.Fprintf(w, "helyos: hint: %s\n", sanitize(redactTokens(h.hint)))
 	}
 	var u *usageError
 	if errors.As(err, &u) {

@@ -454,7 +454,7 @@ func TestCLIScopesBindingsRotation(t *testing.T) {
 	if _, ok := parseAPIToken(rotated); !ok || rotated == reader || strings.Contains(r.stderr, rotated) || strings.Contains(r.stderr, reader) {
 		t.Fatalf("rotate printed stdout %q, stderr:\n%s", r.stdout, r.stderr)
 	}
-	for _, want := range []string{`token "reader" (scope read, expires never, allowed from 127.0.0.0/8, ::1/128)`, " --token-stdin\n", "The old secret stops working now."} {
+	for _, want := range []string{`token "reader" (scope read, expires never, allowed from 127.0.0.0/8, ::1/128)`, " --token-stdin\n", "helyos: the old secret stops working now\n"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("rotate did not say %q:\n%s", want, r.stderr)
 		}
@@ -464,7 +464,7 @@ func TestCLIScopesBindingsRotation(t *testing.T) {
 		t.Errorf("whoami with the rotated secret = %q", got)
 	}
 	r = mustRun(t, home, nil, "auth", "token", "rotate", "reader", "--grace", "1d")
-	if !strings.Contains(r.stderr, "The old secret stops working in 24h0m0s.") {
+	if !strings.Contains(r.stderr, "helyos: the old secret stops working in 24h0m0s\n") {
 		t.Errorf("rotate --grace said:\n%s", r.stderr)
 	}
 	mustRun(t, home, nil, "--token", rotated, "whoami") // within its grace
