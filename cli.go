@@ -195,6 +195,26 @@ func (g *globals) printJSON(v any) error {
 	return err
 }
 
+// getData GETs path from the daemon. With --json it prints the answer as it
+// came and returns done; else it decodes the answer into v for a table.
+func (g *globals) getData(path string, v any) (done bool, err error) {
+	t, err := g.resolve()
+	if err != nil {
+		return false, err
+	}
+	var raw json.RawMessage
+	if err := t.call("GET", path, nil, &raw); err != nil {
+		return false, err
+	}
+	if g.json {
+		return true, g.printJSON(raw)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return false, fmt.Errorf("decode the answer to GET %s: %w", path, err)
+	}
+	return false, nil
+}
+
 func (g *globals) table() *tabwriter.Writer {
 	return tabwriter.NewWriter(g.io.out, 0, 4, 2, ' ', 0)
 }
@@ -220,21 +240,10 @@ func cmdWhoami(g *globals, args []string) error {
 	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
-	t, err := g.resolve()
-	if err != nil {
-		return err
-	}
 	warnLooseConfig(g)
-	var raw json.RawMessage
-	if err := t.call("GET", "/api/v1/whoami", nil, &raw); err != nil {
-		return err
-	}
-	if g.json {
-		return g.printJSON(raw)
-	}
 	var info tokenInfo
-	if err := json.Unmarshal(raw, &info); err != nil {
-		return fmt.Errorf("decode whoami answer: %w", err)
+	if done, err := g.getData("/api/v1/whoami", &info); done || err != nil {
+		return err
 	}
 	tw := g.table()
 	fmt.Fprintf(tw, "name:\t%s\nscope:\t%s\nexpires:\t%s\nlast used:\t%s\nallowed from:\t%s\n", sanitize(info.Name), sanitize(info.Scope), formatTime(info.ExpiresAt, "never"), formatTime(info.LastUsedAt, "never"), allowedFrom(info.AllowFrom))
@@ -294,28 +303,25 @@ func cmdVersion(g *globals, args []string) error {
 	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
-	v := struct {
-		Client string `json:"client"`
-		Server string `json:"server,omitempty"`
-	}{Client: buildVersion()}
+	var server struct {
+		Version string `json:"version"`
+	}
 	g.public = true
 	t, err := g.resolve()
 	if err == nil {
-		var ver struct {
-			Version string `json:"version"`
-		}
-		if err = t.call("GET", "/api/v1/version", nil, &ver); err == nil {
-			v.Server = ver.Version
-		}
+		err = t.call("GET", "/api/v1/version", nil, &server)
 	}
 	if g.json {
-		if perr := g.printJSON(v); perr != nil {
-			return perr
+		if err := g.printJSON(struct {
+			Client string `json:"client"`
+			Server string `json:"server,omitempty"`
+		}{buildVersion(), server.Version}); err != nil {
+			return err
 		}
 	} else {
-		fmt.Fprintf(g.io.out, "client: %s\n", v.Client)
-		if v.Server != "" {
-			fmt.Fprintf(g.io.out, "server: %s\n", sanitize(v.Server))
+		fmt.Fprintf(g.io.out, "client: %s\n", buildVersion())
+		if server.Version != "" {
+			fmt.Fprintf(g.io.out, "server: %s\n", sanitize(server.Version))
 		}
 	}
 	// The client's version is the answer; a daemon that cannot be reached
@@ -525,20 +531,9 @@ func cmdTokenList(g *globals, args []string) error {
 	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
-	t, err := g.resolve()
-	if err != nil {
-		return err
-	}
-	var raw json.RawMessage
-	if err := t.call("GET", "/api/v1/tokens", nil, &raw); err != nil {
-		return fmt.Errorf("list tokens: %w", err)
-	}
-	if g.json {
-		return g.printJSON(raw)
-	}
 	var list []tokenInfo
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return fmt.Errorf("decode the token list: %w", err)
+	if done, err := g.getData("/api/v1/tokens", &list); done || err != nil {
+		return err
 	}
 	tw := g.table()
 	fmt.Fprintln(tw, "NAME\tSCOPE\tCREATED\tEXPIRES\tLAST USED\tALLOWED FROM")
@@ -596,12 +591,7 @@ func cmdAudit(g *globals, args []string) error {
 	if g.json {
 		return g.printJSON(sum)
 	}
-	files = sum.Files
-	plural := "s"
-	if len(files) == 1 {
-		plural = ""
-	}
-	fmt.Fprintf(g.io.out, "intact: %d records, seq %d to %d, in %d file%s\n", sum.Records, sum.FirstSeq, sum.LastSeq, len(files), plural)
+	fmt.Fprintf(g.io.out, "intact: %d records, seq %d to %d, in %s\n", sum.Records, sum.FirstSeq, sum.LastSeq, strings.Join(sum.Files, ", "))
 	if sum.FirstSeq > 1 {
 		fmt.Fprintf(g.io.out, "the chain starts at seq %d: the records before it were rotated away or are in files not given\n", sum.FirstSeq)
 	}

@@ -115,7 +115,7 @@ func run(argv []string, std *stdio) int {
 		err = runClient(args, std)
 	case len(args) > 1 && args[0] == "help": // help COMMAND is COMMAND --help
 		return run(append(append([]string{argv[0]}, args[1:]...), "--help"), std)
-	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
+	case args[0] == "help" || isHelp(args[0]):
 		usage(std.out)
 		return 0
 	case args[0] == "--version":
@@ -141,7 +141,7 @@ func runClient(args []string, std *stdio) error {
 	case len(rest) == 0:
 		usage(std.err)
 		return usageErrorf("no command given")
-	case rest[0] == "-h" || rest[0] == "--help":
+	case isHelp(rest[0]):
 		usage(std.out)
 		return nil
 	case strings.HasPrefix(rest[0], "-"):
@@ -207,12 +207,11 @@ func usageErrorf(format string, a ...any) error {
 // The hint travels with the error so that commands never print in the middle
 // of failing.
 type hintError struct {
-	err  error
+	error
 	hint string
 }
 
-func (e *hintError) Error() string { return e.err.Error() }
-func (e *hintError) Unwrap() error { return e.err }
+func (e *hintError) Unwrap() error { return e.error }
 
 // withHint attaches a hint to err; a nil err stays nil so callers can wrap
 // a result without checking it first.
@@ -220,7 +219,7 @@ func withHint(err error, hint string) error {
 	if err == nil {
 		return nil
 	}
-	return &hintError{err: err, hint: hint}
+	return &hintError{err, hint}
 }
 
 // errLogged is an error the daemon has already written to its JSON log.
@@ -240,7 +239,7 @@ func report(err error, w io.Writer) int {
 	// token is hidden. Every hint on the chain is printed, outermost first
 	// as the error reads: an outer one may not replace what the cause knew.
 	fmt.Fprintf(w, "helyos: error: %s\n", sanitize(redactTokens(err.Error())))
-	for e, h := err, (*hintError)(nil); errors.As(e, &h); e = h.err {
+	for e, h := err, (*hintError)(nil); errors.As(e, &h); e = h.error {
 		fmt.Fprintf(w, "helyos: hint: %s\n", sanitize(redactTokens(h.hint)))
 	}
 	var u *usageError

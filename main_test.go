@@ -851,3 +851,26 @@ func checkStderrLines(t *testing.T, args []string, stderr string, fail func(stri
 		prev = line
 	}
 }
+
+// TestReportKeepsEveryHint: a cause wrapped with %w keeps its own hint under
+// an outer one (the IPv6-zone hint under login's), and a usage error
+// anywhere on the chain still means exit 2.
+func TestReportKeepsEveryHint(t *testing.T) {
+	t.Parallel()
+	zone := withHint(fmt.Errorf(`server address "fe80::1%%eth0" has an IPv6 zone`), "use a routable address or a host name")
+	for _, tc := range []struct {
+		err  error
+		code int
+		want string
+	}{
+		{withHint(usageErrorf("login: %w", zone), "give a server like cluster.example.com"), 2,
+			"helyos: error: login: server address \"fe80::1%eth0\" has an IPv6 zone\nhelyos: hint: give a server like cluster.example.com\nhelyos: hint: use a routable address or a host name\n"},
+		{fmt.Errorf("save: %w", usageErrorf("bad")), 2, "helyos: error: save: bad\n"},
+		{fmt.Errorf("dial: %w", zone), 1, "helyos: error: dial: server address \"fe80::1%eth0\" has an IPv6 zone\nhelyos: hint: use a routable address or a host name\n"},
+	} {
+		var out strings.Builder
+		if code := report(tc.err, &out); code != tc.code || out.String() != tc.want {
+			t.Errorf("report(%v) = %d\n%s\nwant %d\n%s", tc.err, code, out.String(), tc.code, tc.want)
+		}
+	}
+}
