@@ -30,10 +30,12 @@
 //     hint: |debug: ]message" (no time under journald, one JSON object per
 //     line with --log-format json); a daemon that cannot start reports the
 //     reason as any command does.
-//   - Exceptions, exact because the product pages quote them: the first-run
-//     token ("Generated new API token ..." then HELYOS_API_TOKEN=...), and
-//     the login prompt for a CA ("The server ... presented a self-signed
-//     CA:", "SHA-256: ...", "Trust and pin this CA? [y/N]").
+//   - Exceptions: the lines the product pages quote exactly (the first-run
+//     token, "Generated new API token ..." then HELYOS_API_TOKEN=...; the
+//     login prompt for a CA, "The server ... presented a self-signed CA:",
+//     "SHA-256: ...", "Trust and pin this CA? [y/N]"); the usage that a
+//     bare `helyos` prints on stderr before its error; and what a failing
+//     token-command wrote to stderr, passed on as it came, tokens redacted.
 package main
 
 import (
