@@ -1127,8 +1127,8 @@ func TestCLIExitCodes(t *testing.T) {
 			if strings.Contains(r.stderr, "hunter2") {
 				t.Errorf("a rejected token was echoed:\n%s", r.stderr)
 			}
-			if m := regexp.MustCompile(`(?m)^\s+-[a-z]`).FindString(r.stderr); tc.code == 0 && m != "" {
-				t.Errorf("help shows a flag as -flag (%q), not --flag:\n%s", m, r.stderr)
+			if m := regexp.MustCompile(`(?m)^\s+-[a-z]`).FindString(r.stdout + r.stderr); tc.code == 0 && m != "" {
+				t.Errorf("help shows a flag as -flag (%q), not --flag:\n%s", m, r.stdout+r.stderr)
 			}
 			if tc.code == 1 && !strings.HasPrefix(r.stderr, "helyos: error: ") && !strings.Contains(r.stderr, "\nhelyos: error: ") {
 				t.Errorf("runtime error not in the one error format:\n%s", r.stderr)

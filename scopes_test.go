@@ -428,8 +428,8 @@ func TestCLIScopesBindingsRotation(t *testing.T) {
 	d := httpDaemon(t)
 	home := d.home
 	help := runHelyos(t, home, "", nil, "auth", "token", "create", "--help")
-	if !strings.Contains(help.stderr, "Behind a proxy the daemon sees the proxy's address") || !strings.Contains(help.stderr, "X-Forwarded-For is not trusted") {
-		t.Errorf("create --help does not warn about proxies:\n%s", help.stderr)
+	if !strings.Contains(help.stdout, "Behind a proxy the daemon sees the proxy's address") || !strings.Contains(help.stdout, "X-Forwarded-For is not trusted") {
+		t.Errorf("create --help does not warn about proxies:\n%s", help.stdout)
 	}
 	r := mustRun(t, home, nil, "auth", "token", "create", "reader", "--scope", "read", "--allow-from", "127.0.0.0/8", "--allow-from", "::1/128")
 	reader := strings.TrimSpace(r.stdout)
