@@ -772,8 +772,6 @@ func commandPaths(path []string) [][]string {
 }
 
 var (
-	// logStamp is the time a daemon log line starts with.
-	logStamp = regexp.MustCompile(`^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d `)
 	// doublePrefix is a prefix said twice, or "helyos"/a level said again
 	// after one.
 	doublePrefix = regexp.MustCompile(`\b(error|hint|warning): (helyos|error|hint|warning)\b`)
@@ -836,7 +834,7 @@ func checkStderrLines(t *testing.T, args []string, stderr string, fail func(stri
 	}
 	prev := ""
 	for _, line := range strings.Split(strings.TrimSuffix(stderr, "\n"), "\n") {
-		msg := logStamp.ReplaceAllString(line, "")
+		msg := logStampRE.ReplaceAllString(line, "")
 		switch {
 		case line == "":
 		case strings.HasPrefix(msg, "helyos: "):
