@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 )
@@ -475,7 +476,7 @@ func (g *globals) printNewToken(raw json.RawMessage) error {
 	}
 	// The line is for pasting into a shell: nothing in it may be more than
 	// an address and a fingerprint, whatever the daemon sent.
-	if err != nil || !shellSafe.MatchString(server+fp) {
+	if err != nil || !shellSafe().MatchString(server+fp) {
 		fmt.Fprintf(g.io.err, "helyos: warning: no login line: the daemon's address %q or CA fingerprint %q is malformed\n", redactTokens(created.Login.Server), redactTokens(fp))
 		return nil
 	}
@@ -492,7 +493,7 @@ func (g *globals) printNewToken(raw json.RawMessage) error {
 }
 
 // shellSafe is all a login line built from a daemon's answer may hold.
-var shellSafe = regexp.MustCompile(`^[A-Za-z0-9.:/\[\]_-]+$`)
+var shellSafe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9.:/\[\]_-]+$`) })
 
 // parseDuration reads a duration as people write one: Go's (90s, 15m, 12h),
 // days (30d), or bare whole seconds (3600). It is never negative and counts

@@ -33,7 +33,7 @@ func normalizeServer(s string) (string, error) {
 	if raw == "" {
 		return "", errors.New("server address is empty")
 	}
-	if tokenLikePattern.MatchString(strings.ToLower(raw)) { // and must not reach a DNS resolver
+	if tokenLikePattern().MatchString(strings.ToLower(raw)) { // and must not reach a DNS resolver
 		return "", errors.New("the server address looks like an API token")
 	}
 	if !strings.Contains(raw, "://") {

@@ -268,7 +268,7 @@ func updateConfig(path string, fn func(*Config) error) error {
 		// The backup undoes a bad save; it must not keep a token the change
 		// removed (logout, context rm): then it gets the new content.
 		backup := old
-		for _, tok := range tokenLikePattern.FindAll(old, -1) {
+		for _, tok := range tokenLikePattern().FindAll(old, -1) {
 			if !bytes.Contains(data, tok) {
 				backup = data
 			}

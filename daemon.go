@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -658,11 +659,13 @@ func (c *daemonConfig) loginInfo(port int, ca *certAuthority) loginInfo {
 
 // hostNamePattern is a name a certificate can carry: dot-separated labels of
 // letters, digits and inner hyphens.
-var hostNamePattern = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+var hostNamePattern = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+})
 
 // isHostName is true for an IP address or a name a certificate can carry.
 func isHostName(s string) bool {
-	return net.ParseIP(s) != nil || (len(s) <= 253 && hostNamePattern.MatchString(s))
+	return net.ParseIP(s) != nil || (len(s) <= 253 && hostNamePattern().MatchString(s))
 }
 
 // splitAdvertiseAddr accepts what clients dial, a host or host:port (an IPv6

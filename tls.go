@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -46,12 +45,7 @@ const (
 // (in upper case).
 func fingerprint(der []byte) string {
 	sum := sha256.Sum256(der)
-	h := hex.EncodeToString(sum[:])
-	pairs := make([]string, 0, len(sum))
-	for i := 0; i < len(h); i += 2 {
-		pairs = append(pairs, h[i:i+2])
-	}
-	return strings.Join(pairs, ":")
+	return strings.ReplaceAll(fmt.Sprintf("% x", sum), " ", ":")
 }
 
 // normalizeFingerprint accepts the spellings people paste: any case, with or
@@ -159,73 +153,25 @@ func loadOrCreateCA(dir string, now time.Time) (*certAuthority, error) {
 }
 
 func createCA(dir string, now time.Time) (*certAuthority, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
+	cert, key, err := newCert(dir, caCertFile, caKeyFile, &x509.Certificate{
 		Subject:               pkix.Name{CommonName: "helyos CA", Organization: []string{"helyos"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(caValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	}, nil, now, caValidity)
 	if err != nil {
-		return nil, fmt.Errorf("create CA certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parse CA certificate: %w", err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := writeKeyPair(dir, caCertFile, caKeyFile, certPEM, key); err != nil {
 		return nil, err
 	}
-	return &certAuthority{cert: cert, key: key, pem: certPEM}, nil
-}
-
-// writeKeyPair writes the key before the certificate, so a crash between
-// the two never leaves a certificate without its key.
-func writeKeyPair(dir, certName, keyName string, certPEM []byte, key *ecdsa.PrivateKey) error {
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return fmt.Errorf("encode key: %w", err)
-	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	if err := writeFileAtomic(filepath.Join(dir, keyName), keyPEM); err != nil {
-		return fmt.Errorf("write %s: %w", keyName, err)
-	}
-	if err := writeFileAtomic(filepath.Join(dir, certName), certPEM); err != nil {
-		return fmt.Errorf("write %s: %w", certName, err)
-	}
-	return nil
-}
-
-func randomSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		panic("crypto/rand failed: " + err.Error())
-	}
-	return n
+	return &certAuthority{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}, nil
 }
 
 // issueServerCert signs a serving certificate for sans and writes it to dir.
 func (ca *certAuthority) issueServerCert(dir string, sans []string, now time.Time) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate serving key: %w", err)
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: "helyos daemon", Organization: []string{"helyos"}},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(serverValidity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{CommonName: "helyos daemon", Organization: []string{"helyos"}},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	for _, san := range sans {
 		if ip := net.ParseIP(san); ip != nil {
@@ -234,19 +180,51 @@ func (ca *certAuthority) issueServerCert(dir string, sans []string, now time.Tim
 			tmpl.DNSNames = append(tmpl.DNSNames, san)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	leaf, key, err := newCert(dir, serverCertFile, serverKeyFile, tmpl, ca, now, serverValidity)
 	if err != nil {
-		return nil, fmt.Errorf("sign serving certificate: %w", err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := writeKeyPair(dir, serverCertFile, serverKeyFile, certPEM, key); err != nil {
 		return nil, err
 	}
-	leaf, err := x509.ParseCertificate(der)
+	return &tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// newCert gives tmpl a fresh P-256 key and a random 128-bit serial, makes
+// it valid from an hour before now for validity, signs it with ca's key
+// (with its own when ca is nil: the CA itself) and writes the key, then the
+// certificate, to dir, so a crash between the two never leaves a
+// certificate without its key.
+func newCert(dir, certName, keyName string, tmpl *x509.Certificate, ca *certAuthority, now time.Time, validity time.Duration) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("parse serving certificate: %w", err)
+		return nil, nil, fmt.Errorf("generate key for %s: %w", certName, err)
 	}
-	return &tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, nil, fmt.Errorf("draw a serial for %s: %w", certName, err)
+	}
+	tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = serial, now.Add(-time.Hour), now.Add(validity)
+	parent, signer := tmpl, crypto.Signer(key)
+	if ca != nil {
+		parent, signer = ca.cert, ca.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, signer)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sign %s: %w", certName, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse %s: %w", certName, err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode %s: %w", keyName, err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, keyName), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})); err != nil {
+		return nil, nil, fmt.Errorf("write %s: %w", keyName, err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, certName), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})); err != nil {
+		return nil, nil, fmt.Errorf("write %s: %w", certName, err)
+	}
+	return cert, key, nil
 }
 
 // loadServerCert returns the stored serving certificate if it was signed by

@@ -29,13 +29,11 @@ import (
 // characters (32 random bytes). The first lookupLen of those hex characters
 // are stored in the clear as the record's lookup key: they narrow a presented
 // token to at most one record, and the remaining 52 hex characters (208 bits)
-// stay secret. Cluster join tokens use joinTokenPrefix and are a different
-// credential; they are never accepted as API tokens.
+// stay secret.
 const (
-	apiTokenPrefix  = "nxa-api_"
-	joinTokenPrefix = "nxa_"
-	tokenHexLen     = 64
-	lookupLen       = 12
+	apiTokenPrefix = "nxa-api_"
+	tokenHexLen    = 64
+	lookupLen      = 12
 )
 
 // Argon2id parameters, fixed by the product's security model.
@@ -48,7 +46,7 @@ const (
 )
 
 // Scopes: admin may do everything, read every GET under /api/v1/ and
-// nothing that changes state. The route table in daemon.go says which scope
+// nothing that changes state. The route table in server.go says which scope
 // each route needs.
 const (
 	scopeAdmin = "admin"
@@ -65,16 +63,18 @@ const (
 	lastUsedFlushInterval = time.Minute
 )
 
-var tokenNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+// The patterns are compiled on first use, not at process start: most
+// commands never need them.
+var tokenNamePattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`) })
 
 // tokenLikePattern matches anything that looks like an API token, even a
 // partial one, so redactTokens can hide it.
-var tokenLikePattern = regexp.MustCompile(`(?i)nxa-api_[0-9a-f]{8,}`)
+var tokenLikePattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?i)nxa-api_[0-9a-f]{8,}`) })
 
 // redactTokens hides API tokens in user input that an error repeats, such
 // as a token command that embeds one or a token given where a name belongs.
 func redactTokens(s string) string {
-	return tokenLikePattern.ReplaceAllString(s, apiTokenPrefix+"<redacted>")
+	return tokenLikePattern().ReplaceAllString(s, apiTokenPrefix+"<redacted>")
 }
 
 // Reasons a presented token is refused; the audit log's tally and the debug
@@ -222,10 +222,10 @@ func readTokenFile(path string) ([]*tokenRecord, error) {
 	}
 	seen := map[string]bool{}
 	for i, r := range f.Tokens {
-		if r == nil || !tokenNamePattern.MatchString(r.Name) || len(r.Lookup) != lookupLen || !isLowerHex(r.Lookup) || (r.Scope != scopeAdmin && r.Scope != scopeRead) {
+		if r == nil || !tokenNamePattern().MatchString(r.Name) || len(r.Lookup) != lookupLen || !isLowerHex(r.Lookup) || (r.Scope != scopeAdmin && r.Scope != scopeRead) {
 			return nil, fmt.Errorf("read token store %s: record %d is damaged", path, i)
 		}
-		if _, _, _, err := parsePHC(r.Hash); err != nil {
+		if _, _, err := parsePHC(r.Hash); err != nil {
 			return nil, fmt.Errorf("read token store %s: record %q: %w", path, r.Name, err)
 		}
 		if seen[r.Lookup] {
@@ -365,37 +365,46 @@ func argonKey(token, salt []byte) []byte {
 
 // parsePHC accepts only the exact parameters this product writes, so a
 // tampered store cannot make verification cheaper or absurdly expensive.
-func parsePHC(phc string) (salt, key []byte, params string, err error) {
+func parsePHC(phc string) (salt, key []byte, err error) {
 	parts := strings.Split(phc, "$")
 	want := fmt.Sprintf("m=%d,t=%d,p=%d", argonMemoryKiB, argonTime, argonThreads)
 	if len(parts) != 6 || parts[0] != "" || parts[1] != "argon2id" || parts[2] != fmt.Sprintf("v=%d", argon2.Version) || parts[3] != want {
-		return nil, nil, "", errors.New("hash is not an argon2id PHC string with the expected parameters")
+		return nil, nil, errors.New("hash is not an argon2id PHC string with the expected parameters")
 	}
 	enc := base64.RawStdEncoding
 	salt, err1 := enc.DecodeString(parts[4])
 	key, err2 := enc.DecodeString(parts[5])
 	if err1 != nil || err2 != nil || len(salt) != argonSaltLen || len(key) != argonKeyLen {
-		return nil, nil, "", errors.New("hash has a malformed salt or key")
+		return nil, nil, errors.New("hash has a malformed salt or key")
 	}
-	return salt, key, parts[3], nil
+	return salt, key, nil
 }
 
-// checkHash runs Argon2id on token and compares in constant time. At most
-// cap(s.argonSlots) runs happen at once; a caller waits for a slot until ctx
-// ends.
-func (s *tokenStore) checkHash(ctx context.Context, token, phc string) (bool, error) {
-	salt, want, _, err := parsePHC(phc)
-	if err != nil {
-		return false, err
-	}
+// argonRun calls fn, an Argon2 run, in one of the argonSlots: at most
+// cap(s.argonSlots) runs happen at once, verifying and hashing alike. A
+// caller waits for a slot until ctx ends.
+func (s *tokenStore) argonRun(ctx context.Context, fn func()) error {
 	select {
 	case s.argonSlots <- struct{}{}:
 	case <-ctx.Done():
-		return false, ctx.Err()
+		return ctx.Err()
 	}
 	defer func() { <-s.argonSlots }()
 	s.argonRuns.Add(1)
-	got := s.hash([]byte(token), salt)
+	fn()
+	return nil
+}
+
+// checkHash runs Argon2id on token and compares in constant time.
+func (s *tokenStore) checkHash(ctx context.Context, token, phc string) (bool, error) {
+	salt, want, err := parsePHC(phc)
+	if err != nil {
+		return false, err
+	}
+	var got []byte
+	if err := s.argonRun(ctx, func() { got = s.hash([]byte(token), salt) }); err != nil {
+		return false, err
+	}
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }
 
@@ -487,10 +496,10 @@ func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRe
 	} else {
 		s.cacheMisses.Add(1)
 	}
-	if rec == nil {
+	switch {
+	case rec == nil:
 		return nil, errTokenUnknown
-	}
-	if state != nil {
+	case state != nil:
 		// Revoked or expired: refused without an Argon2 run, and no longer
 		// remembered.
 		if cached {
@@ -499,29 +508,10 @@ func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRe
 			s.mu.Unlock()
 		}
 		return rec, state
-	}
-	if !cached {
-		done, err := s.argonTurn(ctx, lookup)
-		if err != nil {
-			return nil, err
+	case !cached:
+		if refused, err := s.firstUse(ctx, token, lookup, key, rec); err != nil {
+			return refused, err
 		}
-		defer done()
-		match, err := s.checkHash(ctx, token, rec.Hash)
-		if err != nil {
-			return nil, err
-		}
-		if !match {
-			return nil, errTokenMismatch
-		}
-		s.mu.Lock()
-		// Re-check under the write lock: the record may have been revoked
-		// while Argon2 ran, and revocation must win.
-		if err := rec.state(s.now()); err != nil {
-			s.mu.Unlock()
-			return rec, err // as above: a refused state comes with its record
-		}
-		s.verified[key] = rec
-		s.mu.Unlock()
 	}
 	// Writes to shared memory are what cost under concurrency, so the
 	// last-use time moves only when it is a second stale.
@@ -532,6 +522,34 @@ func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRe
 		}
 	}
 	return rec, nil
+}
+
+// firstUse checks a token not in the verification cache against rec, the
+// active record its lookup key found, by one Argon2 run in its lookup key's
+// turn, and caches it when it matches. A refusal for rec's state comes with
+// rec, as in verify.
+func (s *tokenStore) firstUse(ctx context.Context, token, lookup string, key [32]byte, rec *tokenRecord) (*tokenRecord, error) {
+	done, err := s.argonTurn(ctx, lookup)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	match, err := s.checkHash(ctx, token, rec.Hash)
+	if err != nil {
+		return nil, err
+	}
+	if !match {
+		return nil, errTokenMismatch
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Re-check under the write lock: the record may have been revoked
+	// while Argon2 ran, and revocation must win.
+	if err := rec.state(s.now()); err != nil {
+		return rec, err
+	}
+	s.verified[key] = rec
+	return nil, nil
 }
 
 // check reports why rec, accepted earlier, would be refused now (nil: it
@@ -600,21 +618,12 @@ func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, tt
 		exp := now.Add(ttl)
 		rec.ExpiresAt = &exp
 	}
-	if s.maxTTL > 0 && !rec.Bootstrap && (rec.ExpiresAt == nil || rec.ExpiresAt.Sub(now) > s.maxTTL) {
-		how := "give it a ttl_secs (--ttl)"
-		if old != nil {
-			how = "rotation keeps the expiry, so revoke it and create one with a ttl_secs (--ttl)"
-		}
-		return tokenInfo{}, fmt.Errorf("%w of %s; %s of at most %d seconds", errMaxTTL, s.maxTTL, how, int64(s.maxTTL/time.Second))
+	if err := s.checkMaxTTL(rec, now, old != nil); err != nil {
+		return tokenInfo{}, err
 	}
-	select { // hashing costs what verifying does, so it shares the bound
-	case s.argonSlots <- struct{}{}:
-	case <-ctx.Done():
-		return tokenInfo{}, ctx.Err()
+	if err := s.argonRun(ctx, func() { rec.Hash = hashToken(token) }); err != nil {
+		return tokenInfo{}, err
 	}
-	s.argonRuns.Add(1)
-	rec.Hash = hashToken(token)
-	<-s.argonSlots
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -648,13 +657,26 @@ func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, tt
 	return rec.info(), nil
 }
 
+// checkMaxTTL refuses a token that would be valid longer than --max-ttl
+// from now; the bootstrap token, which the operator gives, is exempt.
+func (s *tokenStore) checkMaxTTL(rec *tokenRecord, now time.Time, rotation bool) error {
+	if s.maxTTL > 0 && !rec.Bootstrap && (rec.ExpiresAt == nil || rec.ExpiresAt.Sub(now) > s.maxTTL) {
+		how := "give it a ttl_secs (--ttl)"
+		if rotation {
+			how = "rotation keeps the expiry, so revoke it and create one with a ttl_secs (--ttl)"
+		}
+		return fmt.Errorf("%w of %s; %s of at most %d seconds", errMaxTTL, s.maxTTL, how, int64(s.maxTTL/time.Second))
+	}
+	return nil
+}
+
 // checkName checks a token's or a context's name. A name is shown
 // everywhere, so one that looks like a token (a paste cut short) is refused.
 func checkName(kind, name string) error {
-	if tokenLikePattern.MatchString(name) {
+	if tokenLikePattern().MatchString(name) {
 		return fmt.Errorf("%s name looks like an API token, and a name is shown everywhere: give the secret where a token belongs", kind)
 	}
-	if !tokenNamePattern.MatchString(name) {
+	if !tokenNamePattern().MatchString(name) {
 		return fmt.Errorf("%s name %q is invalid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", kind, name)
 	}
 	return nil

@@ -91,7 +91,7 @@ func TestHashIsArgon2idPHC(t *testing.T) {
 	if !strings.HasPrefix(h, "$argon2id$v=19$m=19456,t=2,p=1$") {
 		t.Errorf("hash %q", h)
 	}
-	salt, key, _, err := parsePHC(h)
+	salt, key, err := parsePHC(h)
 	if err != nil || len(salt) != 16 || len(key) != 32 {
 		t.Errorf("parsePHC: %v salt %d key %d", err, len(salt), len(key))
 	}
@@ -103,7 +103,7 @@ func TestHashIsArgon2idPHC(t *testing.T) {
 		"",
 		"$$$$$",
 	} {
-		if _, _, _, err := parsePHC(bad); err == nil {
+		if _, _, err := parsePHC(bad); err == nil {
 			t.Errorf("parsePHC accepted %q", bad)
 		}
 	}
