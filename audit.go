@@ -136,33 +136,39 @@ func openAuditLog(dir string, maxSize int64, now func() time.Time, logger *log.L
 	if err := a.openLocked(); err != nil {
 		return nil, err
 	}
+	if err := a.resume(); err != nil {
+		a.f.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// resume finds the last record, removing a torn line from audit.log's end.
+func (a *auditLog) resume() error {
 	for i := 0; i <= auditKeep; i++ {
 		line, torn, err := lastLine(a.path(i))
 		if err != nil {
-			a.f.Close()
-			return nil, err
+			return err
 		}
 		if i == 0 && torn > 0 {
 			if err := a.f.Truncate(a.size - torn); err != nil {
-				a.f.Close()
-				return nil, fmt.Errorf("remove a partial line from %s: %w", a.path(0), err)
+				return fmt.Errorf("remove a partial line from %s: %w", a.path(0), err)
 			}
 			a.size -= torn
-			logger.Printf("warning: removed a partial last line (%d bytes) from %s, left by a crash while it was written", torn, a.path(0))
+			a.logger.Printf("warning: removed a partial last line (%d bytes) from %s, left by a crash while it was written", torn, a.path(0))
 		}
 		if line == nil {
 			continue
 		}
 		var rec auditRecord
 		if json.Unmarshal(line, &rec) != nil || rec.Seq == 0 {
-			a.f.Close()
-			return nil, withHint(fmt.Errorf("the last line of %s is not an audit record", a.path(i)),
+			return withHint(fmt.Errorf("the last line of %s is not an audit record", a.path(i)),
 				"check the files with 'helyos audit verify', then move them aside to start a new chain")
 		}
 		a.seq, a.prev, a.unclean = rec.Seq, hashLine(line), rec.Event != "daemon.stopped"
-		break
+		return nil
 	}
-	return a, nil
+	return nil
 }
 
 // lastLine returns the last complete line of the file at path, newline

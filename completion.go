@@ -50,8 +50,8 @@ complete -c helyos -f -a '(__helyos_complete)'
 `
 
 func cmdCompletion(g *globals, args []string) error {
-	fs := g.newFlags("completion", "bash|zsh|fish", "Print a completion script for the shell. Load it with:\n  bash: source <(helyos completion bash)\n  zsh:  source <(helyos completion zsh)\n  fish: helyos completion fish | source")
-	pos, err := g.parseFlagsNoData(fs, args, 1, 1)
+	set := g.newFlags("completion", "bash|zsh|fish", "Print a completion script for the shell. Load it with:\n  bash: source <(helyos completion bash)\n  zsh:  source <(helyos completion zsh)\n  fish: helyos completion fish | source")
+	pos, err := g.parseFlagsNoData(set, args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -149,10 +149,10 @@ func subcommands(path []string) []string {
 // it for its help, which every command answers before it does anything.
 func flagsAt(path []string) map[string]bool {
 	flags := map[string]bool{"context": true, "server": true, "token": true, "json": false} // parseGlobals'
-	var fs *flag.FlagSet
+	var set *flag.FlagSet
 	switch {
 	case len(path) > 0 && path[0] == "daemon":
-		flags, fs = map[string]bool{}, daemonFlags(&daemonConfig{}, io.Discard)
+		flags, set = map[string]bool{}, daemonFlags(&daemonConfig{}, io.Discard)
 	case len(path) > 0:
 		g := &globals{io: &stdio{out: io.Discard, err: io.Discard}}
 		for _, c := range commands() {
@@ -160,10 +160,10 @@ func flagsAt(path []string) map[string]bool {
 				c.run(g, append(slices.Clone(path[1:]), "--help"))
 			}
 		}
-		fs = g.flags
+		set = g.flags
 	}
-	if fs != nil {
-		fs.VisitAll(func(f *flag.Flag) {
+	if set != nil {
+		set.VisitAll(func(f *flag.Flag) {
 			b, isBool := f.Value.(interface{ IsBoolFlag() bool })
 			flags[f.Name] = !isBool || !b.IsBoolFlag()
 		})

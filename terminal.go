@@ -14,26 +14,22 @@ import (
 	"unsafe"
 )
 
-// termiosRequests returns the ioctl requests that read and write terminal
-// settings: the one per-OS detail of the client, kept here as values rather
-// than in per-OS files.
-func termiosRequests() (get, set uintptr) {
+// termios reads f's terminal settings into t, or with set writes them from
+// t. The ioctl requests are the one per-OS detail of the client, kept here
+// as values rather than in per-OS files.
+func termios(f *os.File, set bool, t *syscall.Termios) error {
+	var get, put uintptr
 	switch runtime.GOOS {
 	case "linux":
-		return 0x5401, 0x5402 // TCGETS, TCSETS
+		get, put = 0x5401, 0x5402 // TCGETS, TCSETS
 	case "darwin":
-		return 0x40487413, 0x80487414 // TIOCGETA, TIOCSETA
-	}
-	return 0, 0
-}
-
-func termios(f *os.File, set bool, t *syscall.Termios) error {
-	req, setReq := termiosRequests()
-	if set {
-		req = setReq
-	}
-	if req == 0 {
+		get, put = 0x40487413, 0x80487414 // TIOCGETA, TIOCSETA
+	default:
 		return errors.New("terminals are not supported on " + runtime.GOOS)
+	}
+	req := get
+	if set {
+		req = put
 	}
 	if _, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), req, uintptr(unsafe.Pointer(t))); errno != 0 {
 		return errno

@@ -139,10 +139,7 @@ func loadOrCreateCA(dir string, now time.Time) (*certAuthority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load CA in %s: %w", dir, err)
 	}
-	cert, err := x509.ParseCertificate(pair.Certificate[0])
-	if err != nil {
-		return nil, fmt.Errorf("parse CA in %s: %w", dir, err)
-	}
+	cert := pair.Leaf
 	signer, ok := pair.PrivateKey.(crypto.Signer)
 	if !ok || !cert.IsCA {
 		return nil, fmt.Errorf("load CA in %s: %s is not a CA certificate with a signing key", dir, caCertFile)
@@ -234,17 +231,16 @@ func (ca *certAuthority) loadServerCert(dir string, sans []string, now time.Time
 	if err != nil {
 		return nil, "no usable serving certificate"
 	}
-	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	leaf := pair.Leaf
 	switch {
-	case err != nil || leaf.CheckSignatureFrom(ca.cert) != nil:
+	case leaf.CheckSignatureFrom(ca.cert) != nil:
 		return nil, "not signed by this CA"
 	case now.After(leaf.NotAfter.Add(-renewBefore)):
 		return nil, "near expiry"
 	case !slices.Equal(leafSANs(leaf), sans):
 		return nil, "names changed"
 	}
-	pair.Leaf = leaf
-	pair.Certificate = [][]byte{pair.Certificate[0], ca.cert.Raw}
+	pair.Certificate = [][]byte{leaf.Raw, ca.cert.Raw}
 	return &pair, ""
 }
 

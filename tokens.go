@@ -317,9 +317,7 @@ func (r *tokenRecord) grants(need string) bool {
 // newAPIToken returns a fresh random API token.
 func newAPIToken() string {
 	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("crypto/rand failed: " + err.Error()) // never returns an error on supported platforms
-	}
+	rand.Read(b[:]) // never fails: since Go 1.24 crypto/rand crashes the program instead
 	return apiTokenPrefix + hex.EncodeToString(b[:])
 }
 
@@ -349,13 +347,15 @@ func isLowerHex(s string) bool {
 // hashToken returns the Argon2id PHC string of token with a fresh salt.
 func hashToken(token string) string {
 	salt := make([]byte, argonSaltLen)
-	if _, err := rand.Read(salt); err != nil {
-		panic("crypto/rand failed: " + err.Error())
-	}
-	key := argonKey([]byte(token), salt)
+	rand.Read(salt) // never fails, as in newAPIToken
 	enc := base64.RawStdEncoding
-	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s",
-		argon2.Version, argonMemoryKiB, argonTime, argonThreads, enc.EncodeToString(salt), enc.EncodeToString(key))
+	return phcPrefix() + enc.EncodeToString(salt) + "$" + enc.EncodeToString(argonKey([]byte(token), salt))
+}
+
+// phcPrefix is how a PHC string names Argon2id with the parameters above;
+// its salt and key follow.
+func phcPrefix() string {
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$", argon2.Version, argonMemoryKiB, argonTime, argonThreads)
 }
 
 // argonKey is Argon2id with the parameters above.
@@ -366,14 +366,14 @@ func argonKey(token, salt []byte) []byte {
 // parsePHC accepts only the exact parameters this product writes, so a
 // tampered store cannot make verification cheaper or absurdly expensive.
 func parsePHC(phc string) (salt, key []byte, err error) {
-	parts := strings.Split(phc, "$")
-	want := fmt.Sprintf("m=%d,t=%d,p=%d", argonMemoryKiB, argonTime, argonThreads)
-	if len(parts) != 6 || parts[0] != "" || parts[1] != "argon2id" || parts[2] != fmt.Sprintf("v=%d", argon2.Version) || parts[3] != want {
+	rest, ok := strings.CutPrefix(phc, phcPrefix())
+	if !ok {
 		return nil, nil, errors.New("hash is not an argon2id PHC string with the expected parameters")
 	}
+	salt64, key64, _ := strings.Cut(rest, "$")
 	enc := base64.RawStdEncoding
-	salt, err1 := enc.DecodeString(parts[4])
-	key, err2 := enc.DecodeString(parts[5])
+	salt, err1 := enc.DecodeString(salt64)
+	key, err2 := enc.DecodeString(key64)
 	if err1 != nil || err2 != nil || len(salt) != argonSaltLen || len(key) != argonKeyLen {
 		return nil, nil, errors.New("hash has a malformed salt or key")
 	}
