@@ -509,8 +509,8 @@ func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRe
 		}
 		return rec, state
 	case !cached:
-		if refused, err := s.firstUse(ctx, token, lookup, key, rec); err != nil {
-			return refused, err
+		if found, err := s.firstUse(ctx, token, lookup, key, rec); err != nil {
+			return found, err
 		}
 	}
 	// Writes to shared memory are what cost under concurrency, so the
@@ -526,8 +526,8 @@ func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRe
 
 // firstUse checks a token not in the verification cache against rec, the
 // active record its lookup key found, by one Argon2 run in its lookup key's
-// turn, and caches it when it matches. A refusal for rec's state comes with
-// rec, as in verify.
+// turn, and caches it when it matches. It returns as verify does: a refusal
+// for rec's state comes with rec.
 func (s *tokenStore) firstUse(ctx context.Context, token, lookup string, key [32]byte, rec *tokenRecord) (*tokenRecord, error) {
 	done, err := s.argonTurn(ctx, lookup)
 	if err != nil {
@@ -549,7 +549,7 @@ func (s *tokenStore) firstUse(ctx context.Context, token, lookup string, key [32
 		return rec, err
 	}
 	s.verified[key] = rec
-	return nil, nil
+	return rec, nil
 }
 
 // check reports why rec, accepted earlier, would be refused now (nil: it
