@@ -50,8 +50,8 @@ complete -c helyos -f -a '(__helyos_complete)'
 `
 
 func cmdCompletion(g *globals, args []string) error {
-	set := g.newFlags("completion", "bash|zsh|fish", "Print a completion script for the shell. Load it with:\n  bash: source <(helyos completion bash)\n  zsh:  source <(helyos completion zsh)\n  fish: helyos completion fish | source")
-	pos, err := g.parseFlagsNoData(set, args, 1, 1)
+	flags := g.newFlags("completion", "bash|zsh|fish", "Print a completion script for the shell. Load it with:\n  bash: source <(helyos completion bash)\n  zsh:  source <(helyos completion zsh)\n  fish: helyos completion fish | source")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
