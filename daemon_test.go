@@ -949,10 +949,11 @@ func TestLocalContext(t *testing.T) {
 		t.Errorf("the restarted daemon did not say %q:\n%s", want, moved.out.String())
 	}
 	moved.stop(t)
-	otherDir := []string{"--data-dir", filepath.Join(home, "other")}
+	otherDir := []string{"--data-dir", filepath.Join(home, "other"), "--tls", "on"}
 	startDaemon(t, home, otherDir).stop(t)
 	again := startDaemon(t, home, otherDir)
-	if want := "is for https://localhost:" + moved.port + ", not this daemon, and is left as it is"; !strings.Contains(again.out.String(), want) {
+	if want := "is for https://localhost:" + moved.port + ", not this daemon, and is left as it is; reach this daemon by logging in with its token: helyos login https://localhost:" +
+		again.port + " --ca-fingerprint " + again.fp + " --name local-" + again.port + "\n"; !strings.Contains(again.out.String(), want) {
 		t.Errorf("a restarted daemon with another token store did not say %q:\n%s", want, again.out.String())
 	}
 	if cfg, err := loadConfig(filepath.Join(home, ".helyos", "config.toml")); err != nil || cfg.Context("local").Server != "https://localhost:"+moved.port {
@@ -1018,6 +1019,43 @@ func TestMetrics(t *testing.T) {
 	cmd.Stdin = strings.NewReader(body)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s\n%s", err, out, body)
+	}
+}
+
+// TestMetricsOrder: the series come in the order scrapes have always had,
+// whatever order the requests came in: requests by route, method and code
+// written end to end (so a route's sub-route comes first), the histogram by
+// route alone.
+func TestMetricsOrder(t *testing.T) {
+	m := newMetrics()
+	for _, k := range []requestKey{{"GET", "GET /api/v1/tokens", 401}, {"BREW", "", 404}, {"HEAD", "GET /health", 200},
+		{"GET", "GET /api/v1/tokens/{name}", 200}, {"GET", "GET /health", 200}, {"GET", "GET /api/v1/tokens", 200}, {"DELETE", "DELETE /api/v1/tokens/{name}", 404}} {
+		m.observe(k.method, k.route, k.code, time.Millisecond)
+	}
+	var out strings.Builder
+	m.write(&out, newTokenStore(filepath.Join(t.TempDir(), tokenStoreFile), nil, time.Now))
+	var series []string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "helyos_http_requests_total{") || strings.HasPrefix(line, "helyos_http_request_duration_seconds_count{") {
+			series = append(series, line[:strings.LastIndex(line, " ")])
+		}
+	}
+	want := []string{
+		`helyos_http_requests_total{method="DELETE",route="DELETE /api/v1/tokens/{name}",code="404"}`,
+		`helyos_http_requests_total{method="GET",route="GET /api/v1/tokens/{name}",code="200"}`,
+		`helyos_http_requests_total{method="GET",route="GET /api/v1/tokens",code="200"}`,
+		`helyos_http_requests_total{method="GET",route="GET /api/v1/tokens",code="401"}`,
+		`helyos_http_requests_total{method="GET",route="GET /health",code="200"}`,
+		`helyos_http_requests_total{method="HEAD",route="GET /health",code="200"}`,
+		`helyos_http_requests_total{method="other",route="unmatched",code="404"}`,
+		`helyos_http_request_duration_seconds_count{route="DELETE /api/v1/tokens/{name}"}`,
+		`helyos_http_request_duration_seconds_count{route="GET /api/v1/tokens"}`,
+		`helyos_http_request_duration_seconds_count{route="GET /api/v1/tokens/{name}"}`,
+		`helyos_http_request_duration_seconds_count{route="GET /health"}`,
+		`helyos_http_request_duration_seconds_count{route="unmatched"}`,
+	}
+	if !slices.Equal(series, want) {
+		t.Errorf("series order:\n%s\nwant:\n%s", strings.Join(series, "\n"), strings.Join(want, "\n"))
 	}
 }
 
