@@ -504,7 +504,7 @@ func TestCLIContextCommands(t *testing.T) {
 	mustRun(t, home, nil, "context", "set", "a", "--server", d.url+"/") // same server, normalised
 	wantFail(t, runHelyos(t, home, "", nil, "context", "set", "nope", "--project", "x"), 1, `context "nope" does not exist`, "--server")
 	wantFail(t, runHelyos(t, home, "", nil, "context", "set", "a", "--server", "ftp://x"), 2, "scheme must be https or http")
-	wantFail(t, runHelyos(t, home, "", nil, "context", "set", "a", "--token", d.token), 2, "does not store --token")
+	wantFail(t, runHelyos(t, home, "", nil, "context", "set", "a", "--token", d.token), 2, "--token cannot be saved without a check")
 
 	mustRun(t, home, nil, "context", "rm", "c")
 	cfg := readCLIConfig(t, home)
@@ -870,6 +870,10 @@ func TestCLIPinnedCAUndecodable(t *testing.T) {
 			for _, args := range [][]string{{"whoami"}, {"status"}, {"login", d.url, "--token", d.token, "--name", "damaged"}} {
 				r := runHelyos(t, home, "", nil, args...)
 				wantFail(t, r, 1, `context "damaged"`, tc.want, "helyos login "+d.url+" --name damaged --ca-fingerprint FP\n")
+				checkOutputShapes(t, args, r)
+				if n := strings.Count(r.stderr, "helyos: hint: "); n != 1 {
+					t.Errorf("%s gave %d hints, want the one that re-pins", args[0], n)
+				}
 				if strings.Contains(r.stderr, "certificate problem") {
 					t.Errorf("%v dialled the daemon without the pin:\n%s", args, r.stderr)
 				}

@@ -218,7 +218,7 @@ func (t *target) setTrust() error {
 	}
 	pinned, err := t.ctx.decodeCA()
 	if err != nil {
-		return withHint(fmt.Errorf("context %q: pinned CA: %w", t.ctx.Name, err), t.repin())
+		return withHint(err, t.repin())
 	}
 	t.setClient(pinned, t.ctx.Insecure)
 	return nil

@@ -131,32 +131,32 @@ func encodeCA(pemBytes []byte) string {
 
 // decodeCA returns the context's pinned CA, or nil when it pins none. A
 // value that is not one PEM CERTIFICATE is an error, never a fall back to
-// the system roots: a damaged pin must not widen trust.
+// the system roots: a damaged pin must not widen trust. Its callers add the
+// hint, how to re-pin this context.
 func (c *Context) decodeCA() (*x509.Certificate, error) {
 	if c.CA == "" {
 		return nil, nil
 	}
-	hint := fmt.Sprintf("log in again to pin the CA (helyos login %s), or fix \"ca\" in the config", c.Server)
 	if c.Insecure {
-		return nil, withHint(fmt.Errorf("context %q sets both insecure = true and a pinned ca, which contradict each other", c.Name), hint)
+		return nil, fmt.Errorf("context %q sets both insecure = true and a pinned ca, which contradict each other", c.Name)
 	}
 	data, err := base64.StdEncoding.DecodeString(c.CA)
 	if err != nil {
-		return nil, withHint(fmt.Errorf("context %q: pinned CA is not valid base64: %w", c.Name, err), hint)
+		return nil, fmt.Errorf("context %q: pinned CA is not valid base64: %w", c.Name, err)
 	}
 	block, rest := pem.Decode(data)
 	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, withHint(fmt.Errorf("context %q: pinned CA is not a PEM certificate", c.Name), hint)
+		return nil, fmt.Errorf("context %q: pinned CA is not a PEM certificate", c.Name)
 	}
 	if len(bytes.TrimSpace(rest)) != 0 {
-		return nil, withHint(fmt.Errorf("context %q: pinned CA has data after the certificate", c.Name), hint)
+		return nil, fmt.Errorf("context %q: pinned CA has data after the certificate", c.Name)
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return nil, withHint(fmt.Errorf("context %q: pinned CA cannot be parsed: %w", c.Name, err), hint)
+		return nil, fmt.Errorf("context %q: pinned CA cannot be parsed: %w", c.Name, err)
 	}
 	if c.CASHA256 != "" && !sameFingerprint(c.CASHA256, fingerprint(cert.Raw)) {
-		return nil, withHint(fmt.Errorf("context %q: ca-sha256 does not match the pinned ca, whose fingerprint is %s", c.Name, fingerprint(cert.Raw)), hint)
+		return nil, fmt.Errorf("context %q: ca-sha256 does not match the pinned ca, whose fingerprint is %s", c.Name, fingerprint(cert.Raw))
 	}
 	return cert, nil
 }
@@ -304,7 +304,7 @@ func (g *globals) editConfig(edit func(*Config) (string, error)) error {
 		return err
 	})
 	if err == nil {
-		fmt.Fprintln(g.io.err, done)
+		fmt.Fprintln(g.io.err, "helyos: "+done)
 	}
 	return err
 }

@@ -417,7 +417,9 @@ func TestBringYourOwnCertificate(t *testing.T) {
 				{trusted, nil, 0, "the system's trusted CAs check it"},
 			} {
 				home := t.TempDir()
-				r := runHelyos(t, home, d.token+"\n", tc.env, append([]string{"login", server, "--token-stdin"}, tc.flags...)...)
+				args := append([]string{"login", server, "--token-stdin"}, tc.flags...)
+				r := runHelyos(t, home, d.token+"\n", tc.env, args...)
+				checkOutputShapes(t, args, r)
 				if r.code != tc.code || !strings.Contains(r.stderr, tc.say) {
 					t.Errorf("login %v (%v): exit %d, want %d saying %q:\n%s", tc.flags, tc.env, r.code, tc.code, tc.say, r.stderr)
 				}

@@ -93,7 +93,7 @@ func parseLoginFlags(g *globals, args []string) (*loginFlags, error) {
 		return nil, err
 	}
 	if f.server, err = normalizeServer(pos[0]); err != nil {
-		return nil, withHint(usageErrorf("login: %v", err), "give a server like cluster.example.com or https://10.0.0.5:6443")
+		return nil, withHint(usageErrorf("login: %w", err), "give a server like cluster.example.com or https://10.0.0.5:6443")
 	}
 	if err := checkLoginFlags(g, f); err != nil {
 		return nil, err
@@ -119,7 +119,7 @@ func checkLoginFlags(g *globals, f *loginFlags) error {
 	}
 	if f.caFingerprint != "" {
 		if _, err := normalizeFingerprint(f.caFingerprint); err != nil {
-			return usageErrorf("login: --ca-fingerprint: %v", err)
+			return usageErrorf("login: --ca-fingerprint: %w", err)
 		}
 	}
 	return nil
@@ -260,7 +260,7 @@ func (g *globals) loginTrust(f *loginFlags, existing *Context) (*x509.Certificat
 		return nil, withHint(fmt.Errorf("%s has no self-signed CA to pin: it serves a certificate of its own", server),
 			"drop --ca-fingerprint to let the system's trusted CAs check it, or pass --ca-file PEM with the CA that signed it")
 	case ca == nil:
-		fmt.Fprintf(g.io.err, "%s serves a certificate of its own, not a self-signed CA to pin: the system's trusted CAs check it\n", server)
+		fmt.Fprintf(g.io.err, "helyos: %s serves a certificate of its own, not a self-signed CA to pin: the system's trusted CAs check it\n", server)
 		return nil, nil
 	}
 	fp := fingerprint(ca.Raw)
@@ -384,8 +384,8 @@ func cmdContext(g *globals, args []string) error {
 	if len(args) > 0 && subs[args[0]] != nil {
 		return subs[args[0]](g, args[1:])
 	}
-	fmt.Fprint(g.io.err, contextUsage)
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprint(g.io.out, contextUsage)
 		return flag.ErrHelp
 	}
 	return subcommandError("context", strings.Join(args[:min(len(args), 1)], " "), "ls, use, current, rename, rm or set")
@@ -586,7 +586,7 @@ func checkContextSet(g *globals, name, tokenEnv, tokenCommand string) (string, e
 		return "", err
 	}
 	if g.token != "" {
-		return "", withHint(usageErrorf("context set does not store --token"), "log in to save a checked token: helyos login SERVER --name "+name+", or use --token-env / --token-command")
+		return "", withHint(usageErrorf("context set: --token cannot be saved without a check"), "log in to save a checked token: helyos login SERVER --name "+name+", or use --token-env / --token-command")
 	}
 	if tokenEnv != "" && tokenCommand != "" {
 		return "", usageErrorf("context set: give --token-env or --token-command, not both")
@@ -599,7 +599,7 @@ func checkContextSet(g *globals, name, tokenEnv, tokenCommand string) (string, e
 	}
 	server, err := normalizeServer(g.server)
 	if err != nil {
-		return "", usageErrorf("context set: --server: %v", err)
+		return "", usageErrorf("context set: --server: %w", err)
 	}
 	return server, nil
 }

@@ -727,11 +727,13 @@ func TestOutputShapes(t *testing.T) {
 	runs := [][]string{nil, {"bogus"}, {"--bogus"}, {"help", "bogus"}, {"--version"}, {"help"},
 		{"auth", "bogus"}, {"auth", "token", "bogus"}, {"audit", "bogus"}, {"completion", "sh"},
 		{"audit", "verify"}, {"logout"}, {"context", "use", "nope"}, {"daemon", "--tls", "maybe"},
-		{"daemon", "--advertise-addr", "https://x/y"}, {"events", "--since", "-5m"}, {"whoami", "--json=maybe"}}
+		{"daemon", "--advertise-addr", "https://x/y"}, {"events", "--since", "-5m"}, {"whoami", "--json=maybe"},
+		{"login"}, {"login", "ftp://x"}, {"login", zoneServer}, {"login", "x", "--token-stdin", "--token-env", "V"}, {"login", "x", "--ca-fingerprint", "ab"},
+		{"login", "http://x", "--insecure-skip-tls-verify"}, {"login", "https://127.0.0.1:1", "--token-stdin"}, {"logout", "nope"},
+		{"context"}, {"context", "bogus"}, {"context", "current"}, {"context", "rename", "a", "b c"}, {"context", "rm", "nope"},
+		{"context", "set", "x"}, {"context", "set", "x", "--server", zoneServer}, {"context", "set", "x", "--token-env", "V", "--token-command", "c"},
+		{"context", "set", "x", "--token", "nxa-api_" + strings.Repeat("0", 64)}}
 	for _, path := range commandPaths(nil) {
-		if path[0] == "context" { // login.go is not yet held to the rules
-			continue
-		}
 		runs = append(runs, append(slices.Clone(path), "--help"), append(slices.Clone(path), "--bogus"), append(slices.Clone(path), "-x"))
 	}
 	for _, cmd := range [][]string{{"whoami"}, {"status"}, {"version"}, {"events"}, {"events", "--follow"},
@@ -754,6 +756,15 @@ func TestOutputShapes(t *testing.T) {
 			{"auth", "token", "ls"}, {"auth", "token", "revoke", "ci"}, {"--json", "whoami"}, {"events"},
 			{"audit", "verify", "--data-dir", d.dataDir}, {"--server", "http://" + strings.TrimPrefix(d.url, "https://"), "whoami"}} {
 			checkOutputShapes(t, args, runHelyos(t, home, "", nil, args...))
+		}
+		// login, logout and context in a HOME of their own, each success
+		// then a failure
+		home = t.TempDir()
+		for _, args := range [][]string{{"login", d.url, "--token-stdin", "--ca-fingerprint", d.fp, "--name", "prod"},
+			{"login", d.url, "--token-stdin", "--ca-fingerprint", strings.Repeat("0", 64)}, {"context", "current"}, {"logout"},
+			{"logout", "nope"}, {"context", "set", "ci", "--server", d.url, "--token-env", "V"}, {"context", "set", "ci", "--server", "http://127.0.0.1:1"},
+			{"context", "use", "ci"}, {"context", "rename", "ci", "ci2"}, {"context", "rename", "ci2", "prod"}, {"context", "rm", "ci2"}, {"context", "ls"}} {
+			checkOutputShapes(t, args, runHelyos(t, home, d.token+"\n", nil, args...))
 		}
 		d.stop(t)
 		checkOutputShapes(t, []string{"daemon"}, cliResult{stderr: d.out.String()})
@@ -807,6 +818,12 @@ func checkOutputShapes(t *testing.T, args []string, r cliResult) {
 			fail("prints %q twice", line)
 		}
 		seen[line] = true
+		parts := strings.Split(line, ": ") // after "helyos", a prefix said again
+		for i := 1; i < len(parts)-1; i++ {
+			if slices.ContainsFunc(parts[i+1:], func(q string) bool { return strings.HasPrefix(q+" ", parts[i]+" ") }) {
+				fail("says %q twice in %q", parts[i], line)
+			}
+		}
 	}
 	help := len(args) > 0 && (isHelp(args[len(args)-1]) || args[0] == "help" && len(args) == 1)
 	if help && (r.code != 0 || r.stderr != "" || r.stdout == "") {
@@ -850,11 +867,18 @@ func checkStderrLines(t *testing.T, args []string, stderr string, fail func(stri
 	}
 }
 
+// zoneServer is a server address with an IPv6 zone, which login and
+// context set refuse with a hint of its own.
+const zoneServer = "http://[fe80::1%25eth0]:1"
+
 // TestReportKeepsEveryHint: a cause wrapped with %w keeps its own hint under
-// an outer one (the IPv6-zone hint under login's), and a usage error
-// anywhere on the chain still means exit 2.
+// an outer one (the IPv6-zone hint under login's, in the binary too), and a
+// usage error anywhere on the chain still means exit 2.
 func TestReportKeepsEveryHint(t *testing.T) {
 	t.Parallel()
+	for _, args := range [][]string{{"login", zoneServer}, {"context", "set", "x", "--server", zoneServer}} {
+		wantFail(t, runHelyos(t, t.TempDir(), "", nil, args...), 2, "helyos: hint: use a routable address or a host name\n")
+	}
 	zone := withHint(fmt.Errorf(`server address "fe80::1%%eth0" has an IPv6 zone`), "use a routable address or a host name")
 	for _, tc := range []struct {
 		err  error

@@ -246,7 +246,7 @@ func TestCredentialContextSet(t *testing.T) {
 		{[]string{"context", "set", "stored", "--token-env", "9LIVES"}, "not an environment variable name"},
 		{[]string{"context", "set", "stored", "--token-env", d.token}, `"nxa-api_<redacted>" is not an environment variable name`},
 		{[]string{"login", d.url, "--ca-fingerprint", d.fp, "--token-env", d.token}, `"nxa-api_<redacted>" is not an environment variable name`},
-		{[]string{"context", "set", "stored", "--token", d.token}, "does not store --token"},
+		{[]string{"context", "set", "stored", "--token", d.token}, "--token cannot be saved without a check"},
 		{[]string{"login", d.url, "--ca-fingerprint", d.fp, "--token-env", "A", "--token-command", "b"}, "one way only"},
 		{[]string{"login", d.url, "--ca-fingerprint", d.fp, "--token-env", "A", "--token", d.token}, "one way only"},
 		{[]string{"login", d.url, "--ca-fingerprint", d.fp, "--token-env", "$A"}, "not an environment variable name"},
