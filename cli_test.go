@@ -524,6 +524,23 @@ func TestCLIContextCommands(t *testing.T) {
 	wantFail(t, runHelyos(t, home, "", nil, "context", "use"), 2, "wrong number of arguments")
 }
 
+// TestCLIContextListEscapes: a hand-edited name or value holding control
+// characters is shown escaped, so it can neither drive the terminal nor fake
+// a row of the listing.
+func TestCLIContextListEscapes(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	writeConfig(t, home, `[context."x\u001B[2J"]`+"\n"+`server = "https://h:6443\r"`+"\n"+`project = "p\n*\tfake"`+"\n"+`token-env = "E\u0007"`+"\n")
+	ls := mustRun(t, home, nil, "context", "ls").stdout
+	if lines := strings.Split(strings.TrimSpace(ls), "\n"); len(lines) != 2 || strings.ContainsAny(ls, "\x1b\r\a\t") ||
+		!strings.Contains(lines[1], `x\u001b[2J`) || !strings.Contains(lines[1], `p\u000a*\u0009fake`) {
+		t.Errorf("context ls:\n%q", ls)
+	}
+	if got := mustRun(t, home, nil, "context", "current").stdout; got != `x\u001b[2J`+"\n" {
+		t.Errorf("context current = %q", got)
+	}
+}
+
 // TestCLIResolution: server, token and context precedence, and global flags
 // before or after the command.
 func TestCLIResolution(t *testing.T) {

@@ -501,7 +501,7 @@ type configReader struct {
 
 func (r *configReader) line(s string) error {
 	if !utf8.ValidString(s) {
-		return errors.New("invalid UTF-8")
+		return errors.New("invalid UTF-8: save the file as UTF-8")
 	}
 	// TOML allows a control character nowhere, not even in a comment: in a
 	// string it must be an escape.
@@ -510,6 +510,9 @@ func (r *configReader) line(s string) error {
 	}
 	if s = strings.TrimLeft(s, " \t"); s == "" || s[0] == '#' {
 		return nil
+	}
+	if strings.HasPrefix(s, "\ufeff") { // TOML has no BOM; Notepad writes one
+		return errors.New("byte order mark (U+FEFF): save the file as UTF-8 without BOM")
 	}
 	if s[0] == '[' {
 		return r.table(s)
@@ -531,7 +534,7 @@ func (r *configReader) table(s string) error {
 	case err != nil:
 		return err
 	case !strings.HasPrefix(rest, "]"):
-		return errors.New("expected ] right after the context name")
+		return errors.New(`expected ] right after the context name (a name with a space goes in quotes: [context."my prod"])`)
 	case name == "":
 		return errors.New("empty context name")
 	case r.cfg.Context(name) != nil:
@@ -578,8 +581,10 @@ func (r *configReader) set(key string, v tomlValue) error {
 		return fmt.Errorf("duplicate key %s%s", tomlKey(key), where)
 	}
 	r.keys[key] = true
+	var known []string
 	for _, f := range fields {
 		if f.key != key {
+			known = append(known, f.key)
 			continue
 		}
 		switch {
@@ -594,7 +599,7 @@ func (r *configReader) set(key string, v tomlValue) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("unknown key %s%s", tomlKey(key), where)
+	return fmt.Errorf("unknown key %s%s (known keys: %s)", tomlKey(key), where, strings.Join(known, ", "))
 }
 
 // tomlValue is a value as read: a string, or a boolean spelt true or false.
@@ -660,7 +665,7 @@ func readQuoted(s string) (str, rest string, err error) {
 		case s[i] == '\\' && quote == '"' && i+1 < len(s):
 			n, err := readEscape(s[i+1:], &b)
 			if err != nil {
-				return "", "", err
+				return "", "", fmt.Errorf(`%w; a backslash itself is \\ (or use 'single quotes', which take \ as it is)`, err)
 			}
 			i += n
 		default:

@@ -218,15 +218,18 @@ func TestConfigParseRefuses(t *testing.T) {
 		onlyContext  = `only [context.NAME] table headers are supported here, with no spaces inside the brackets`
 		unterminated = `unterminated string (a string must end on the same line)`
 		multiLine    = `multi-line strings are not supported here: write one line, with \n for a line break`
-		badEscape    = `invalid escape: use \" \\ \b \t \n \f \r or \uXXXX`
-		uEscape      = `\u needs 4 hex digits naming a control character other than tab: write any other character as it is`
+		backslash    = `; a backslash itself is \\ (or use 'single quotes', which take \ as it is)`
+		badEscape    = `invalid escape: use \" \\ \b \t \n \f \r or \uXXXX` + backslash
+		uEscape      = `\u needs 4 hex digits naming a control character other than tab: write any other character as it is` + backslash
+		notClosed    = `expected ] right after the context name (a name with a space goes in quotes: [context."my prod"])`
+		ctxKeys      = ` (known keys: server, token, token-name, token-env, token-command, project, insecure, ca, ca-sha256)`
 	)
 	tests := []struct {
 		name, input, want string
 	}{
-		{"unknown key", "[context.a]\nserver = \"x\"\nsever = \"y\"", `line 3: unknown key sever in [context.a]`},
-		{"unknown key quoted table", "[context.\"a b\"]\nfoo = true", `line 2: unknown key foo in [context."a b"]`},
-		{"key before table", "server = \"x\"\n[context.a]", `line 1: unknown key server before the first [context.NAME] table`},
+		{"unknown key", "[context.a]\nserver = \"x\"\nsever = \"y\"", `line 3: unknown key sever in [context.a]` + ctxKeys},
+		{"unknown key quoted table", "[context.\"a b\"]\nfoo = true", `line 2: unknown key foo in [context."a b"]` + ctxKeys},
+		{"key before table", "server = \"x\"\n[context.a]", `line 1: unknown key server before the first [context.NAME] table (known keys: current-context)`},
 		{"current after table", "[context.a]\ncurrent-context = \"a\"", `line 2: current-context must come before the first [context.NAME] table`},
 		{"dotted key", "[context.a]\nserver.x = \"y\"", `line 2: ` + dotted},
 		{"dotted key with spaces", "context . a . server = \"y\"", `line 1: ` + dotted},
@@ -235,8 +238,9 @@ func TestConfigParseRefuses(t *testing.T) {
 		{"unknown table", "\n[server]", `line 2: ` + onlyContext},
 		{"table without name", "[context]", `line 1: ` + onlyContext},
 		{"spaces in header", "[ context.a ]", `line 1: ` + onlyContext},
-		{"space before ]", "[context.a ]", `line 1: expected ] right after the context name`},
-		{"unclosed header", "[context.a", `line 1: expected ] right after the context name`},
+		{"space before ]", "[context.a ]", `line 1: ` + notClosed},
+		{"unclosed header", "[context.a", `line 1: ` + notClosed},
+		{"space in name", "[context.my prod]", `line 1: ` + notClosed},
 		{"empty context name", `[context.""]`, `line 1: empty context name`},
 		{"array of tables", "[[context.a]]", `line 1: arrays of tables ([[...]]) are not supported here`},
 		{"text after header", "[context.a] x", `line 1: unexpected text after the table header (a comment starts with #)`},
@@ -271,10 +275,14 @@ func TestConfigParseRefuses(t *testing.T) {
 		{"control in comment", "# a\x02b", `line 1: control character U+0002 (inside "..." write it as \u0002)`},
 		{"lone CR", "[context.a]\rserver = \"x\"", `line 1: control character U+000D (inside "..." write it as \u000D)`},
 		{"CR ending the last line", "[context.a]\nserver = \"x\"\r", `line 2: control character U+000D (inside "..." write it as \u000D)`},
-		{"invalid UTF-8", "[context.a]\n# ok\nserver = \"\xff\"", `line 3: invalid UTF-8`},
+		{"invalid UTF-8", "[context.a]\n# ok\nserver = \"\xff\"", `line 3: invalid UTF-8: save the file as UTF-8`},
+		{"byte order mark", "\ufeff# c\n[context.a]", `line 1: byte order mark (U+FEFF): save the file as UTF-8 without BOM`},
+		{"byte order mark on a later line", "# c\n\ufeff[context.a]", `line 2: byte order mark (U+FEFF): save the file as UTF-8 without BOM`},
 		{"invalid escape", "[context.a]\nserver = \"a\\xb\"", `line 2: ` + badEscape},
 		{"escape 1.1 \\e", "[context.a]\nserver = \"\\e\"", `line 2: ` + badEscape},
-		{"\\U escape", "[context.a]\nserver = \"\\U0001F600\"", `line 2: \U escapes are not supported here: write the character itself`},
+		{"\\U escape", "[context.a]\nserver = \"\\U0001F600\"", `line 2: \U escapes are not supported here: write the character itself` + backslash},
+		{"Windows path", "[context.a]\nca = \"C:\\Users\\me\"", `line 2: \U escapes are not supported here: write the character itself` + backslash},
+		{"regex in a command", "[context.a]\ntoken-command = \"grep '\\d'\"", `line 2: ` + badEscape},
 		{"\\u for a printable character", "[context.a]\nserver = \"\\u00e9\"", `line 2: ` + uEscape},
 		{"\\u for tab", "[context.a]\nserver = \"\\u0009\"", `line 2: ` + uEscape},
 		{"\\u surrogate", "[context.a]\nserver = \"\\uD800\"", `line 2: ` + uEscape},

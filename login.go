@@ -450,7 +450,7 @@ func cmdContextList(g *globals, args []string) error {
 		if v.Active {
 			mark = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", mark, v.Name, v.Server, orDash(v.Project), v.TLS, v.TokenSource)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", mark, sanitize(v.Name), sanitize(v.Server), sanitize(orDash(v.Project)), v.TLS, sanitize(v.TokenSource))
 	}
 	return tw.Flush()
 }
@@ -487,7 +487,7 @@ func cmdContextCurrent(g *globals, args []string) error {
 	if g.json {
 		return g.printJSON(viewOf(c, c))
 	}
-	fmt.Fprintln(g.io.out, c.Name)
+	fmt.Fprintln(g.io.out, sanitize(c.Name))
 	return nil
 }
 
