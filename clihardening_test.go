@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -86,16 +87,22 @@ func startImpostor(t *testing.T, addr string) (int, func() string) {
 	if err := os.WriteFile(bin, data, 0o755); err != nil || os.Chmod(dir, 0o755) != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-test.run=^$")
-	cmd.Env = []string{"HELYOS_TEST_IMPOSTOR=" + addr}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	// A process forked by a parallel test may still hold the copy open for
+	// writing until it execs: "text file busy" then only means try again.
+	var cmd *exec.Cmd
+	var stdout io.ReadCloser
+	pollUntil(t, "the impostor binary to start", func() bool {
+		cmd = exec.Command(bin, "-test.run=^$")
+		cmd.Env = []string{"HELYOS_TEST_IMPOSTOR=" + addr}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		if stdout, err = cmd.StdoutPipe(); err == nil {
+			err = cmd.Start()
+		}
+		if err != nil && !errors.Is(err, syscall.ETXTBSY) {
+			t.Fatal(err)
+		}
+		return err == nil
+	})
 	out := &syncBuffer{}
 	done := make(chan struct{})
 	t.Cleanup(func() { cmd.Process.Kill(); <-done; cmd.Wait() })
