@@ -197,14 +197,18 @@ func (g *globals) printJSON(v any) error {
 }
 
 // getData GETs path from the daemon. With --json it prints the answer as it
-// came and returns done; else it decodes the answer into v for a table.
-func (g *globals) getData(path string, v any) (done bool, err error) {
+// came and returns done; else it decodes the answer into v for a table. A
+// failed call's error starts with step, when there is one.
+func (g *globals) getData(step, path string, v any) (done bool, err error) {
 	t, err := g.resolve()
 	if err != nil {
 		return false, err
 	}
 	var raw json.RawMessage
 	if err := t.call("GET", path, nil, &raw); err != nil {
+		if step != "" {
+			err = fmt.Errorf("%s: %w", step, err)
+		}
 		return false, err
 	}
 	if g.json {
@@ -243,7 +247,7 @@ func cmdWhoami(g *globals, args []string) error {
 	}
 	warnLooseConfig(g)
 	var info tokenInfo
-	if done, err := g.getData("/api/v1/whoami", &info); done || err != nil {
+	if done, err := g.getData("", "/api/v1/whoami", &info); done || err != nil {
 		return err
 	}
 	tw := g.table()
@@ -533,7 +537,7 @@ func cmdTokenList(g *globals, args []string) error {
 		return err
 	}
 	var list []tokenInfo
-	if done, err := g.getData("/api/v1/tokens", &list); done || err != nil {
+	if done, err := g.getData("list tokens", "/api/v1/tokens", &list); done || err != nil {
 		return err
 	}
 	tw := g.table()

@@ -1426,3 +1426,20 @@ func FuzzContextName(f *testing.F) {
 		}
 	})
 }
+
+// TestTokenErrorsNameTheStep: a token command that fails to reach the daemon
+// says which step failed, as the output rules in main.go ask.
+func TestTokenErrorsNameTheStep(t *testing.T) {
+	t.Parallel()
+	refused := []string{"--server", "http://127.0.0.1:1", "--token", "nxa-api_" + strings.Repeat("0", 64)}
+	home := t.TempDir()
+	for step, cmd := range map[string][]string{
+		"list tokens": {"auth", "token", "ls"}, `create token "x"`: {"auth", "token", "create", "x"},
+		`rotate token "x"`: {"auth", "token", "rotate", "x"}, `revoke token "x"`: {"auth", "token", "revoke", "x"},
+	} {
+		r := runHelyos(t, home, "", nil, append(cmd, refused...)...)
+		if want := "helyos: error: " + step + ": cannot reach "; r.code != 1 || !strings.HasPrefix(r.stderr, want) {
+			t.Errorf("helyos %s: exit %d, stderr %q; want exit 1 and a line starting %q", strings.Join(cmd, " "), r.code, r.stderr, want)
+		}
+	}
+}
