@@ -135,7 +135,7 @@ func loadOrCreateCA(dir string, now time.Time) (*certAuthority, error) {
 		return nil, withHint(fmt.Errorf("%s must hold exactly one CERTIFICATE block and nothing else", filepath.Join(dir, caCertFile)),
 			"remove whatever else is in it (the key belongs in "+caKeyFile+" only), or restore the file from a backup")
 	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	pair, err := withLeaf(tls.X509KeyPair(certPEM, keyPEM))
 	if err != nil {
 		return nil, fmt.Errorf("load CA in %s: %w", dir, err)
 	}
@@ -227,7 +227,7 @@ func newCert(dir, certName, keyName string, tmpl *x509.Certificate, ca *certAuth
 // loadServerCert returns the stored serving certificate if it was signed by
 // ca, carries exactly sans and is not near expiry; otherwise nil and why.
 func (ca *certAuthority) loadServerCert(dir string, sans []string, now time.Time) (*tls.Certificate, string) {
-	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, serverCertFile), filepath.Join(dir, serverKeyFile))
+	pair, err := withLeaf(tls.LoadX509KeyPair(filepath.Join(dir, serverCertFile), filepath.Join(dir, serverKeyFile)))
 	if err != nil {
 		return nil, "no usable serving certificate"
 	}
@@ -318,7 +318,7 @@ func (c *certFiles) read() (*tls.Certificate, error) {
 	if mode := fi.Mode().Perm(); mode&0o007 != 0 {
 		return nil, fmt.Errorf("%s is readable by every user (mode %04o); chmod o-rwx it", c.keyPath, mode)
 	}
-	pair, err := tls.LoadX509KeyPair(c.certPath, c.keyPath)
+	pair, err := withLeaf(tls.LoadX509KeyPair(c.certPath, c.keyPath))
 	if err != nil {
 		return nil, err
 	}
@@ -350,6 +350,15 @@ func (s *servingCert) issue(why string) error {
 // serverTLSConfig is the daemon's TLS policy: TLS 1.2 at least.
 func serverTLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: getCert}
+}
+
+// withLeaf is the pair tls.X509KeyPair or tls.LoadX509KeyPair returned,
+// with its Leaf parsed also when GODEBUG=x509keypairleaf=0 leaves it nil.
+func withLeaf(pair tls.Certificate, err error) (tls.Certificate, error) {
+	if err == nil && pair.Leaf == nil {
+		pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0])
+	}
+	return pair, err
 }
 
 // parseCAPEM returns the single CA certificate in pemBytes.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/x509"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -152,4 +153,23 @@ func FuzzNormalizeFingerprint(f *testing.F) {
 			t.Fatalf("not idempotent: %q → %q → %q, %v", s, n, again, err)
 		}
 	})
+}
+
+// TestLeafWithoutX509KeyPairLeaf: GODEBUG=x509keypairleaf=0 makes
+// tls.X509KeyPair leave Leaf nil; the stored CA and serving certificate (a
+// restart) and an operator's --tls-cert load and serve all the same.
+func TestLeafWithoutX509KeyPairLeaf(t *testing.T) {
+	t.Parallel()
+	const godebug = "GODEBUG=x509keypairleaf=0"
+	home := t.TempDir()
+	startDaemon(t, home, []string{"--tls", "on"}, godebug).stop(t)
+	d := startDaemon(t, home, []string{"--tls", "on"}, godebug)
+	own := startDaemon(t, t.TempDir(), []string{"--tls-cert", filepath.Join(d.dataDir, serverCertFile), "--tls-key", filepath.Join(d.dataDir, serverKeyFile)}, godebug)
+	for _, url := range []string{d.url, own.url} {
+		resp, err := d.client(t).Get(url + "/api/v1/ca")
+		if err != nil {
+			t.Fatalf("GET %s/api/v1/ca: %v", url, err)
+		}
+		resp.Body.Close()
+	}
 }
