@@ -52,10 +52,7 @@ const (
 // zeroHash is the prev of the first record of a new log.
 var zeroHash = strings.Repeat("0", 64)
 
-var (
-	errAuditUnavailable   = errors.New("the audit log cannot be written")
-	errTooManySubscribers = fmt.Errorf("%d event streams are open already; try again later", maxEventSubscribers)
-)
+var errAuditUnavailable = errors.New("the audit log cannot be written")
 
 // auditRecord is one line of audit.log. It never holds a token, a hash or
 // a lookup prefix: actor and target are token names, remote an IP address.
@@ -104,10 +101,9 @@ type auditLog struct {
 	size      int64
 	seq       uint64
 	prev      string
-	broken    error // set when a partial line could not be removed, or an undone change could not be recorded as such: nothing more is written
-	unclean   bool  // the log did not end in daemon.stopped when opened: a change recorded last may not have been saved
-	subs      map[*subscriber]bool
-	closed    bool // the daemon is stopping: no new subscribers
+	broken    error                    // set when a partial line could not be removed, or an undone change could not be recorded as such: nothing more is written
+	unclean   bool                     // the log did not end in daemon.stopped when opened: a change recorded last may not have been saved
+	subs      map[chan auditEvent]bool // nil once the daemon is stopping: no new subscribers
 	subBuffer int
 	maxSubs   int
 
@@ -119,12 +115,11 @@ type auditLog struct {
 type tallyKey struct{ event, actor, remote string }
 
 type tally struct {
+	key     tallyKey
 	first   time.Time
 	count   int
 	reasons map[string]int
 }
-
-type subscriber struct{ ch chan auditEvent }
 
 // openAuditLog opens dir's audit log for appending and carries on its chain:
 // the last record of the newest non-empty file gives the next seq and prev.
@@ -132,7 +127,7 @@ type subscriber struct{ ch chan auditEvent }
 // acknowledged; it is removed, with a warning.
 func openAuditLog(dir string, maxSize int64, now func() time.Time, logger *log.Logger) (*auditLog, error) {
 	a := &auditLog{dir: dir, maxSize: maxSize, now: now, logger: logger, prev: zeroHash,
-		subs: map[*subscriber]bool{}, subBuffer: eventBuffer, maxSubs: maxEventSubscribers, tallies: map[tallyKey]*tally{}}
+		subs: map[chan auditEvent]bool{}, subBuffer: eventBuffer, maxSubs: maxEventSubscribers, tallies: map[tallyKey]*tally{}}
 	if err := a.openLocked(); err != nil {
 		return nil, err
 	}
@@ -146,7 +141,15 @@ func openAuditLog(dir string, maxSize int64, now func() time.Time, logger *log.L
 // resume finds the last record, removing a torn line from audit.log's end.
 func (a *auditLog) resume() error {
 	for i := 0; i <= auditKeep; i++ {
-		line, torn, err := lastLine(a.path(i))
+		f, err := os.Open(a.path(i))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		line, torn, err := tailLine(f)
+		f.Close()
 		if err != nil {
 			return err
 		}
@@ -171,37 +174,23 @@ func (a *auditLog) resume() error {
 	return nil
 }
 
-// lastLine returns the last complete line of the file at path, newline
-// included (nil for a missing or empty file), and the number of bytes after
-// it.
-func lastLine(path string) (line []byte, torn int64, err error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	defer f.Close()
-	return tailLine(f)
-}
-
-// tailLine is lastLine for an open file; it leaves f's offset alone.
+// tailLine returns the last complete line of f, newline included (nil for
+// an empty file), and the number of bytes after it. It leaves f's offset
+// alone.
 func tailLine(f *os.File) (line []byte, torn int64, err error) {
-	path := f.Name()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", path, err)
+		return nil, 0, err
 	}
 	off := max(fi.Size()-auditTailBytes, 0)
 	tail := make([]byte, fi.Size()-off)
 	if _, err := f.ReadAt(tail, off); err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", path, err)
+		return nil, 0, fmt.Errorf("read %s: %w", f.Name(), err)
 	}
 	end := bytes.LastIndexByte(tail, '\n') + 1
 	start := bytes.LastIndexByte(tail[:max(end-1, 0)], '\n') + 1
 	if start == 0 && off > 0 {
-		return nil, 0, fmt.Errorf("read %s: no complete line in its last %d bytes", path, auditTailBytes)
+		return nil, 0, fmt.Errorf("read %s: no complete line in its last %d bytes", f.Name(), auditTailBytes)
 	}
 	if end == 0 {
 		return nil, int64(len(tail)), nil
@@ -216,10 +205,11 @@ func hashLine(line []byte) string {
 
 // path is audit.log for 0, audit.log.N for N.
 func (a *auditLog) path(n int) string {
-	if n == 0 {
-		return filepath.Join(a.dir, auditFileName)
+	name := auditFileName
+	if n > 0 {
+		name += "." + strconv.Itoa(n)
 	}
-	return filepath.Join(a.dir, auditFileName+"."+strconv.Itoa(n))
+	return filepath.Join(a.dir, name)
 }
 
 // auditFiles lists the audit log files in dir that exist, oldest first.
@@ -241,10 +231,7 @@ func (a *auditLog) openLocked() error {
 	}
 	fi, err := f.Stat()
 	if err == nil {
-		err = f.Chmod(0o600)
-	}
-	if err == nil {
-		err = syncFolder(a.dir)
+		err = errors.Join(f.Chmod(0o600), syncFolder(a.dir))
 	}
 	if err != nil {
 		f.Close()
@@ -351,10 +338,7 @@ func (a *auditLog) truncateLocked(size int64) {
 }
 
 func (a *auditLog) rotateLocked() error {
-	err := a.f.Sync()
-	if cerr := a.f.Close(); err == nil {
-		err = cerr
-	}
+	err := errors.Join(a.f.Sync(), a.f.Close())
 	a.f = nil
 	if err != nil {
 		return fmt.Errorf("rotate %s: %w", a.path(0), err)
@@ -370,7 +354,7 @@ func (a *auditLog) rotateLocked() error {
 func (a *auditLog) publishLocked(ev auditEvent) {
 	for sub := range a.subs {
 		select {
-		case sub.ch <- ev:
+		case sub <- ev:
 		default: // full: this subscriber misses ev and learns it from the gap in seq
 		}
 	}
@@ -402,7 +386,7 @@ func (a *auditLog) tally(event, actor, remote, reason string) {
 		t = a.tallies[k]
 	}
 	if t == nil {
-		t = &tally{first: a.now().UTC().Truncate(time.Millisecond), reasons: map[string]int{}}
+		t = &tally{key: k, first: a.now().UTC().Truncate(time.Millisecond), reasons: map[string]int{}}
 		a.tallies[k] = t
 	}
 	t.count++
@@ -423,34 +407,30 @@ func (a *auditLog) later(event, actor, remote, target string) {
 // due takes the queued records and the tallies whose window has ended (all
 // of them when all is set) as records.
 func (a *auditLog) due(all bool) []auditRecord {
-	type ended struct {
-		k tallyKey
-		t *tally
-	}
-	var done []ended
+	var done []*tally
 	now := a.now()
 	a.tallyMu.Lock()
 	out := a.queued
 	a.queued = nil
 	for k, t := range a.tallies {
 		if all || now.Sub(t.first) >= auditWindow {
-			done = append(done, ended{k, t})
+			done = append(done, t)
 			delete(a.tallies, k)
 		}
 	}
 	a.tallyMu.Unlock()
-	slices.SortFunc(done, func(x, y ended) int {
-		return cmp.Or(x.t.first.Compare(y.t.first), strings.Compare(x.k.remote, y.k.remote))
+	slices.SortFunc(done, func(x, y *tally) int {
+		return cmp.Or(x.first.Compare(y.first), strings.Compare(x.key.remote, y.key.remote))
 	})
-	for _, e := range done {
-		out = append(out, a.newRecord(e.k.event, e.k.actor, e.k.remote, "", outcomeDenied,
-			map[string]any{"count": e.t.count, "reasons": e.t.reasons, "first": e.t.first}))
+	for _, t := range done {
+		out = append(out, a.newRecord(t.key.event, t.key.actor, t.key.remote, "", outcomeDenied,
+			map[string]any{"count": t.count, "reasons": t.reasons, "first": t.first}))
 	}
 	return out
 }
 
 // flush writes what is due with one fsync for the lot: none of it
-// acknowledges a change.
+// acknowledges a change. An error is also logged.
 func (a *auditLog) flush(all bool) error {
 	recs := a.due(all)
 	if len(recs) == 0 {
@@ -476,6 +456,9 @@ func (a *auditLog) flush(all bool) error {
 	for _, ev := range written {
 		a.publishLocked(ev)
 	}
+	if err != nil {
+		a.logger.Printf("error: %v", err)
+	}
 	return err
 }
 
@@ -489,18 +472,14 @@ func (a *auditLog) run(done <-chan struct{}) {
 		case <-done:
 			return
 		case <-t.C:
-			if err := a.flush(false); err != nil {
-				a.logger.Printf("error: %v", err)
-			}
+			a.flush(false)
 		}
 	}
 }
 
 // stop writes everything pending and daemon.stopped, then closes the file.
 func (a *auditLog) stop(cause error) {
-	if err := a.flush(true); err != nil {
-		a.logger.Printf("error: %v", err)
-	}
+	a.flush(true)
 	outcome, detail := outcomeSuccess, map[string]any(nil)
 	if cause != nil {
 		outcome, detail = outcomeFailure, map[string]any{"error": cause.Error()}
@@ -525,14 +504,14 @@ func (a *auditLog) close() {
 // first, under the same lock, so a rotation cannot slip between them and
 // every record up to that seq is in them (or was rotated away); later ones
 // reach the subscriber live.
-func (a *auditLog) subscribe(replay bool) (*subscriber, []*os.File, uint64, error) {
+func (a *auditLog) subscribe(replay bool) (chan auditEvent, []*os.File, uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch {
-	case a.closed:
+	case a.subs == nil:
 		return nil, nil, 0, errors.New("the daemon is stopping")
 	case len(a.subs) >= a.maxSubs:
-		return nil, nil, 0, errTooManySubscribers
+		return nil, nil, 0, fmt.Errorf("%d event streams are open already; try again later", maxEventSubscribers)
 	}
 	var files []*os.File
 	for i := auditKeep; replay && i >= 0; i-- {
@@ -542,11 +521,11 @@ func (a *auditLog) subscribe(replay bool) (*subscriber, []*os.File, uint64, erro
 		}
 		if err != nil {
 			closeAll(files)
-			return nil, nil, 0, fmt.Errorf("open %s: %w", a.path(i), err)
+			return nil, nil, 0, err
 		}
 		files = append(files, f)
 	}
-	sub := &subscriber{ch: make(chan auditEvent, a.subBuffer)}
+	sub := make(chan auditEvent, a.subBuffer)
 	a.subs[sub] = true
 	return sub, files, a.seq, nil
 }
@@ -557,7 +536,7 @@ func closeAll(files []*os.File) {
 	}
 }
 
-func (a *auditLog) unsubscribe(sub *subscriber) {
+func (a *auditLog) unsubscribe(sub chan auditEvent) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.subs, sub)
@@ -567,11 +546,10 @@ func (a *auditLog) unsubscribe(sub *subscriber) {
 func (a *auditLog) closeSubscribers() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.closed = true
 	for sub := range a.subs {
-		close(sub.ch)
-		delete(a.subs, sub)
+		close(sub)
 	}
+	a.subs = nil
 }
 
 // replay calls fn with each record in files, with its time, and closes the

@@ -641,7 +641,7 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, caller *to
 	defer tick.Stop()
 	for err == nil {
 		select {
-		case ev, ok := <-sub.ch:
+		case ev, ok := <-sub:
 			if !ok {
 				return // the daemon is stopping
 			}
