@@ -552,34 +552,6 @@ func (a *auditLog) closeSubscribers() {
 	a.subs = nil
 }
 
-// replay calls fn with each record in files, with its time, and closes the
-// files. Records written since the subscription may come twice, from the
-// file and live: the stream sends each seq once. Lines that are not whole
-// records are skipped: the stream shows the gap, `helyos audit verify` why.
-// A file whose last record is at most seq after is not read at all, so a
-// reconnecting client costs a read of the newest file's tail, not of them
-// all.
-func replay(files []*os.File, after uint64, fn func(auditEvent, time.Time) error) error {
-	defer closeAll(files)
-	for _, f := range files {
-		var last auditRecord
-		if line, _, err := tailLine(f); err == nil && json.Unmarshal(line, &last) == nil && last.Seq <= after {
-			continue
-		}
-		err := eachLine(f, func(_ int, line []byte) error {
-			var rec auditRecord
-			if json.Unmarshal(line, &rec) != nil {
-				return nil
-			}
-			return fn(auditEvent{seq: rec.Seq, name: rec.Event, line: bytes.TrimSuffix(line, []byte("\n"))}, rec.Time)
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // eachLine calls fn with every line of f, newline included (the last line
 // may lack one), numbered from 1. A line longer than auditTailBytes is none
 // the daemon writes (or could start after), and is refused rather than read

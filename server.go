@@ -629,7 +629,6 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, caller *to
 	}
 	defer s.audit.unsubscribe(sub)
 	w.Header().Set("Content-Type", "text/event-stream")
-	w.WriteHeader(http.StatusOK)
 	st := &eventStream{w: w, rc: http.NewResponseController(w), tokens: s.tokens, caller: caller, last: head}
 	if replaying {
 		err = st.sendStored(files, min(after, head), from, head)
@@ -654,35 +653,47 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, caller *to
 	}
 }
 
-// sendStored sends the records still on disk after the one numbered after,
-// or (from not zero) from the first record at or after time from; head is
-// the last record written before the subscription.
+// sendStored sends the records in files after the one numbered after, or
+// (from not zero) from the first record at or after time from, and closes
+// the files; head is the last record written before the subscription.
+// Records written since may come twice, from a file and live: send sends
+// each seq once. Lines that are not whole records are skipped: the stream
+// shows the gap, `helyos audit verify` why. A file whose last record is at
+// most seq after is not read at all, so a reconnecting client costs a read
+// of the newest file's tail, not of them all.
 func (st *eventStream) sendStored(files []*os.File, after uint64, from time.Time, head uint64) error {
+	defer closeAll(files)
 	st.last = after
-	found := from.IsZero()
-	err := replay(files, after, func(ev auditEvent, t time.Time) error {
-		if !found && t.Before(from) {
-			return nil
+	for _, f := range files {
+		var rec auditRecord
+		if line, _, err := tailLine(f); err == nil && json.Unmarshal(line, &rec) == nil && rec.Seq <= after {
+			continue
 		}
-		if !found {
-			st.last, found = ev.seq-1, true
+		err := eachLine(f, func(_ int, line []byte) error {
+			var rec auditRecord
+			if json.Unmarshal(line, &rec) != nil || rec.Time.Before(from) {
+				return nil
+			}
+			if !from.IsZero() { // the first record from then on: nothing before it was missed
+				st.last, from = rec.Seq-1, time.Time{}
+			}
+			return st.send(auditEvent{seq: rec.Seq, name: rec.Event, line: bytes.TrimSuffix(line, []byte("\n"))})
+		})
+		if err != nil {
+			return err
 		}
-		return st.send(ev)
-	})
-	if !found {
+	}
+	if !from.IsZero() { // no record from then on
 		st.last = head
 	}
-	return err
+	return nil
 }
 
 // eventsStart reads where a stream starts: after the record numbered by
 // Last-Event-ID or ?since=N, or (?since=TIME, RFC 3339) at the first record
 // from then on. With neither, only live records are sent.
 func eventsStart(r *http.Request) (after uint64, from time.Time, replaying bool, err error) {
-	v := r.Header.Get("Last-Event-ID")
-	if v == "" {
-		v = r.URL.Query().Get("since")
-	}
+	v := cmp.Or(r.Header.Get("Last-Event-ID"), r.URL.Query().Get("since"))
 	if v == "" {
 		return 0, time.Time{}, false, nil
 	}
@@ -710,13 +721,12 @@ func (st *eventStream) send(ev auditEvent) error {
 	if ev.seq <= st.last {
 		return nil
 	}
+	msg := fmt.Sprintf("id: %d\nevent: %s\ndata: %s\n\n", ev.seq, ev.name, ev.line)
 	if ev.seq > st.last+1 {
-		if err := st.write(fmt.Sprintf("event: warning\ndata: {\"warning\":\"missed %d events\"}\n\n", ev.seq-st.last-1)); err != nil {
-			return err
-		}
+		msg = fmt.Sprintf("event: warning\ndata: {\"warning\":\"missed %d events\"}\n\n", ev.seq-st.last-1) + msg
 	}
 	st.last = ev.seq
-	return st.write(fmt.Sprintf("id: %d\nevent: %s\ndata: %s\n\n", ev.seq, ev.name, ev.line))
+	return st.write(msg)
 }
 
 // write sends s, unless the caller's token no longer works.
