@@ -140,11 +140,8 @@ func openAuditLog(dir string, maxSize int64, now func() time.Time, logger *log.L
 
 // resume finds the last record, removing a torn line from audit.log's end.
 func (a *auditLog) resume() error {
-	for i := 0; i <= auditKeep; i++ {
-		f, err := os.Open(a.path(i))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
+	for _, path := range slices.Backward(auditFiles(a.dir)) {
+		f, err := os.Open(path)
 		if err != nil {
 			return err
 		}
@@ -153,7 +150,7 @@ func (a *auditLog) resume() error {
 		if err != nil {
 			return err
 		}
-		if i == 0 && torn > 0 {
+		if path == a.path(0) && torn > 0 {
 			if err := a.f.Truncate(a.size - torn); err != nil {
 				return fmt.Errorf("remove a partial line from %s: %w", a.path(0), err)
 			}
@@ -165,7 +162,7 @@ func (a *auditLog) resume() error {
 		}
 		var rec auditRecord
 		if json.Unmarshal(line, &rec) != nil || rec.Seq == 0 {
-			return withHint(fmt.Errorf("the last line of %s is not an audit record", a.path(i)),
+			return withHint(fmt.Errorf("the last line of %s is not an audit record", path),
 				"check the files with 'helyos audit verify', then move them aside to start a new chain")
 		}
 		a.seq, a.prev, a.unclean = rec.Seq, hashLine(line), rec.Event != "daemon.stopped"
@@ -433,9 +430,6 @@ func (a *auditLog) due(all bool) []auditRecord {
 // acknowledges a change. An error is also logged.
 func (a *auditLog) flush(all bool) error {
 	recs := a.due(all)
-	if len(recs) == 0 {
-		return nil
-	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var written []auditEvent
@@ -492,10 +486,7 @@ func (a *auditLog) stop(cause error) {
 func (a *auditLog) close() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.f != nil {
-		a.f.Close()
-		a.f = nil
-	}
+	a.f.Close() // nil after a failed rotation, or closed already: an error, ignored
 	a.broken = errors.New("the audit log is closed")
 }
 
@@ -612,9 +603,7 @@ func verifyChain(paths []string) (chainSummary, error) {
 			case sum.Records > 0 && rec.Prev != prevHash:
 				return fmt.Errorf("%s: prev is not the SHA-256 of the line before it, %s: that line was changed, or lines were replaced", at, prevAt)
 			}
-			if sum.Records == 0 {
-				sum.FirstSeq = rec.Seq
-			}
+			sum.FirstSeq = cmp.Or(sum.FirstSeq, rec.Seq)
 			sum.Records++
 			sum.LastSeq, prevHash, prevAt = rec.Seq, hashLine(line), at
 			return nil
