@@ -641,7 +641,7 @@ func cmdEvents(g *globals, args []string) error {
 		if progressed {
 			failures = 0
 		}
-		if err == nil || (errors.As(err, &apiErr) && apiErr.status != http.StatusServiceUnavailable) || (lastID == "" && !progressed) {
+		if err == nil || (errors.As(err, &apiErr) && apiErr.status != http.StatusServiceUnavailable) || lastID == "" {
 			return err
 		}
 		if failures++; failures > eventRetries {

@@ -529,17 +529,15 @@ func pemEncode(cert *x509.Certificate) []byte {
 }
 
 // readEvents reads one connection's worth of the event stream and prints
-// it. It returns nil when a listing (no --follow) has reached the live edge;
-// otherwise why the stream ended, and whether it got anywhere first.
+// it, starting after lastID once there is one (a reconnection), else at
+// since. It returns nil when a listing (no --follow) has reached the live
+// edge; otherwise why the stream ended, and whether it got anywhere first.
 func (t *target) readEvents(emit func(name, data string), since string, lastID *string, follow bool) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", t.server+"/api/v1/events?since="+url.QueryEscape(since), nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", t.server+"/api/v1/events?since="+url.QueryEscape(cmp.Or(*lastID, since)), nil)
 	if err != nil {
 		return false, fmt.Errorf("build request: %w", err)
-	}
-	if *lastID != "" {
-		req.Header.Set("Last-Event-ID", *lastID)
 	}
 	if t.token != "" {
 		req.Header.Set("Authorization", "Bearer "+t.token)
@@ -557,7 +555,7 @@ func (t *target) readEvents(emit func(name, data string), since string, lastID *
 	}
 	idle := time.AfterFunc(eventIdleTimeout, cancel)
 	defer idle.Stop()
-	var id, name, data string
+	fields := map[string]string{} // of the event being read: id, event, data
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), maxResponseBytes)
 	for sc.Scan() {
@@ -565,21 +563,17 @@ func (t *target) readEvents(emit func(name, data string), since string, lastID *
 		line := sc.Text()
 		switch field, value, _ := strings.Cut(line, ": "); {
 		case line == "": // the end of an event
-			if id != "" {
-				*lastID, progressed = id, true
+			if fields["id"] != "" {
+				*lastID, progressed = fields["id"], true
 			}
-			if data != "" {
-				emit(name, data)
+			if fields["data"] != "" {
+				emit(fields["event"], fields["data"])
 			}
-			id, name, data = "", "", ""
+			clear(fields)
 		case line == ": live" && !follow:
 			return true, nil
-		case field == "id":
-			id = value
-		case field == "event":
-			name = value
-		case field == "data":
-			data = value
+		default:
+			fields[field] = value
 		}
 	}
 	return progressed, fmt.Errorf("the event stream from %s ended (%v)", t.server, cmp.Or(sc.Err(), io.EOF))
