@@ -529,15 +529,17 @@ func pemEncode(cert *x509.Certificate) []byte {
 }
 
 // readEvents reads one connection's worth of the event stream and prints
-// it, starting after lastID once there is one (a reconnection), else at
-// since. It returns nil when a listing (no --follow) has reached the live
-// edge; otherwise why the stream ended, and whether it got anywhere first.
+// it. It returns nil when a listing (no --follow) has reached the live edge;
+// otherwise why the stream ended, and whether it got anywhere first.
 func (t *target) readEvents(emit func(name, data string), since string, lastID *string, follow bool) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", t.server+"/api/v1/events?since="+url.QueryEscape(cmp.Or(*lastID, since)), nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", t.server+"/api/v1/events?since="+url.QueryEscape(since), nil)
 	if err != nil {
 		return false, fmt.Errorf("build request: %w", err)
+	}
+	if *lastID != "" {
+		req.Header.Set("Last-Event-ID", *lastID)
 	}
 	if t.token != "" {
 		req.Header.Set("Authorization", "Bearer "+t.token)
@@ -572,7 +574,7 @@ func (t *target) readEvents(emit func(name, data string), since string, lastID *
 			clear(fields)
 		case line == ": live" && !follow:
 			return true, nil
-		default:
+		case field == "id", field == "event", field == "data": // and no other: a server cannot grow the map
 			fields[field] = value
 		}
 	}
