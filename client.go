@@ -248,27 +248,31 @@ func newHTTPClient(tlsConfig *tls.Config) *http.Client {
 
 // contextToken reads a context's token from wherever the context says it
 // is kept. Errors name the variable or command, never a token.
-func contextToken(c *Context, stderr io.Writer) (string, error) {
-	if countTrue(c.Token != "", c.TokenEnv != "", c.TokenCommand != "") > 1 {
+func contextToken(c *Context, stderr io.Writer) (tok string, err error) {
+	switch {
+	case countTrue(c.Token != "", c.TokenEnv != "", c.TokenCommand != "") > 1:
 		return "", withHint(fmt.Errorf("context %q sets more than one of token, token-env and token-command", c.Name),
 			fmt.Sprintf("keep one: helyos context set %s --token-env VAR (or --token-command CMD) replaces the others", c.Name))
-	}
-	switch {
 	case c.TokenEnv != "":
-		v := strings.TrimSpace(os.Getenv(c.TokenEnv))
-		if v == "" {
-			return "", withHint(fmt.Errorf("context %q reads its token from $%s, which is unset or empty", c.Name, c.TokenEnv),
-				"export "+c.TokenEnv+"=<token> first")
-		}
-		return v, nil
+		tok, err = envToken(c.TokenEnv)
 	case c.TokenCommand != "":
-		tok, err := runTokenCommand(c.TokenCommand, stderr)
-		if err != nil {
-			return "", fmt.Errorf("context %q: %w", c.Name, err)
-		}
+		tok, err = runTokenCommand(c.TokenCommand, stderr)
+	default:
+		return c.Token, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("context %q: %w", c.Name, err)
+	}
+	return tok, nil
+}
+
+// envToken reads a token from an environment variable: a login's
+// --token-env once, a context's token-env at every use.
+func envToken(name string) (string, error) {
+	if tok := strings.TrimSpace(os.Getenv(name)); tok != "" {
 		return tok, nil
 	}
-	return c.Token, nil
+	return "", withHint(fmt.Errorf("$%s is unset or empty", name), "export "+name+"=<token> first")
 }
 
 // checkTokenShape refuses, before any request, a token that cannot be one

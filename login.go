@@ -293,10 +293,7 @@ func (g *globals) loginToken(f *loginFlags) (string, string, error) {
 	switch {
 	case g.token != "":
 		return g.token, "--token", nil
-	case f.tokenStdin && isTerminal(g.io.in):
-		tok, err := promptSecret(g.io.in, g.io.err, "API token: ")
-		return tok, "the prompt", err
-	case f.tokenStdin:
+	case f.tokenStdin && !isTerminal(g.io.in):
 		line, err := readLine(g.io.in)
 		if err != nil && err != io.EOF {
 			return "", "", fmt.Errorf("read token from stdin: %w", err)
@@ -306,17 +303,14 @@ func (g *globals) loginToken(f *loginFlags) (string, string, error) {
 		}
 		return line, "stdin", nil
 	case f.tokenEnv != "":
-		tok := strings.TrimSpace(os.Getenv(f.tokenEnv))
-		if tok == "" {
-			return "", "", withHint(fmt.Errorf("--token-env: $%s is unset or empty", f.tokenEnv), "export "+f.tokenEnv+"=<token> first")
-		}
-		return tok, "$" + f.tokenEnv, nil
+		tok, err := envToken(f.tokenEnv)
+		return tok, "$" + f.tokenEnv, err
 	case f.tokenCommand != "":
 		tok, err := runTokenCommand(f.tokenCommand, g.io.err)
 		return tok, "--token-command", err
-	case os.Getenv("HELYOS_API_TOKEN") != "":
+	case os.Getenv("HELYOS_API_TOKEN") != "" && !f.tokenStdin:
 		return os.Getenv("HELYOS_API_TOKEN"), "$HELYOS_API_TOKEN", nil
-	case isTerminal(g.io.in):
+	case isTerminal(g.io.in): // --token-stdin on a terminal asks too
 		tok, err := promptSecret(g.io.in, g.io.err, "API token: ")
 		if err == nil && tok == "" {
 			err = errors.New("no token entered")
