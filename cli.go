@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -175,14 +174,10 @@ func countTrue(conds ...bool) int {
 	return n
 }
 
-// printJSON writes v (or raw JSON) to stdout with two-space indentation.
+// printJSON writes v (or raw JSON: a json.RawMessage) to stdout with
+// two-space indentation.
 func (g *globals) printJSON(v any) error {
 	data, err := json.MarshalIndent(v, "", "  ")
-	if raw, ok := v.(json.RawMessage); ok {
-		var buf bytes.Buffer
-		err = json.Indent(&buf, raw, "", "  ")
-		data = buf.Bytes()
-	}
 	if err != nil {
 		return fmt.Errorf("format JSON: %w", err)
 	}
@@ -444,7 +439,9 @@ func cmdTokenRotate(g *globals, args []string) error {
 }
 
 // requestNewToken posts a request whose answer is a new secret (create,
-// rotate) and prints that answer.
+// rotate) and shows it: the secret once, on stdout, and on stderr the line
+// that logs in with it from elsewhere, which needs no trust prompt and
+// carries no secret. With --json, the daemon's answer as it is.
 func (g *globals) requestNewToken(verb, name, path string, body any) error {
 	t, err := g.resolve()
 	if err != nil {
@@ -454,14 +451,6 @@ func (g *globals) requestNewToken(verb, name, path string, body any) error {
 	if err := t.call("POST", path, body, &raw); err != nil {
 		return fmt.Errorf("%s token %q: %w", verb, name, err)
 	}
-	return g.printNewToken(raw)
-}
-
-// printNewToken shows the daemon's answer to a new secret (create, rotate):
-// the secret once, on stdout, and on stderr the line that logs in with it
-// from elsewhere, which needs no trust prompt and carries no secret. With
-// --json, the daemon's answer as it is.
-func (g *globals) printNewToken(raw json.RawMessage) error {
 	if g.json {
 		return g.printJSON(raw)
 	}

@@ -160,10 +160,18 @@ func (g *globals) resolve() (*target, error) {
 	if err := checkTokenShape(token, tokenFrom); token != "" && err != nil {
 		return nil, err
 	}
+	// The HTTP client trusts the context's pin, if any: a plain-HTTP server
+	// has no TLS to check.
 	t := &target{server: server, token: token, tokenSource: tokenFrom, ctx: ctx, stderr: g.io.err}
-	if err := t.setTrust(); err != nil {
-		return nil, err
+	var pin *x509.Certificate
+	insecure := false
+	if ctx != nil && !strings.HasPrefix(server, "http://") {
+		if pin, err = ctx.decodeCA(); err != nil {
+			return nil, withHint(err, t.repin())
+		}
+		insecure = ctx.Insecure
 	}
+	t.setClient(pin, insecure)
 	g.warnPlainHTTP(server)
 	return t, nil
 }
@@ -209,41 +217,22 @@ func trustOf(server string, insecure, pinned bool) trustMode {
 	return trustSystem
 }
 
-// setTrust builds the HTTP client for t from its context's pin, if any. A
-// plain-HTTP server has no TLS to check.
-func (t *target) setTrust() error {
-	if t.ctx == nil || strings.HasPrefix(t.server, "http://") {
-		t.setClient(nil, false)
-		return nil
-	}
-	pinned, err := t.ctx.decodeCA()
-	if err != nil {
-		return withHint(err, t.repin())
-	}
-	t.setClient(pinned, t.ctx.Insecure)
-	return nil
-}
-
 // setClient makes the HTTP client t dials with: pinned to one CA, not
 // checking at all when insecure, else checking with the system's CAs.
 // With a token over plain HTTP it dials only a local peer that is ours.
 func (t *target) setClient(pinned *x509.Certificate, insecure bool) {
 	t.tlsMode = trustOf(t.server, insecure, pinned != nil)
-	t.client = newHTTPClient(clientTLSConfig(pinned, insecure))
-	t.guardPlainHTTP(t.stderr)
-}
-
-func newHTTPClient(tlsConfig *tls.Config) *http.Client {
-	return &http.Client{
+	t.client = &http.Client{
 		Timeout: requestTimeout,
 		Transport: &http.Transport{
-			TLSClientConfig:     tlsConfig,
+			TLSClientConfig:     clientTLSConfig(pinned, insecure),
 			TLSHandshakeTimeout: 10 * time.Second,
 			DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
 			ForceAttemptHTTP2:   true,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+	t.guardPlainHTTP(t.stderr)
 }
 
 // contextToken reads a context's token from wherever the context says it
@@ -347,10 +336,7 @@ func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.msg, e.
 func (t *target) call(method, path string, body, out any) error {
 	var reader io.Reader
 	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
+		data, _ := json.Marshal(body) // maps of strings, numbers and string lists: cannot fail
 		reader = bytes.NewReader(data)
 	}
 	req, err := http.NewRequest(method, t.server+path, reader)
@@ -389,11 +375,7 @@ func (t *target) call(method, path string, body, out any) error {
 	if out == nil {
 		return nil
 	}
-	if raw, ok := out.(*json.RawMessage); ok {
-		*raw = data
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
+	if err := json.Unmarshal(data, out); err != nil { // a *json.RawMessage keeps the answer as it came
 		return fmt.Errorf("answer from %s %s is not the JSON expected: %w", method, path, err)
 	}
 	return nil
@@ -421,10 +403,7 @@ func (t *target) statusError(status int, data []byte) error {
 		Error string `json:"error"`
 	}
 	if json.Unmarshal(data, &e) != nil || e.Error == "" {
-		e.Error = strings.TrimSpace(firstLine(string(data)))
-		if e.Error == "" {
-			e.Error = http.StatusText(status)
-		}
+		e.Error = cmp.Or(strings.TrimSpace(firstLine(string(data))), http.StatusText(status))
 	}
 	err := &apiError{status: status, msg: "the daemon answered: " + e.Error}
 	switch status {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"flag"
-	"fmt"
 	"io"
 	"maps"
 	"slices"
@@ -61,14 +60,6 @@ func cmdCompletion(g *globals, args []string) error {
 	}
 	_, err = io.WriteString(g.io.out, script)
 	return err
-}
-
-// printCompletions is `helyos __complete WORD...`: the candidates for the
-// last word, one a line. It never fails: a shell has no use for an error.
-func printCompletions(w io.Writer, words []string) {
-	for _, c := range completions(words) {
-		fmt.Fprintln(w, c)
-	}
 }
 
 // completions returns what may stand in place of the last of words (the
@@ -192,14 +183,10 @@ func contextNames() []string {
 	return names
 }
 
-// withPrefix returns the sorted candidates that start with prefix.
+// withPrefix returns the sorted candidates that start with prefix. It
+// reuses candidates, which every caller builds afresh.
 func withPrefix(candidates []string, prefix string) []string {
-	var out []string
-	for _, c := range candidates {
-		if strings.HasPrefix(c, prefix) {
-			out = append(out, c)
-		}
-	}
+	out := slices.DeleteFunc(candidates, func(c string) bool { return !strings.HasPrefix(c, prefix) })
 	slices.Sort(out)
 	return slices.Compact(out)
 }

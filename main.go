@@ -125,8 +125,10 @@ func run(argv []string, std *stdio) int {
 		return 0
 	case args[0] == "daemon":
 		err = runDaemon(args[1:], std)
-	case args[0] == completeCommand:
-		printCompletions(std.out, args[1:])
+	case args[0] == completeCommand: // the candidates for the last word, one a line; never an error
+		for _, c := range completions(args[1:]) {
+			fmt.Fprintln(std.out, c)
+		}
 		return 0
 	default:
 		err = runClient(args, std)

@@ -509,7 +509,8 @@ func TestCLIExpiryWarning(t *testing.T) {
 	}
 	// Once per command, however many requests it makes.
 	var stderr strings.Builder
-	tgt := &target{server: d.url, token: soon, client: newHTTPClient(nil), stderr: &stderr}
+	tgt := &target{server: d.url, token: soon, stderr: &stderr}
+	tgt.setClient(nil, false)
 	for range 3 {
 		if err := tgt.call("GET", "/api/v1/whoami", nil, nil); err != nil {
 			t.Fatal(err)
