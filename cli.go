@@ -259,10 +259,7 @@ func cmdStatus(g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	var ver struct {
-		Version string `json:"version"`
-		API     string `json:"api"`
-	}
+	var ver map[string]string
 	if err := t.call("GET", "/api/v1/version", nil, &ver); err != nil {
 		return err
 	}
@@ -273,7 +270,7 @@ func cmdStatus(g *globals, args []string) error {
 		TLS     string     `json:"tls"`
 		Whoami  *tokenInfo `json:"whoami"`
 		Auth    string     `json:"auth"`
-	}{Server: t.server, Version: ver.Version, TLS: string(t.tlsMode), Auth: "no token"}
+	}{Server: t.server, Version: ver["version"], TLS: string(t.tlsMode), Auth: "no token"}
 	if t.ctx != nil {
 		st.Context = t.ctx.Name
 	}
@@ -289,7 +286,7 @@ func cmdStatus(g *globals, args []string) error {
 		return g.printJSON(st)
 	}
 	tw := g.table()
-	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\n", st.Server, orDash(st.Context), sanitize(st.Version), sanitize(ver.API), st.TLS)
+	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\n", st.Server, orDash(st.Context), sanitize(st.Version), sanitize(ver["api"]), st.TLS)
 	if st.Whoami != nil {
 		fmt.Fprintf(tw, "auth:\tok, as %q (scope %s)\n", st.Whoami.Name, sanitize(st.Whoami.Scope))
 	} else {
@@ -303,31 +300,26 @@ func cmdVersion(g *globals, args []string) error {
 	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
-	var server struct {
-		Version string `json:"version"`
-	}
+	var server map[string]string
 	g.public = true
 	t, err := g.resolve()
 	if err == nil {
 		err = t.call("GET", "/api/v1/version", nil, &server)
 	}
-	if g.json {
-		if err := g.printJSON(struct {
-			Client string `json:"client"`
-			Server string `json:"server,omitempty"`
-		}{buildVersion(), server.Version}); err != nil {
-			return err
-		}
-	} else {
-		fmt.Fprintf(g.io.out, "client: %s\n", buildVersion())
-		if server.Version != "" {
-			fmt.Fprintf(g.io.out, "server: %s\n", sanitize(server.Version))
-		}
-	}
 	// The client's version is the answer; a daemon that cannot be reached
 	// is worth a warning, not a failure.
 	if err != nil {
 		fmt.Fprintf(g.io.err, "helyos: warning: no server version: %s\n", sanitize(redactTokens(err.Error())))
+	}
+	if g.json {
+		return g.printJSON(struct {
+			Client string `json:"client"`
+			Server string `json:"server,omitempty"`
+		}{buildVersion(), server["version"]})
+	}
+	fmt.Fprintf(g.io.out, "client: %s\n", buildVersion())
+	if server["version"] != "" {
+		fmt.Fprintf(g.io.out, "server: %s\n", sanitize(server["version"]))
 	}
 	return nil
 }
@@ -391,11 +383,7 @@ func cmdTokenCreate(g *globals, args []string) error {
 			"A read token may use every GET under /api/v1/ and change nothing. A token with --allow-from is\n"+
 			"accepted only from those source addresses. Behind a proxy the daemon sees the proxy's address\n"+
 			"(X-Forwarded-For is not trusted), so bind to the proxy or not at all.")
-	var ttl time.Duration
-	flags.Func("ttl", "lifetime: a `duration` such as 90s, 15m, 12h or 30d, or whole seconds (default: no expiry)", func(s string) (err error) {
-		ttl, err = parseDuration(s)
-		return err
-	})
+	ttl := durationFlag(flags, "ttl", "lifetime: a `duration` such as 90s, 15m, 12h or 30d, or whole seconds (default: no expiry)")
 	scope := flags.String("scope", "", "`scope`: admin (everything; the default) or read (every GET, no changes)")
 	var allowFrom []string
 	flags.Func("allow-from", "accept the token only from this source `CIDR`, e.g. 10.0.0.0/8 or 192.0.2.7/32 (repeatable)", func(v string) error {
@@ -406,7 +394,7 @@ func cmdTokenCreate(g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	body := map[string]any{"name": pos[0], "ttl_secs": int64(ttl / time.Second), "allow_from": allowFrom}
+	body := map[string]any{"name": pos[0], "ttl_secs": int64(*ttl / time.Second), "allow_from": allowFrom}
 	if *scope != "" {
 		body["scope"] = *scope
 	}
@@ -417,21 +405,17 @@ func cmdTokenRotate(g *globals, args []string) error {
 	flags := g.newFlags("auth token rotate", "NAME [--grace DURATION]",
 		"Give a token a new secret with the same name, scope, bindings and expiry. The new secret is\n"+
 			"printed once, on stdout. The old one is refused from the next request, or after --grace.")
-	var grace time.Duration
-	flags.Func("grace", "keep the old secret working this `duration` longer (90s, 15m, 12h, 1d), for clients that need time to pick up the new one", func(v string) (err error) {
-		grace, err = parseDuration(v)
-		return err
-	})
+	grace := durationFlag(flags, "grace", "keep the old secret working this `duration` longer (90s, 15m, 12h, 1d), for clients that need time to pick up the new one")
 	pos, err := parseFlags(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
 	path := "/api/v1/tokens/" + url.PathEscape(pos[0]) + "/rotate"
-	if err := g.requestNewToken("rotate", pos[0], path, map[string]int64{"grace_secs": int64(grace / time.Second)}); err != nil {
+	if err := g.requestNewToken("rotate", pos[0], path, map[string]int64{"grace_secs": int64(*grace / time.Second)}); err != nil {
 		return err
 	}
 	when := "now"
-	if grace > 0 {
+	if *grace > 0 {
 		when = "in " + grace.String()
 	}
 	fmt.Fprintf(g.io.err, "helyos: the old secret stops working %s\n", when)
@@ -487,6 +471,17 @@ func (g *globals) requestNewToken(verb, name, path string, body any) error {
 
 // shellSafe is all a login line built from a daemon's answer may hold.
 var shellSafe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9.:/\[\]_-]+$`) })
+
+// durationFlag declares a flag that takes a duration as parseDuration reads
+// one.
+func durationFlag(flags *flag.FlagSet, name, usage string) *time.Duration {
+	d := new(time.Duration)
+	flags.Func(name, usage, func(s string) (err error) {
+		*d, err = parseDuration(s)
+		return err
+	})
+	return d
+}
 
 // parseDuration reads a duration as people write one: Go's (90s, 15m, 12h),
 // days (30d), or bare whole seconds (3600). It is never negative and counts

@@ -77,22 +77,25 @@ func sameServer(a, b string) bool {
 
 var errSeveralContexts = errors.New("several contexts exist and none is current")
 
-// activeContext picks the context a command works against: --context, then
-// $HELYOS_CONTEXT, then current-context, then the only context there is.
-// It returns nil when there is no context at all.
-func (g *globals) activeContext(cfg *Config) (*Context, error) {
-	name, from := g.context, "--context"
+// activeContext picks the context a command works against: the one called
+// name, else --context, then $HELYOS_CONTEXT, then current-context, then
+// the only context there is. It returns nil when there is no context at all.
+func (g *globals) activeContext(cfg *Config, name string) (*Context, error) {
+	from := ""
 	if name == "" {
-		name, from = os.Getenv("HELYOS_CONTEXT"), "$HELYOS_CONTEXT"
+		name, from = g.context, " (from --context)"
 	}
 	if name == "" {
-		name, from = cfg.CurrentContext, "current-context"
+		name, from = os.Getenv("HELYOS_CONTEXT"), " (from $HELYOS_CONTEXT)"
+	}
+	if name == "" {
+		name, from = cfg.CurrentContext, " (from current-context)"
 	}
 	if name != "" {
 		if c := cfg.Context(name); c != nil {
 			return c, nil
 		}
-		return nil, withHint(fmt.Errorf("context %q (from %s) does not exist", name, from), "run 'helyos context ls' to see the contexts")
+		return nil, withHint(fmt.Errorf("context %q%s does not exist", name, from), "run 'helyos context ls' to see the contexts")
 	}
 	switch len(cfg.Contexts) {
 	case 0:
@@ -132,7 +135,7 @@ func (g *globals) resolve() (*target, error) {
 	if token == "" {
 		token, tokenFrom = os.Getenv("HELYOS_API_TOKEN"), "$HELYOS_API_TOKEN"
 	}
-	ctx, err := g.activeContext(cfg)
+	ctx, err := g.activeContext(cfg, "")
 	if err != nil && !(errors.Is(err, errSeveralContexts) && server != "" && token != "") {
 		return nil, err
 	}

@@ -95,34 +95,25 @@ func parseLoginFlags(g *globals, args []string) (*loginFlags, error) {
 	if f.server, err = normalizeServer(pos[0]); err != nil {
 		return nil, withHint(usageErrorf("login: %w", err), "give a server like cluster.example.com or https://10.0.0.5:6443")
 	}
-	if err := checkLoginFlags(g, f); err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-func checkLoginFlags(g *globals, f *loginFlags) error {
 	if countTrue(g.token != "", f.tokenStdin, f.tokenEnv != "", f.tokenCommand != "") > 1 {
-		return usageErrorf("login: give the token one way only: --token, --token-stdin, --token-env or --token-command")
+		return nil, usageErrorf("login: give the token one way only: --token, --token-stdin, --token-env or --token-command")
 	}
 	if err := checkTokenShape(g.token, "--token"); g.token != "" && err != nil {
-		return err
+		return nil, err
 	}
 	if err := checkEnvName(f.tokenEnv); err != nil {
-		return err
+		return nil, err
 	}
-	if f.insecure && (f.caFile != "" || f.caFingerprint != "") {
-		return usageErrorf("login: --insecure-skip-tls-verify cannot be combined with --ca-file or --ca-fingerprint")
+	switch {
+	case f.insecure && (f.caFile != "" || f.caFingerprint != ""):
+		return nil, usageErrorf("login: --insecure-skip-tls-verify cannot be combined with --ca-file or --ca-fingerprint")
+	case strings.HasPrefix(f.server, "http://") && (f.insecure || f.caFile != "" || f.caFingerprint != ""):
+		return nil, usageErrorf("login: %s is plain HTTP; TLS flags do not apply", f.server)
 	}
-	if strings.HasPrefix(f.server, "http://") && (f.insecure || f.caFile != "" || f.caFingerprint != "") {
-		return usageErrorf("login: %s is plain HTTP; TLS flags do not apply", f.server)
+	if _, err := normalizeFingerprint(f.caFingerprint); f.caFingerprint != "" && err != nil {
+		return nil, usageErrorf("login: --ca-fingerprint: %w", err)
 	}
-	if f.caFingerprint != "" {
-		if _, err := normalizeFingerprint(f.caFingerprint); err != nil {
-			return usageErrorf("login: --ca-fingerprint: %w", err)
-		}
-	}
-	return nil
+	return f, nil
 }
 
 // loginTarget is what a login checks before it saves anything: the context
@@ -245,7 +236,7 @@ func (g *globals) loginTrust(f *loginFlags, existing *Context) (*x509.Certificat
 		}
 		return ca, nil
 	}
-	if caFingerprint == "" && existing != nil && sameServer(existing.Server, server) && existing.CA != "" {
+	if caFingerprint == "" && existing != nil && existing.CA != "" { // of this server: loginTarget checked
 		ca, err := existing.decodeCA()
 		if err != nil {
 			return nil, withHint(err, (&target{server: server, ctx: existing}).repin())
@@ -345,23 +336,13 @@ func cmdLogout(g *globals, args []string) error {
 }
 
 // namedOrActive is the context called name, or the active one when name is
-// empty.
+// empty; an error when there is none.
 func (g *globals) namedOrActive(cfg *Config, name string) (*Context, error) {
-	if name != "" {
-		if c := cfg.Context(name); c != nil {
-			return c, nil
-		}
-		return nil, errNoContext(name)
-	}
-	c, err := g.activeContext(cfg)
+	c, err := g.activeContext(cfg, name)
 	if err == nil && c == nil {
 		err = withHint(errors.New("there are no contexts"), "log in first: helyos login SERVER")
 	}
 	return c, err
-}
-
-func errNoContext(name string) error {
-	return withHint(fmt.Errorf("context %q does not exist", name), "run 'helyos context ls' to see the contexts")
 }
 
 // ---- context ----
@@ -429,7 +410,7 @@ func cmdContextList(g *globals, args []string) error {
 		return err
 	}
 	warnLooseConfig(g)
-	active, _ := g.activeContext(cfg)
+	active, _ := g.activeContext(cfg, "")
 	views := []contextView{}
 	for _, c := range cfg.Contexts {
 		views = append(views, viewOf(c, active))
@@ -520,7 +501,7 @@ func cmdContextRemove(g *globals, args []string) error {
 	name := pos[0]
 	return g.editConfig(func(cfg *Config) (string, error) {
 		if !cfg.Remove(name) {
-			return "", errNoContext(name)
+			return "", withHint(fmt.Errorf("context %q does not exist", name), "run 'helyos context ls' to see the contexts")
 		}
 		if cfg.CurrentContext == name {
 			cfg.CurrentContext = ""
@@ -588,12 +569,9 @@ func checkContextSet(g *globals, name, tokenEnv, tokenCommand string) (string, e
 	if err := checkEnvName(tokenEnv); err != nil {
 		return "", err
 	}
-	if g.server == "" {
-		return "", nil
-	}
 	server, err := normalizeServer(g.server)
-	if err != nil {
+	if err != nil && g.server != "" {
 		return "", usageErrorf("context set: --server: %w", err)
 	}
-	return server, nil
+	return server, nil // "" without --server
 }
