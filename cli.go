@@ -191,28 +191,27 @@ func (g *globals) printJSON(v any) error {
 	return err
 }
 
-// getData GETs path from the daemon. With --json it prints the answer as it
-// came and returns done; else it decodes the answer into v for a table. A
-// failed call's error starts with step, when there is one.
-func (g *globals) getData(step, path string, v any) (done bool, err error) {
+// request sends one request to the daemon. With --json it prints the answer
+// as it came and returns done; else it decodes the answer into v. Its error
+// starts with step, when there is one.
+func (g *globals) request(step, method, path string, body, v any) (done bool, err error) {
+	defer func() {
+		if err != nil && step != "" {
+			err = fmt.Errorf("%s: %w", step, err)
+		}
+	}()
 	t, err := g.resolve()
 	if err != nil {
 		return false, err
 	}
+	if !g.json {
+		return false, t.call(method, path, body, v)
+	}
 	var raw json.RawMessage
-	if err := t.call("GET", path, nil, &raw); err != nil {
-		if step != "" {
-			err = fmt.Errorf("%s: %w", step, err)
-		}
+	if err := t.call(method, path, body, &raw); err != nil {
 		return false, err
 	}
-	if g.json {
-		return true, g.printJSON(raw)
-	}
-	if err := json.Unmarshal(raw, v); err != nil {
-		return false, fmt.Errorf("decode the answer to GET %s: %w", path, err)
-	}
-	return false, nil
+	return true, g.printJSON(raw)
 }
 
 func (g *globals) table() *tabwriter.Writer {
@@ -242,7 +241,7 @@ func cmdWhoami(g *globals, args []string) error {
 	}
 	warnLooseConfig(g)
 	var info tokenInfo
-	if done, err := g.getData("", "/api/v1/whoami", &info); done || err != nil {
+	if done, err := g.request("", "GET", "/api/v1/whoami", nil, &info); done || err != nil {
 		return err
 	}
 	tw := g.table()
@@ -427,20 +426,9 @@ func cmdTokenRotate(g *globals, args []string) error {
 // that logs in with it from elsewhere, which needs no trust prompt and
 // carries no secret. With --json, the daemon's answer as it is.
 func (g *globals) requestNewToken(verb, name, path string, body any) error {
-	t, err := g.resolve()
-	if err != nil {
-		return err
-	}
-	var raw json.RawMessage
-	if err := t.call("POST", path, body, &raw); err != nil {
-		return fmt.Errorf("%s token %q: %w", verb, name, err)
-	}
-	if g.json {
-		return g.printJSON(raw)
-	}
 	var created newToken
-	if err := json.Unmarshal(raw, &created); err != nil {
-		return fmt.Errorf("decode the new token: %w", err)
+	if done, err := g.request(fmt.Sprintf("%s token %q", verb, name), "POST", path, body, &created); done || err != nil {
+		return err
 	}
 	fmt.Fprintln(g.io.out, sanitize(created.Token))
 	fmt.Fprintf(g.io.err, "helyos: token %q (scope %s, expires %s, allowed from %s): its secret is printed once, on stdout; save it now\n",
@@ -521,7 +509,7 @@ func cmdTokenList(g *globals, args []string) error {
 		return err
 	}
 	var list []tokenInfo
-	if done, err := g.getData("list tokens", "/api/v1/tokens", &list); done || err != nil {
+	if done, err := g.request("list tokens", "GET", "/api/v1/tokens", nil, &list); done || err != nil {
 		return err
 	}
 	tw := g.table()
@@ -542,12 +530,8 @@ func cmdTokenRevoke(g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	t, err := g.resolve()
-	if err != nil {
-		return err
-	}
-	if err := t.call("DELETE", "/api/v1/tokens/"+url.PathEscape(pos[0]), nil, nil); err != nil {
-		return fmt.Errorf("revoke token %q: %w", pos[0], err)
+	if _, err := g.request(fmt.Sprintf("revoke token %q", pos[0]), "DELETE", "/api/v1/tokens/"+url.PathEscape(pos[0]), nil, nil); err != nil {
+		return err // --json was refused: nothing is printed there
 	}
 	fmt.Fprintf(g.io.err, "helyos: revoked token %q\n", pos[0])
 	return nil
