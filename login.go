@@ -56,16 +56,35 @@ func cmdLogin(g *globals, args []string) error {
 		return err
 	}
 	g.warnPlainHTTP(f.server)
-	t, pin, err := g.loginTarget(f)
+	// Checked before anything is saved: the context it would write (refused
+	// when it holds another server), the CA it pins and the token it sends.
+	cfg, err := g.loadConfig()
 	if err != nil {
 		return err
 	}
+	_, existing := loginContextName(cfg, f.server, f.name)
+	if err := checkSameServer(existing, f.server); err != nil {
+		return err
+	}
+	pin, err := g.loginTrust(f, existing)
+	if err != nil {
+		return err
+	}
+	token, source, err := g.loginToken(f)
+	if err == nil {
+		err = checkTokenShape(token, source)
+	}
+	if err != nil {
+		return err
+	}
+	t := &target{server: f.server, token: token, tokenSource: source, ctx: existing, stderr: g.io.err}
+	t.setClient(pin, f.insecure)
 	var who tokenInfo
 	if err := t.call("GET", "/api/v1/whoami", nil, &who); err != nil {
 		return fmt.Errorf("login to %s failed, nothing was saved: %w", f.server, err)
 	}
 	err = g.editConfig(func(cfg *Config) (string, error) {
-		return saveLogin(cfg, f, t.token, pin, who)
+		return saveLogin(cfg, f, token, pin, who)
 	})
 	if err != nil {
 		return fmt.Errorf("save context: %w", err)
@@ -113,40 +132,10 @@ func parseLoginFlags(g *globals, args []string) (*loginFlags, error) {
 	if _, err := normalizeFingerprint(f.caFingerprint); f.caFingerprint != "" && err != nil {
 		return nil, usageErrorf("login: --ca-fingerprint: %w", err)
 	}
+	if err := checkContextName(f.name); f.name != "" && err != nil {
+		return nil, err
+	}
 	return f, nil
-}
-
-// loginTarget is what a login checks before it saves anything: the context
-// it would write (refused when it holds another server), the CA it pins
-// and the token it sends.
-func (g *globals) loginTarget(f *loginFlags) (*target, *x509.Certificate, error) {
-	if f.name != "" {
-		if err := checkContextName(f.name); err != nil {
-			return nil, nil, err
-		}
-	}
-	cfg, err := g.loadConfig()
-	if err != nil {
-		return nil, nil, err
-	}
-	_, existing := loginContextName(cfg, f.server, f.name)
-	if err := checkSameServer(existing, f.server); err != nil {
-		return nil, nil, err
-	}
-	pin, err := g.loginTrust(f, existing)
-	if err != nil {
-		return nil, nil, err
-	}
-	token, source, err := g.loginToken(f)
-	if err == nil {
-		err = checkTokenShape(token, source)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	t := &target{server: f.server, token: token, tokenSource: source, ctx: existing, stderr: g.io.err}
-	t.setClient(pin, f.insecure)
-	return t, pin, nil
 }
 
 // saveLogin writes what a login checked into cfg and says what it did. It
