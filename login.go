@@ -4,12 +4,12 @@
 package main
 
 import (
+	"cmp"
 	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -18,11 +18,7 @@ import (
 // contextNameFor derives a context name from a server's host:
 // https://helyos.acme.internal:6443 → helyos-acme-internal.
 func contextNameFor(server string) string {
-	host := server
-	if u, err := url.Parse(server); err == nil && u.Hostname() != "" {
-		host = u.Hostname()
-	}
-	words := strings.FieldsFunc(strings.ToLower(host), func(c rune) bool {
+	words := strings.FieldsFunc(strings.ToLower(cmp.Or(hostOf(server), server)), func(c rune) bool {
 		return (c < 'a' || c > 'z') && (c < '0' || c > '9')
 	})
 	name := strings.Join(words, "-")
@@ -154,9 +150,7 @@ func saveLogin(cfg *Config, f *loginFlags, token string, pin *x509.Certificate, 
 	if f.tokenEnv != "" || f.tokenCommand != "" {
 		c.Token = ""
 	}
-	if f.project != "" {
-		c.Project = f.project
-	}
+	c.Project = cmp.Or(f.project, c.Project)
 	c.CA, c.CASHA256 = "", ""
 	if pin != nil {
 		c.CA = encodeCA(pemEncode(pin))
@@ -513,9 +507,21 @@ func cmdContextSet(g *globals, args []string) error {
 		return err
 	}
 	name := pos[0]
-	server, err := checkContextSet(g, name, *tokenEnv, *tokenCommand)
-	if err != nil {
+	if err := checkContextName(name); err != nil {
 		return err
+	}
+	switch {
+	case g.token != "":
+		return withHint(usageErrorf("context set: --token cannot be saved without a check"), "log in to save a checked token: helyos login SERVER --name "+name+", or use --token-env / --token-command")
+	case *tokenEnv != "" && *tokenCommand != "":
+		return usageErrorf("context set: give --token-env or --token-command, not both")
+	}
+	if err := checkEnvName(*tokenEnv); err != nil {
+		return err
+	}
+	server, err := normalizeServer(g.server) // "" without --server
+	if err != nil && g.server != "" {
+		return usageErrorf("context set: --server: %w", err)
 	}
 	return g.editConfig(func(cfg *Config) (string, error) {
 		c, verb := cfg.Context(name), "updated"
@@ -530,37 +536,10 @@ func cmdContextSet(g *globals, args []string) error {
 			return "", withHint(fmt.Errorf("context %q uses HTTPS; refusing to switch it to plain HTTP (%s), which would send its token unencrypted", name, server),
 				"for a deliberate plain-HTTP daemon, log in to a context of its own: helyos login "+server+" --name NAME")
 		}
-		if server != "" {
-			c.Server = server
-		}
-		if *project != "" {
-			c.Project = *project
-		}
+		c.Server, c.Project = cmp.Or(server, c.Server), cmp.Or(*project, c.Project)
 		if *tokenEnv != "" || *tokenCommand != "" {
 			c.Token, c.TokenEnv, c.TokenCommand = "", *tokenEnv, *tokenCommand
 		}
 		return fmt.Sprintf("%s context %q", verb, name), nil
 	})
-}
-
-// checkContextSet refuses context set's bad input before the config is
-// touched. It returns --server normalized, or "" when it was not given.
-func checkContextSet(g *globals, name, tokenEnv, tokenCommand string) (string, error) {
-	if err := checkContextName(name); err != nil {
-		return "", err
-	}
-	if g.token != "" {
-		return "", withHint(usageErrorf("context set: --token cannot be saved without a check"), "log in to save a checked token: helyos login SERVER --name "+name+", or use --token-env / --token-command")
-	}
-	if tokenEnv != "" && tokenCommand != "" {
-		return "", usageErrorf("context set: give --token-env or --token-command, not both")
-	}
-	if err := checkEnvName(tokenEnv); err != nil {
-		return "", err
-	}
-	server, err := normalizeServer(g.server)
-	if err != nil && g.server != "" {
-		return "", usageErrorf("context set: --server: %w", err)
-	}
-	return server, nil // "" without --server
 }
