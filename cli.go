@@ -60,34 +60,27 @@ func parseGlobals(args []string, std *stdio) (*globals, []string, error) {
 			break
 		}
 		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !strings.HasPrefix(a, "-") {
+		p, ok := strs[name]
+		switch {
+		case !strings.HasPrefix(a, "-") || (!ok && name != "json"):
 			rest = append(rest, a)
-			continue
-		}
-		if name == "json" {
-			b, err := strconv.ParseBool(value)
+		case name == "json":
 			if !hasValue {
-				b, err = true, nil
+				value = "true"
 			}
+			b, err := strconv.ParseBool(value)
 			if err != nil {
 				return nil, nil, usageErrorf("--json takes no value or true/false, not %q", value)
 			}
 			g.json = b
-			continue
-		}
-		p, ok := strs[name]
-		if !ok {
-			rest = append(rest, a)
-			continue
-		}
-		if !hasValue {
-			if i+1 >= len(args) {
-				return nil, nil, usageErrorf("flag --%s needs a value", name)
-			}
+		case hasValue:
+			*p = value
+		case i+1 >= len(args):
+			return nil, nil, usageErrorf("flag --%s needs a value", name)
+		default:
 			i++
-			value = args[i]
+			*p = args[i]
 		}
-		*p = value
 	}
 	return g, rest, nil
 }
