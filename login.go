@@ -296,8 +296,7 @@ func (g *globals) loginToken(f *loginFlags) (string, string, error) {
 }
 
 func cmdLogout(g *globals, args []string) error {
-	flags := g.newFlags("logout", "[NAME]", "Forget the token of a context (default: the active one). Its server, CA pin and project stay, so logging in again is one command.")
-	pos, err := g.parseFlagsNoData(flags, args, 0, 1)
+	pos, err := g.parseFlagsNoData(g.newFlags("logout", "[NAME]", "Forget the token of a context (default: the active one). Its server, CA pin and project stay, so logging in again is one command."), args, 0, 1)
 	if err != nil {
 		return err
 	}
@@ -384,8 +383,7 @@ func viewOf(c *Context, active *Context) contextView {
 }
 
 func cmdContextList(g *globals, args []string) error {
-	flags := g.newFlags("context ls", "", "List contexts; * marks the active one.")
-	if _, err := parseFlags(flags, args, 0, 0); err != nil {
+	if _, err := parseFlags(g.newFlags("context ls", "", "List contexts; * marks the active one."), args, 0, 0); err != nil {
 		return err
 	}
 	cfg, err := g.loadConfig()
@@ -414,8 +412,7 @@ func cmdContextList(g *globals, args []string) error {
 }
 
 func cmdContextUse(g *globals, args []string) error {
-	flags := g.newFlags("context use", "NAME", "Make NAME the current context.")
-	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
+	pos, err := g.parseFlagsNoData(g.newFlags("context use", "NAME", "Make NAME the current context."), args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -430,8 +427,7 @@ func cmdContextUse(g *globals, args []string) error {
 }
 
 func cmdContextCurrent(g *globals, args []string) error {
-	flags := g.newFlags("context current", "", "Print the active context: --context, else $HELYOS_CONTEXT, else current-context, else the only one.")
-	if _, err := parseFlags(flags, args, 0, 0); err != nil {
+	if _, err := parseFlags(g.newFlags("context current", "", "Print the active context: --context, else $HELYOS_CONTEXT, else current-context, else the only one."), args, 0, 0); err != nil {
 		return err
 	}
 	cfg, err := g.loadConfig()
@@ -450,8 +446,7 @@ func cmdContextCurrent(g *globals, args []string) error {
 }
 
 func cmdContextRename(g *globals, args []string) error {
-	flags := g.newFlags("context rename", "OLD NEW", "Rename a context.")
-	pos, err := g.parseFlagsNoData(flags, args, 2, 2)
+	pos, err := g.parseFlagsNoData(g.newFlags("context rename", "OLD NEW", "Rename a context."), args, 2, 2)
 	if err != nil {
 		return err
 	}
@@ -476,8 +471,7 @@ func cmdContextRename(g *globals, args []string) error {
 }
 
 func cmdContextRemove(g *globals, args []string) error {
-	flags := g.newFlags("context rm", "NAME", "Remove a context: its server, token and pinned CA.")
-	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
+	pos, err := g.parseFlagsNoData(g.newFlags("context rm", "NAME", "Remove a context: its server, token and pinned CA."), args, 1, 1)
 	if err != nil {
 		return err
 	}
