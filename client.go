@@ -167,14 +167,12 @@ func (g *globals) resolve() (*target, error) {
 	// has no TLS to check.
 	t := &target{server: server, token: token, tokenSource: tokenFrom, ctx: ctx, stderr: g.io.err}
 	var pin *x509.Certificate
-	insecure := false
 	if ctx != nil && !strings.HasPrefix(server, "http://") {
 		if pin, err = ctx.decodeCA(); err != nil {
 			return nil, withHint(err, t.repin())
 		}
-		insecure = ctx.Insecure
 	}
-	t.setClient(pin, insecure)
+	t.setClient(pin, ctx != nil && ctx.Insecure) // insecure acts on TLS only
 	g.warnPlainHTTP(server)
 	return t, nil
 }
