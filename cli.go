@@ -275,13 +275,12 @@ func cmdStatus(g *globals, args []string) error {
 	if g.json {
 		return g.printJSON(st)
 	}
-	tw := g.table()
-	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\n", st.Server, orDash(st.Context), sanitize(st.Version), sanitize(ver["api"]), st.TLS)
+	auth := sanitize(redactTokens(st.Auth))
 	if st.Whoami != nil {
-		fmt.Fprintf(tw, "auth:\tok, as %q (scope %s)\n", st.Whoami.Name, sanitize(st.Whoami.Scope))
-	} else {
-		fmt.Fprintf(tw, "auth:\t%s\n", sanitize(redactTokens(st.Auth)))
+		auth = fmt.Sprintf("ok, as %q (scope %s)", st.Whoami.Name, sanitize(st.Whoami.Scope))
 	}
+	tw := g.table()
+	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\nauth:\t%s\n", st.Server, orDash(st.Context), sanitize(st.Version), sanitize(ver["api"]), st.TLS, auth)
 	return tw.Flush()
 }
 
@@ -316,9 +315,8 @@ func cmdVersion(g *globals, args []string) error {
 // warnLooseConfig warns when the config file, which may hold tokens, is
 // readable by others.
 func warnLooseConfig(g *globals) {
-	path := g.configPath
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		fmt.Fprintf(g.io.err, "helyos: warning: %s is readable by others (mode %04o); run: chmod 600 %s\n", path, fi.Mode().Perm(), path)
+	if fi, err := os.Stat(g.configPath); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintf(g.io.err, "helyos: warning: %s is readable by others (mode %04o); run: chmod 600 %[1]s\n", g.configPath, fi.Mode().Perm())
 	}
 }
 
