@@ -517,7 +517,7 @@ func cmdTokenRevoke(g *globals, args []string) error {
 		return err
 	}
 	if _, err := g.request(fmt.Sprintf("revoke token %q", pos[0]), "DELETE", "/api/v1/tokens/"+url.PathEscape(pos[0]), nil, nil); err != nil {
-		return err // --json was refused: nothing is printed there
+		return err
 	}
 	fmt.Fprintf(g.io.err, "helyos: revoked token %q\n", pos[0])
 	return nil
