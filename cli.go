@@ -295,9 +295,9 @@ func cmdVersion(g *globals, args []string) error {
 		err = t.call("GET", "/api/v1/version", nil, &server)
 	}
 	// The client's version is the answer; a daemon that cannot be reached
-	// is worth a warning, not a failure.
+	// is worth a warning after it, not a failure.
 	if err != nil {
-		fmt.Fprintf(g.io.err, "helyos: warning: no server version: %s\n", sanitize(redactTokens(err.Error())))
+		defer fmt.Fprintf(g.io.err, "helyos: warning: no server version: %s\n", sanitize(redactTokens(err.Error())))
 	}
 	if g.json {
 		return g.printJSON(struct {
