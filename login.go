@@ -219,7 +219,7 @@ func (g *globals) loginTrust(f *loginFlags, existing *Context) (*x509.Certificat
 		}
 		return ca, nil
 	}
-	if caFingerprint == "" && existing != nil && existing.CA != "" { // of this server: loginTarget checked
+	if caFingerprint == "" && existing != nil && existing.CA != "" { // of this server: cmdLogin checked
 		ca, err := existing.decodeCA()
 		if err != nil {
 			return nil, withHint(err, (&target{server: server, ctx: existing}).repin())
