@@ -228,7 +228,8 @@ func formatTime(t *time.Time, unset string) string {
 // ---- whoami, status, version ----
 
 func cmdWhoami(g *globals, args []string) error {
-	if _, err := parseFlags(g.newFlags("whoami", "", "Show the identity of the token in use."), args, 0, 0); err != nil {
+	flags := g.newFlags("whoami", "", "Show the identity of the token in use.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	warnLooseConfig(g)
@@ -242,7 +243,8 @@ func cmdWhoami(g *globals, args []string) error {
 }
 
 func cmdStatus(g *globals, args []string) error {
-	if _, err := parseFlags(g.newFlags("status", "", "Check the daemon: reachable, its version, the TLS trust in use, and who you are."), args, 0, 0); err != nil {
+	flags := g.newFlags("status", "", "Check the daemon: reachable, its version, the TLS trust in use, and who you are.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	t, err := g.resolve()
@@ -285,7 +287,8 @@ func cmdStatus(g *globals, args []string) error {
 }
 
 func cmdVersion(g *globals, args []string) error {
-	if _, err := parseFlags(g.newFlags("version", "", "Print the client's version and, when it can be reached, the daemon's."), args, 0, 0); err != nil {
+	flags := g.newFlags("version", "", "Print the client's version and, when it can be reached, the daemon's.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	var server map[string]string
@@ -492,7 +495,8 @@ func allowedFrom(prefixes []netip.Prefix) string {
 }
 
 func cmdTokenList(g *globals, args []string) error {
-	if _, err := parseFlags(g.newFlags("auth token ls", "", "List the daemon's active API tokens (never their secrets)."), args, 0, 0); err != nil {
+	flags := g.newFlags("auth token ls", "", "List the daemon's active API tokens (never their secrets).")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	var list []tokenInfo
@@ -512,7 +516,8 @@ func cmdTokenList(g *globals, args []string) error {
 }
 
 func cmdTokenRevoke(g *globals, args []string) error {
-	pos, err := g.parseFlagsNoData(g.newFlags("auth token revoke", "NAME", "Revoke an API token; it is refused from the very next request."), args, 1, 1)
+	flags := g.newFlags("auth token revoke", "NAME", "Revoke an API token; it is refused from the very next request.")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}

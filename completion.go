@@ -49,7 +49,8 @@ complete -c helyos -f -a '(__helyos_complete)'
 `
 
 func cmdCompletion(g *globals, args []string) error {
-	pos, err := g.parseFlagsNoData(g.newFlags("completion", "bash|zsh|fish", "Print a completion script for the shell. Load it with:\n  bash: source <(helyos completion bash)\n  zsh:  source <(helyos completion zsh)\n  fish: helyos completion fish | source"), args, 1, 1)
+	flags := g.newFlags("completion", "bash|zsh|fish", "Print a completion script for the shell. Load it with:\n  bash: source <(helyos completion bash)\n  zsh:  source <(helyos completion zsh)\n  fish: helyos completion fish | source")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}

@@ -296,7 +296,8 @@ func (g *globals) loginToken(f *loginFlags) (string, string, error) {
 }
 
 func cmdLogout(g *globals, args []string) error {
-	pos, err := g.parseFlagsNoData(g.newFlags("logout", "[NAME]", "Forget the token of a context (default: the active one). Its server, CA pin and project stay, so logging in again is one command."), args, 0, 1)
+	flags := g.newFlags("logout", "[NAME]", "Forget the token of a context (default: the active one). Its server, CA pin and project stay, so logging in again is one command.")
+	pos, err := g.parseFlagsNoData(flags, args, 0, 1)
 	if err != nil {
 		return err
 	}
@@ -383,7 +384,8 @@ func viewOf(c *Context, active *Context) contextView {
 }
 
 func cmdContextList(g *globals, args []string) error {
-	if _, err := parseFlags(g.newFlags("context ls", "", "List contexts; * marks the active one."), args, 0, 0); err != nil {
+	flags := g.newFlags("context ls", "", "List contexts; * marks the active one.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	cfg, err := g.loadConfig()
@@ -412,7 +414,8 @@ func cmdContextList(g *globals, args []string) error {
 }
 
 func cmdContextUse(g *globals, args []string) error {
-	pos, err := g.parseFlagsNoData(g.newFlags("context use", "NAME", "Make NAME the current context."), args, 1, 1)
+	flags := g.newFlags("context use", "NAME", "Make NAME the current context.")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -427,7 +430,8 @@ func cmdContextUse(g *globals, args []string) error {
 }
 
 func cmdContextCurrent(g *globals, args []string) error {
-	if _, err := parseFlags(g.newFlags("context current", "", "Print the active context: --context, else $HELYOS_CONTEXT, else current-context, else the only one."), args, 0, 0); err != nil {
+	flags := g.newFlags("context current", "", "Print the active context: --context, else $HELYOS_CONTEXT, else current-context, else the only one.")
+	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
 	cfg, err := g.loadConfig()
@@ -446,7 +450,8 @@ func cmdContextCurrent(g *globals, args []string) error {
 }
 
 func cmdContextRename(g *globals, args []string) error {
-	pos, err := g.parseFlagsNoData(g.newFlags("context rename", "OLD NEW", "Rename a context."), args, 2, 2)
+	flags := g.newFlags("context rename", "OLD NEW", "Rename a context.")
+	pos, err := g.parseFlagsNoData(flags, args, 2, 2)
 	if err != nil {
 		return err
 	}
@@ -471,7 +476,8 @@ func cmdContextRename(g *globals, args []string) error {
 }
 
 func cmdContextRemove(g *globals, args []string) error {
-	pos, err := g.parseFlagsNoData(g.newFlags("context rm", "NAME", "Remove a context: its server, token and pinned CA."), args, 1, 1)
+	flags := g.newFlags("context rm", "NAME", "Remove a context: its server, token and pinned CA.")
+	pos, err := g.parseFlagsNoData(flags, args, 1, 1)
 	if err != nil {
 		return err
 	}
