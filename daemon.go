@@ -1,8 +1,8 @@
 package main
 
 import (
+	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +50,13 @@ const (
 	bootstrapTokenFile = "bootstrap-token"
 )
 
+func defaultDataDir() string {
+	if home, err := os.UserHomeDir(); err == nil && home != "" {
+		return filepath.Join(home, ".helyos", "data")
+	}
+	return "/var/lib/helyos"
+}
+
 // daemonConfig is everything the daemon's flags decide.
 type daemonConfig struct {
 	host          string
@@ -58,7 +66,7 @@ type daemonConfig struct {
 	insecureHTTP  bool
 	apiToken      string
 	advertiseAddr string // the host part of --advertise-addr
-	advertisePort string // its port, when it names one
+	advertisePort int    // its port, when it names one
 	tlsSANs       []string
 	tlsCert       string
 	tlsKey        string
@@ -73,13 +81,6 @@ type daemonConfig struct {
 	// Set by systemd: where readiness goes, and whether stderr is the journal.
 	notifySocket string
 	journal      bool
-}
-
-func defaultDataDir() string {
-	if home, err := os.UserHomeDir(); err == nil && home != "" {
-		return filepath.Join(home, ".helyos", "data")
-	}
-	return "/var/lib/helyos"
 }
 
 func parseDaemonFlags(args []string, help io.Writer) (*daemonConfig, error) {
@@ -136,11 +137,11 @@ func daemonFlags(cfg *daemonConfig, help io.Writer) *flag.FlagSet {
 }
 
 func (c *daemonConfig) validate() error {
-	if c.tlsMode != "auto" && c.tlsMode != "on" && c.tlsMode != "off" {
-		return usageErrorf("--tls must be auto, on or off, not %q", c.tlsMode)
-	}
-	if c.logFormat != "text" && c.logFormat != "json" {
-		return usageErrorf("--log-format must be text or json, not %q", c.logFormat)
+	// Each row: the flag, its value, the choices in words, then the choices.
+	for _, f := range [][]string{{"--tls", c.tlsMode, "auto, on or off", "auto", "on", "off"}, {"--log-format", c.logFormat, "text or json", "text", "json"}, {"--log-level", c.logLevel, "info or debug", "info", "debug"}} {
+		if !slices.Contains(f[3:], f[1]) {
+			return usageErrorf("%s must be %s, not %q", f[0], f[2], f[1])
+		}
 	}
 	if c.port < 0 || c.port > 65535 {
 		return usageErrorf("--port must be between 0 and 65535, not %d", c.port)
@@ -149,9 +150,6 @@ func (c *daemonConfig) validate() error {
 		if n < 1 {
 			return usageErrorf("%s must be at least 1, not %d", name, n)
 		}
-	}
-	if c.logLevel != "info" && c.logLevel != "debug" {
-		return usageErrorf("--log-level must be info or debug, not %q", c.logLevel)
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return usageErrorf("--tls-cert and --tls-key go together: give both or neither")
@@ -185,19 +183,17 @@ func (c *daemonConfig) validate() error {
 // parseSize reads a byte count of at least 1 KiB, bare or with a KiB, MiB
 // or GiB suffix.
 func parseSize(v string) (int64, error) {
-	for _, u := range []struct {
-		suffix string
-		unit   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"", 1}} {
-		if num, ok := strings.CutSuffix(v, u.suffix); ok {
-			n, err := strconv.ParseInt(num, 10, 64)
-			if err != nil || n < 1 || n > (1<<50)/u.unit || n*u.unit < 1<<10 {
-				break
-			}
-			return n * u.unit, nil
+	num, unit := v, int64(1)
+	for suffix, u := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
+		if n, ok := strings.CutSuffix(v, suffix); ok {
+			num, unit = n, u
 		}
 	}
-	return 0, fmt.Errorf("%q is not a size of at least 1KiB, such as 1048576, 512KiB or 64MiB", v)
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 1 || n > (1<<50)/unit || n*unit < 1<<10 {
+		return 0, fmt.Errorf("%q is not a size of at least 1KiB, such as 1048576, 512KiB or 64MiB", v)
+	}
+	return n * unit, nil
 }
 
 // useTLS applies --tls: auto means HTTPS unless the bind host is loopback
@@ -229,9 +225,10 @@ func checkExposure(host string, useTLS, insecureHTTP, tokenConfigured bool) erro
 // second daemon pointed at the same dir refuses to start instead of keeping
 // its own copy of the token store (a revoke made through one daemon would not
 // reach the other). Locking the folder creates no file. A folder that does
-// not exist yet holds nothing to protect: then unlock is nil, and the caller
-// locks again once it has created the folder.
-func lockDataDir(dir string) (unlock func(), err error) {
+// not exist yet holds nothing to protect: then the lock is nil, and the
+// caller locks again once it has created the folder. Closing the lock
+// releases the flock.
+func lockDataDir(dir string) (*os.File, error) {
 	f, err := os.Open(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -262,7 +259,7 @@ func lockDataDir(dir string) (unlock func(), err error) {
 		}
 		return nil, fmt.Errorf("lock data dir %s: %w", dir, err)
 	}
-	return func() { f.Close() }, nil // closing releases the flock
+	return f, nil
 }
 
 // runDaemon is `helyos daemon`. It returns when the daemon stops.
@@ -324,12 +321,9 @@ type jsonLines struct {
 
 func (j jsonLines) Write(p []byte) (int, error) {
 	msg, level := strings.TrimSuffix(string(p), "\n"), slog.LevelInfo
-	if m, ok := strings.CutPrefix(msg, "error: "); ok {
-		msg, level = m, slog.LevelError
-	} else if m, ok := strings.CutPrefix(msg, "warning: "); ok {
-		msg, level = m, slog.LevelWarn
-	} else if m, ok := strings.CutPrefix(msg, "debug: "); ok {
-		msg, level = m, slog.LevelDebug
+	word, rest, _ := strings.Cut(msg, ": ")
+	if l, ok := map[string]slog.Level{"error": slog.LevelError, "warning": slog.LevelWarn, "debug": slog.LevelDebug}[word]; ok {
+		msg, level = rest, l
 	}
 	var t time.Time
 	if !j.journal {
@@ -338,31 +332,22 @@ func (j jsonLines) Write(p []byte) (int, error) {
 	return len(p), j.h.Handle(context.Background(), slog.NewRecord(t, level, msg, 0))
 }
 
-// underSystemd: systemd sets $NOTIFY_SOCKET for Type=notify, and
-// $JOURNAL_STREAM to stderr's stream when stderr is the journal.
-func (c *daemonConfig) underSystemd() bool {
-	return c.notifySocket != "" || c.journal
-}
-
 // keepTokenOutOfLog is true when the log is kept where others read it: the
 // journal, or a log shipper fed JSON. The first-run token then goes to a
-// file instead.
+// file instead. (A daemon that systemd notifies is a service: its log is
+// the journal.)
 func (c *daemonConfig) keepTokenOutOfLog() bool {
-	return c.underSystemd() || c.logFormat == "json"
+	return c.notifySocket != "" || c.journal || c.logFormat == "json"
 }
 
 // run starts the daemon. Nothing is written to the data dir or the config
 // file until the guardrails have passed and the port is bound.
 func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger *log.Logger, stderr io.Writer) error {
-	unlock, err := lockDataDir(c.dataDir)
+	lock, err := lockDataDir(c.dataDir)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if unlock != nil {
-			unlock()
-		}
-	}()
+	defer func() { lock.Close() }() // the lock taken last; Close on a nil *os.File does nothing
 	store, given, err := c.openTokenStore(ctx)
 	if err != nil {
 		return err
@@ -372,8 +357,13 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 		return fmt.Errorf("listen on %s port %d: %w", c.host, c.port, err)
 	}
 	defer ln.Close()
-	if unlock, err = c.claimDataDir(unlock); err != nil {
+	if err := c.claimDataDir(); err != nil {
 		return err
+	}
+	if lock == nil { // the data dir is new
+		if lock, err = lockDataDir(c.dataDir); err != nil {
+			return err
+		}
 	}
 	removeStaleTemps(c.dataDir, tokenStoreFile, caCertFile, caKeyFile, serverCertFile, serverKeyFile)
 	audit, err := openAuditLog(c.dataDir, c.auditMaxSize, time.Now, logger)
@@ -381,7 +371,7 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 		return err
 	}
 	defer audit.close()
-	srv, tlsConfig, err := c.newServer(store, audit, logger)
+	srv, err := c.newServer(store, audit, logger)
 	if err != nil {
 		return err
 	}
@@ -392,7 +382,9 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 	port := ln.Addr().(*net.TCPAddr).Port
 	srv.login = c.loginInfo(port, srv.ca)
 	c.announce(srv, plaintext, stderr)
-	if !c.underSystemd() { // a service's user is not the operator
+	// Under systemd ($NOTIFY_SOCKET for Type=notify, or stderr the
+	// journal) the service's user is not the operator.
+	if c.notifySocket == "" && !c.journal {
 		c.writeLocalContext(ctx, srv, plaintext, port)
 	}
 	if store.activeCount() == 0 {
@@ -403,7 +395,7 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 	}
 	// The last line of start-up: scripts and tests wait for it.
 	logger.Printf("listening on %s://%s", c.scheme(), hostPort(c.host, port))
-	return srv.serve(ctx, ln.(*net.TCPListener), tlsConfig, reload)
+	return srv.serve(ctx, ln.(*net.TCPListener), reload)
 }
 
 // openTokenStore reads the token store and looks the --api-token up in it,
@@ -430,35 +422,45 @@ func (c *daemonConfig) openTokenStore(ctx context.Context) (store *tokenStore, g
 }
 
 // claimDataDir makes the data dir 0700, creating it or taking it back from
-// a looser mode, and returns the unlock of its lock: the one given, or a
-// new one when the dir did not exist before (unlock is nil).
-func (c *daemonConfig) claimDataDir(unlock func()) (func(), error) {
+// a looser mode.
+func (c *daemonConfig) claimDataDir() error {
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
-		return unlock, fmt.Errorf("create data dir: %w", err)
+		return fmt.Errorf("create data dir: %w", err)
 	}
 	if err := os.Chmod(c.dataDir, 0o700); err != nil {
-		return unlock, fmt.Errorf("restrict data dir to its owner: %w", err)
+		return fmt.Errorf("restrict data dir to its owner: %w", err)
 	}
-	if unlock == nil {
-		return lockDataDir(c.dataDir)
-	}
-	return unlock, nil
+	return nil
 }
 
-// newServer builds the server from the flags, with --max-conns lowered to
-// fit the open-file limit, and its TLS configuration (nil when TLS is off).
-func (c *daemonConfig) newServer(store *tokenStore, audit *auditLog, logger *log.Logger) (*server, *tls.Config, error) {
+// newServer builds the server from the flags: --max-conns lowered to fit
+// the open-file limit and, unless TLS is off, the operator's certificate
+// files or the daemon's own CA.
+func (c *daemonConfig) newServer(store *tokenStore, audit *auditLog, logger *log.Logger) (*server, error) {
 	srv := &server{tokens: store, metrics: newMetrics(), logger: logger, notifySocket: c.notifySocket, audit: audit, keepAlive: eventKeepAlive, debug: c.logLevel == "debug",
-		maxConns: c.maxConns, maxConnsPerIP: c.maxConnsPerIP}
+		maxConns: c.maxConns, maxConnsPerIP: c.maxConnsPerIP, plainHTTP: !c.useTLS()}
 	if limit := raiseFileLimit(); limit > 0 && limit < uint64(c.maxConns)+fdHeadroom {
 		srv.maxConns = max(1, int(limit)-fdHeadroom)
 		logger.Printf("warning: the open-file limit is %d, so --max-conns is lowered to %d; raise the limit (ulimit -n, LimitNOFILE=) to allow more", limit, srv.maxConns)
 	}
-	if !c.useTLS() {
-		return srv, nil, nil
+	switch {
+	case srv.plainHTTP:
+		return srv, nil
+	case c.tlsCert != "":
+		srv.certs = &certFiles{certPath: c.tlsCert, keyPath: c.tlsKey, now: time.Now}
+		srv.getCert = srv.certs.get
+		return srv, srv.certs.load()
 	}
-	tlsConfig, err := c.loadTLS(srv)
-	return srv, tlsConfig, err
+	ca, err := loadOrCreateCA(c.dataDir, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	cert, err := newServingCert(ca, c.dataDir, certSANs(c.host, c.advertiseAddr, c.tlsSANs), time.Now, srv.audit)
+	if err != nil {
+		return nil, err
+	}
+	srv.ca, srv.getCert = ca, cert.get
+	return srv, nil
 }
 
 // announce logs what the operator must know at start-up: a reachable
@@ -538,76 +540,47 @@ func (c *daemonConfig) recordStart(audit *auditLog, port int) error {
 		"bind": hostPort(c.host, port), "advertise": orNull(c.advertiseAddr), "unclean_stop": audit.unclean})
 }
 
-// loadTLS returns the serving TLS configuration, and gives srv either the
-// operator's certificate files or the daemon's own CA.
-func (c *daemonConfig) loadTLS(srv *server) (*tls.Config, error) {
-	if c.tlsCert != "" {
-		srv.certs = &certFiles{certPath: c.tlsCert, keyPath: c.tlsKey, now: time.Now}
-		if err := srv.certs.load(); err != nil {
-			return nil, err
-		}
-		return serverTLSConfig(srv.certs.get), nil
-	}
-	ca, err := loadOrCreateCA(c.dataDir, time.Now())
-	if err != nil {
-		return nil, err
-	}
-	cert, err := newServingCert(ca, c.dataDir, certSANs(c.host, c.advertiseAddr, c.tlsSANs), time.Now, srv.audit)
-	if err != nil {
-		return nil, err
-	}
-	srv.ca = ca
-	return serverTLSConfig(cert.get), nil
-}
-
 // bootstrapToken makes sure the daemon has a token someone holds, and returns
 // it in plaintext when this start knows it: generated now (an empty store),
 // or given by --api-token. A given token that was revoked or has expired
 // stays refused; a new given token replaces the earlier bootstrap token.
+// A generated token that must stay out of the log has its file written
+// before the store, so the store never holds a token that nobody was given.
 //
 // These changes are made by the operator through flags, not by a caller:
 // their records have no actor and no remote.
 func (c *daemonConfig) bootstrapToken(ctx context.Context, store *tokenStore, given *tokenRecord, audit *auditLog, logger *log.Logger) (string, error) {
+	token, old, file := c.apiToken, (*tokenRecord)(nil), ""
 	switch {
-	case c.apiToken != "" && given != nil && !given.active(store.now()):
+	case token != "" && given != nil && !given.active(store.now()):
 		logger.Printf("warning: the token from --api-token / HELYOS_API_TOKEN (%q) was revoked or has expired; it stays refused", given.Name)
 		return "", nil
-	case c.apiToken != "" && given != nil:
-		return c.apiToken, nil
-	case c.apiToken != "":
-		old := store.activeNamed(bootstrapName)
-		event := "token.created"
-		if old != nil {
-			event = "token.rotated"
-		}
-		if _, err := store.add(ctx, c.apiToken, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, old, 0, audit.change(event, "", "")); err != nil {
-			return "", fmt.Errorf("store --api-token: %w", err)
-		}
-		if old != nil {
-			logger.Printf("a new --api-token replaces the earlier %q token, which is now revoked", bootstrapName)
-		}
-		return c.apiToken, nil
-	case len(store.records) == 0:
-		return c.firstToken(ctx, store, audit)
-	}
-	return "", nil
-}
-
-// firstToken mints the token of a first start. When it must stay out of
-// the log, its file is written before the store, so the store never holds a
-// token that nobody was given.
-func (c *daemonConfig) firstToken(ctx context.Context, store *tokenStore, audit *auditLog) (string, error) {
-	token, path := newAPIToken(), filepath.Join(c.dataDir, bootstrapTokenFile)
-	if c.keepTokenOutOfLog() {
-		if err := writeBootstrapToken(path, token); err != nil {
+	case token != "" && given != nil:
+		return token, nil
+	case token != "":
+		old = store.activeNamed(bootstrapName)
+	case len(store.records) > 0:
+		return "", nil
+	case c.keepTokenOutOfLog():
+		token, file = newAPIToken(), filepath.Join(c.dataDir, bootstrapTokenFile)
+		if err := writeBootstrapToken(file, token); err != nil {
 			return "", err
 		}
+	default:
+		token = newAPIToken()
 	}
-	if _, err := store.add(ctx, token, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, nil, 0, audit.change("token.created", "", "")); err != nil {
-		if c.keepTokenOutOfLog() {
-			os.Remove(path)
+	event := "token.created"
+	if old != nil {
+		event = "token.rotated"
+	}
+	if _, err := store.add(ctx, token, &tokenRecord{Name: bootstrapName, Scope: scopeAdmin, Bootstrap: true}, 0, old, 0, audit.change(event, "", "")); err != nil {
+		if file != "" {
+			os.Remove(file)
 		}
-		return "", fmt.Errorf("store the first API token: %w", err)
+		return "", fmt.Errorf("store the bootstrap token: %w", err)
+	}
+	if old != nil {
+		logger.Printf("a new --api-token replaces the earlier %q token, which is now revoked", bootstrapName)
 	}
 	return token, nil
 }
@@ -646,10 +619,7 @@ func (c *daemonConfig) loginInfo(port int, ca *certAuthority) loginInfo {
 			host = h
 		}
 	}
-	if c.advertisePort != "" {
-		port, _ = strconv.Atoi(c.advertisePort)
-	}
-	info := loginInfo{Server: c.scheme() + "://" + hostPort(host, port)}
+	info := loginInfo{Server: c.scheme() + "://" + hostPort(host, cmp.Or(c.advertisePort, port))}
 	if ca != nil {
 		fp := fingerprint(ca.cert.Raw)
 		info.CASHA256 = &fp
@@ -671,14 +641,14 @@ func isHostName(s string) bool {
 // splitAdvertiseAddr accepts what clients dial, a host or host:port (an IPv6
 // address in brackets when a port follows), and nothing else: no scheme, no
 // path, no user.
-func splitAdvertiseAddr(s string) (host, port string, err error) {
+func splitAdvertiseAddr(s string) (host string, port int, err error) {
 	host, portOK := strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"), true
 	if h, p, splitErr := net.SplitHostPort(s); splitErr == nil {
-		n, err := strconv.Atoi(p)
-		host, port, portOK = h, p, err == nil && n >= 1 && n <= 65535
+		port, err = strconv.Atoi(p)
+		host, portOK = h, err == nil && port >= 1 && port <= 65535
 	}
 	if !portOK || !isHostName(host) {
-		return "", "", errors.New("want a host name or IP address, optionally with :PORT, and no scheme or path")
+		return "", 0, errors.New("want a host name or IP address, optionally with :PORT, and no scheme or path")
 	}
 	return host, port, nil
 }
@@ -701,58 +671,54 @@ func (c *daemonConfig) writeLocalContext(ctx context.Context, srv *server, token
 		host = c.host
 	}
 	server := c.scheme() + "://" + hostPort(host, port)
-	var local *Context
-	var was, current string
-	err := updateConfig(c.configPath, func(config *Config) (err error) {
-		local, was, err = pointLocalContext(ctx, config, srv.tokens, token, server, srv.ca)
-		current = config.CurrentContext
-		return err
+	var note string
+	errKept := errors.New("local is kept")
+	err := updateConfig(c.configPath, func(config *Config) error {
+		var changed bool
+		if note, changed = c.pointLocalContext(ctx, config, srv, token, server, port); !changed {
+			return errKept // nothing to write
+		}
+		return nil
 	})
-	logger := srv.logger
 	switch {
-	case err == nil && was != "":
-		logger.Printf("CLI context %q in %s holds this daemon's token; it now points here, at %s (was %s)", local.Name, c.configPath, server, was)
-	case err == nil && current == local.Name:
-		logger.Printf("wrote CLI context %q to %s", local.Name, c.configPath)
-	case err == nil:
-		logger.Printf("added CLI context %q to %s; the current context stays %q: reach this daemon with 'helyos --context local COMMAND'", local.Name, c.configPath, current)
-	case !errors.Is(err, errLocalKept):
-		logger.Printf("warning: could not write the local CLI context: %v", err)
-	case local != nil && !sameServer(local.Server, server):
-		logger.Printf("CLI context %q in %s is for %s, not this daemon, and is left as it is; reach this daemon by logging in with its token: %s --name local-%d",
-			local.Name, c.configPath, local.Server, loginCommand(server, srv.ca), port)
+	case err != nil && !errors.Is(err, errKept):
+		srv.logger.Printf("warning: could not write the local CLI context: %v", err)
+	case note != "":
+		srv.logger.Print(note)
 	}
 }
 
-// errLocalKept: the "local" context stays as it is.
-var errLocalKept = errors.New("local is kept")
-
 // pointLocalContext points config's "local" context at server when it holds
 // one of this daemon's active tokens, or adds it with token when there is
-// none; else it returns errLocalKept and that context.
-func pointLocalContext(ctx context.Context, config *Config, store *tokenStore, token, server string, ca *certAuthority) (local *Context, was string, err error) {
-	switch local = config.Context("local"); {
+// none. It returns the line to log and whether config changed.
+func (c *daemonConfig) pointLocalContext(ctx context.Context, config *Config, srv *server, token, server string, port int) (note string, changed bool) {
+	local := config.Context("local")
+	switch {
+	case local != nil && sameServer(local.Server, server):
+		return "", false
 	case local != nil:
-		rec, err := store.findToken(ctx, local.Token)
-		if sameServer(local.Server, server) || err != nil || rec == nil || !rec.active(store.now()) {
-			return local, "", errLocalKept
+		if rec, err := srv.tokens.findToken(ctx, local.Token); err != nil || rec == nil || !rec.active(srv.tokens.now()) {
+			return fmt.Sprintf("CLI context \"local\" in %s is for %s, not this daemon, and is left as it is; reach this daemon by logging in with its token: %s --name local-%d",
+				c.configPath, local.Server, loginCommand(server, srv.ca), port), false
 		}
-		was = local.Server
+		note = fmt.Sprintf("CLI context \"local\" in %s holds this daemon's token; it now points here, at %s (was %s)", c.configPath, server, local.Server)
 	case token == "":
-		return nil, "", errLocalKept
+		return "", false
 	default:
 		if config.CurrentContext == "" && len(config.Contexts) == 1 {
 			config.CurrentContext = config.Contexts[0].Name // the only context, used until now, stays the one the CLI uses
 		}
 		local = &Context{Name: "local", Token: token, TokenName: bootstrapName, Project: "default"}
 		config.Contexts = append(config.Contexts, local)
-		if config.CurrentContext == "" {
-			config.CurrentContext = local.Name
+		config.CurrentContext = cmp.Or(config.CurrentContext, local.Name)
+		note = fmt.Sprintf("wrote CLI context \"local\" to %s", c.configPath)
+		if config.CurrentContext != local.Name {
+			note = fmt.Sprintf("added CLI context \"local\" to %s; the current context stays %q: reach this daemon with 'helyos --context local COMMAND'", c.configPath, config.CurrentContext)
 		}
 	}
 	local.Server, local.CA, local.CASHA256 = server, "", ""
-	if ca != nil {
-		local.CA, local.CASHA256 = encodeCA(ca.pem), fingerprint(ca.cert.Raw)
+	if srv.ca != nil {
+		local.CA, local.CASHA256 = encodeCA(srv.ca.pem), fingerprint(srv.ca.cert.Raw)
 	}
-	return local, was, nil
+	return note, true
 }

@@ -33,6 +33,8 @@ type server struct {
 	keepAlive time.Duration // between comment lines on an idle event stream
 
 	certs         *certFiles // the operator's --tls-cert/--tls-key, re-read on SIGHUP; else nil
+	plainHTTP     bool       // --tls resolved to off; else every connection is TLS with getCert
+	getCert       func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	notifySocket  string     // systemd's $NOTIFY_SOCKET, or ""
 	debug         bool       // --log-level debug
 	maxConns      int
@@ -75,13 +77,13 @@ func (s *server) httpServer(errorLog *log.Logger) *http.Server {
 // serve answers on ln until ctx ends. Lines that any client can cause
 // (failed TLS handshakes, refused connections, accept errors when file
 // descriptors run out) are logged at most once a second, with a count.
-func (s *server) serve(ctx context.Context, ln *net.TCPListener, tlsConfig *tls.Config, reload <-chan os.Signal) error {
+func (s *server) serve(ctx context.Context, ln *net.TCPListener, reload <-chan os.Signal) error {
 	clientErrors := log.New(&rateLimitedLog{logger: s.logger}, "", 0)
 	hs := s.httpServer(clientErrors)
 	var l net.Listener = &connLimiter{TCPListener: ln, max: s.maxConns, perIP: s.maxConnsPerIP,
 		keepAlives: hs.SetKeepAlivesEnabled, refused: s.audit.connectionsLimited, logger: clientErrors, bySource: map[string][]*limitedConn{}}
-	if tlsConfig != nil {
-		l = tls.NewListener(l, tlsConfig)
+	if !s.plainHTTP {
+		l = tls.NewListener(l, serverTLSConfig(s.getCert))
 	}
 	hs.RegisterOnShutdown(s.audit.closeSubscribers) // event streams never go idle by themselves
 	done, auditDone := make(chan struct{}), make(chan struct{})
