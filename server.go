@@ -35,8 +35,8 @@ type server struct {
 	certs         *certFiles // the operator's --tls-cert/--tls-key, re-read on SIGHUP; else nil
 	plainHTTP     bool       // --tls resolved to off; else every connection is TLS with getCert
 	getCert       func(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	notifySocket  string     // systemd's $NOTIFY_SOCKET, or ""
-	debug         bool       // --log-level debug
+	notifySocket  string // systemd's $NOTIFY_SOCKET, or ""
+	debug         bool   // --log-level debug
 	maxConns      int
 	maxConnsPerIP int
 	timeouts      timeouts
