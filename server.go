@@ -86,12 +86,13 @@ func (s *server) serve(ctx context.Context, ln *net.TCPListener, reload <-chan o
 		l = tls.NewListener(l, serverTLSConfig(s.getCert))
 	}
 	hs.RegisterOnShutdown(s.audit.closeSubscribers) // event streams never go idle by themselves
-	done, auditDone := make(chan struct{}), make(chan struct{})
-	go s.flushLoop(ctx, done)
+	auditDone := make(chan struct{})
 	go s.audit.run(auditDone)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()
 	s.notify("READY=1")
+	flush := time.NewTicker(lastUsedFlushInterval) // last-used times, written off the request path
+	defer flush.Stop()
 	var err error
 	for stopping := false; !stopping; {
 		select {
@@ -99,6 +100,10 @@ func (s *server) serve(ctx context.Context, ln *net.TCPListener, reload <-chan o
 			err, stopping = fmt.Errorf("serve: %w", err), true
 		case <-reload:
 			s.reload()
+		case <-flush.C:
+			if ferr := s.tokens.flushLastUsed(); ferr != nil {
+				s.logger.Printf("warning: %v", ferr)
+			}
 		case <-ctx.Done():
 			stopping = true
 		}
@@ -109,7 +114,6 @@ func (s *server) serve(ctx context.Context, ln *net.TCPListener, reload <-chan o
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		defer cancel()
 		err = hs.Shutdown(sctx)
-		<-done
 	}
 	if ferr := s.tokens.flushLastUsed(); ferr != nil {
 		err = errors.Join(err, ferr)
@@ -155,23 +159,6 @@ func (s *server) notify(state string) {
 	}
 	if err != nil {
 		s.logger.Printf("warning: notify systemd (%s): %v", state, err)
-	}
-}
-
-// flushLoop writes last-used times now and then, off the request path.
-func (s *server) flushLoop(ctx context.Context, done chan<- struct{}) {
-	defer close(done)
-	t := time.NewTicker(lastUsedFlushInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := s.tokens.flushLastUsed(); err != nil {
-				s.logger.Printf("warning: %v", err)
-			}
-		}
 	}
 }
 
@@ -270,11 +257,9 @@ func (l *connLimiter) release(c *limitedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.open--
-	conns := slices.DeleteFunc(l.bySource[c.source], func(x *limitedConn) bool { return x == c })
-	if len(conns) == 0 {
+	l.bySource[c.source] = slices.DeleteFunc(l.bySource[c.source], func(x *limitedConn) bool { return x == c })
+	if len(l.bySource[c.source]) == 0 {
 		delete(l.bySource, c.source)
-	} else {
-		l.bySource[c.source] = conns
 	}
 }
 
@@ -522,8 +507,7 @@ type createTokenRequest struct {
 
 func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request, caller *tokenRecord) {
 	var req createTokenRequest
-	if code, err := decodeJSON(w, r, &req); err != nil {
-		writeError(w, code, err.Error())
+	if !decodeJSON(w, r, &req) {
 		return
 	}
 	ttl := secondsArg(req.TTLSecs)
@@ -545,8 +529,7 @@ func (s *server) handleRotateToken(w http.ResponseWriter, r *http.Request, calle
 	var req struct {
 		GraceSecs int64 `json:"grace_secs"`
 	}
-	if code, err := decodeJSON(w, r, &req); err != nil {
-		writeError(w, code, err.Error())
+	if !decodeJSON(w, r, &req) {
 		return
 	}
 	grace := secondsArg(req.GraceSecs)
@@ -748,9 +731,9 @@ func handleNotFound(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
 }
 
 // decodeJSON reads one JSON object of at most maxBodyBytes into v, refusing
-// unknown, repeated and case-variant fields and trailing data. It returns
-// the status to answer with.
-func decodeJSON(w http.ResponseWriter, r *http.Request, v any) (int, error) {
+// unknown, repeated and case-variant fields and trailing data. When it
+// refuses, it has answered and returns false.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err == nil {
 		err = checkKeys(body)
@@ -767,13 +750,13 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) (int, error) {
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		return http.StatusRequestEntityTooLarge, fmt.Errorf("request body is larger than %d bytes", maxBodyBytes)
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", maxBodyBytes))
 	case errors.Is(err, io.EOF):
-		return http.StatusBadRequest, errors.New("request body is empty; send a JSON object")
+		writeError(w, http.StatusBadRequest, "request body is empty; send a JSON object")
 	case err != nil:
-		return http.StatusBadRequest, fmt.Errorf("invalid JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
+		writeError(w, http.StatusBadRequest, "invalid JSON body: "+strings.TrimPrefix(err.Error(), "json: "))
 	}
-	return 0, nil
+	return err == nil
 }
 
 // checkKeys refuses a JSON object whose keys repeat or are not lower-case
