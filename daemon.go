@@ -88,15 +88,11 @@ func parseDaemonFlags(args []string, help io.Writer) (*daemonConfig, error) {
 	if _, err := parseFlags(daemonFlags(cfg, help), args, 0, 0); err != nil {
 		return nil, err
 	}
-	if cfg.apiToken == "" {
-		cfg.apiToken = os.Getenv("HELYOS_API_TOKEN") // read here, so --help never shows it
-	}
+	cfg.apiToken = cmp.Or(cfg.apiToken, os.Getenv("HELYOS_API_TOKEN")) // read here, so --help never shows it
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
-	if p, err := configPath(); err == nil {
-		cfg.configPath = p
-	}
+	cfg.configPath, _ = configPath() // "" when there is no home
 	return cfg, nil
 }
 

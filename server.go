@@ -350,7 +350,7 @@ func (s *server) routeTable() []route {
 func (s *server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		rec := &statusRecorder{ResponseWriter: w}
 		h := rec.Header()
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Cache-Control", "no-store")
@@ -360,11 +360,11 @@ func (s *server) observe(next http.Handler) http.Handler {
 					panic(p)
 				}
 				s.logger.Printf("error: handler for %s panicked", r.Pattern)
-				if !rec.wrote {
+				if rec.code == 0 {
 					writeError(rec, http.StatusInternalServerError, "internal error")
 				}
 			}
-			s.metrics.observe(r.Method, r.Pattern, rec.code, time.Since(start))
+			s.metrics.observe(r.Method, r.Pattern, cmp.Or(rec.code, http.StatusOK), time.Since(start))
 		}()
 		next.ServeHTTP(rec, r)
 	})
@@ -372,19 +372,16 @@ func (s *server) observe(next http.Handler) http.Handler {
 
 type statusRecorder struct {
 	http.ResponseWriter
-	code  int
-	wrote bool
+	code int // 0 until the answer has begun
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
-	if !r.wrote {
-		r.code, r.wrote = code, true
-	}
+	r.code = cmp.Or(r.code, code)
 	r.ResponseWriter.WriteHeader(code)
 }
 
 func (r *statusRecorder) Write(b []byte) (int, error) {
-	r.wrote = true
+	r.code = cmp.Or(r.code, http.StatusOK)
 	return r.ResponseWriter.Write(b)
 }
 
@@ -447,25 +444,19 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 
 // remoteIP is the address a request came from, without its port.
 func remoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
+	host, _, _ := net.SplitHostPort(r.RemoteAddr) // net/http's is always host:port
 	return host
 }
 
 // bearerToken reads "Authorization: Bearer TOKEN", the scheme in any case.
 func bearerToken(h http.Header) (string, error) {
 	values := h.Values("Authorization")
-	switch {
-	case len(values) == 0:
+	if len(values) == 0 {
 		return "", errTokenMissing
-	case len(values) > 1:
-		return "", errTokenMalformed
 	}
 	scheme, token, ok := strings.Cut(values[0], " ")
 	token = strings.TrimLeft(token, " ")
-	if !ok || !strings.EqualFold(scheme, "bearer") || token == "" || strings.ContainsAny(token, " \t") {
+	if len(values) > 1 || !ok || !strings.EqualFold(scheme, "bearer") || token == "" || strings.ContainsAny(token, " \t") {
 		return "", errTokenMalformed
 	}
 	return token, nil
