@@ -610,10 +610,8 @@ func (c *daemonConfig) loginInfo(port int, ca *certAuthority) loginInfo {
 	case c.advertiseAddr != "":
 		host = c.advertiseAddr
 	case isWildcard(c.host):
-		host = "localhost"
-		if h, err := os.Hostname(); err == nil {
-			host = h
-		}
+		host, _ = os.Hostname()
+		host = cmp.Or(host, "localhost")
 	}
 	info := loginInfo{Server: c.scheme() + "://" + hostPort(host, cmp.Or(c.advertisePort, port))}
 	if ca != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"cmp"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,10 +25,13 @@ var knownMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 // metrics holds the daemon's counters and writes them in the Prometheus
 // text format 0.0.4. Labels are route patterns, never raw paths.
 type metrics struct {
-	mu           sync.Mutex
-	requests     map[requestKey]uint64
-	durations    map[string]*histogram // by route
-	authFailures uint64                // never by reason: that goes to the audit log
+	mu        sync.Mutex
+	requests  map[requestKey]uint64
+	durations map[string]*histogram // by route
+	// authFailures counts refused bearer tokens. Their reasons stay out of
+	// the public metrics: a count of "address" or "revoked" refusals would
+	// tell whoever holds a stolen token that it is real.
+	authFailures atomic.Uint64
 }
 
 type requestKey struct {
@@ -70,15 +73,6 @@ func (m *metrics) observe(method, pattern string, code int, d time.Duration) {
 	h.count++
 }
 
-// authFailure counts a refused bearer token. Its reason stays out of the
-// public metrics: a count of "address" or "revoked" refusals would tell
-// whoever holds a stolen token that it is real.
-func (m *metrics) authFailure() {
-	m.mu.Lock()
-	m.authFailures++
-	m.mu.Unlock()
-}
-
 // failureReason names why a token was refused, for the audit log: one of
 // the errToken* reasons, or "error" (Argon2 slot wait cut short, say).
 func failureReason(err error) string {
@@ -91,9 +85,7 @@ func failureReason(err error) string {
 }
 
 // write renders every metric, sorted so the output is stable.
-func (m *metrics) write(out io.Writer, tokens *tokenStore) {
-	w := bufio.NewWriter(out)
-	defer w.Flush()
+func (m *metrics) write(w io.Writer, tokens *tokenStore) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 
@@ -119,7 +111,7 @@ func (m *metrics) write(out io.Writer, tokens *tokenStore) {
 	}
 
 	family(w, "helyos_auth_failures_total", "counter", "Requests refused for their bearer token; the audit log has the reasons.")
-	sample(w, "helyos_auth_failures_total", "", float64(m.authFailures))
+	sample(w, "helyos_auth_failures_total", "", float64(m.authFailures.Load()))
 
 	family(w, "helyos_api_tokens_active", "gauge", "API tokens that are neither revoked nor expired.")
 	sample(w, "helyos_api_tokens_active", "", float64(tokens.activeCount()))

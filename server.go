@@ -115,9 +115,7 @@ func (s *server) serve(ctx context.Context, ln *net.TCPListener, reload <-chan o
 		defer cancel()
 		err = hs.Shutdown(sctx)
 	}
-	if ferr := s.tokens.flushLastUsed(); ferr != nil {
-		err = errors.Join(err, ferr)
-	}
+	err = errors.Join(err, s.tokens.flushLastUsed())
 	close(auditDone)
 	s.audit.stop(err)
 	return err
@@ -417,7 +415,7 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 			return
 		}
 		if err != nil {
-			s.metrics.authFailure()
+			s.metrics.authFailures.Add(1)
 			s.audit.authFailed(remoteIP(r), failureReason(err))
 			if s.debug {
 				s.logger.Printf("debug: refused the bearer token of a request from %s: %v", r.RemoteAddr, err)

@@ -55,7 +55,7 @@ var mutations = []mutation{
 	{"server.go", `IdleTimeout:       cmp.Or(s.timeouts.idle, serverIdleTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "idle connections are closed after 2 minutes"},
 	{"server.go", `ReadTimeout:       cmp.Or(s.timeouts.read, serverReadTimeout),`, ``, `^TestServerTimeoutsAsDocumented$`, "a whole request must arrive within 30 s"},
 	{"server.go", `}{redactTokens(msg)})`, `}{msg})`, `^TestNoSecretsInOutput$`, "no error answer repeats a token"},
-	{"server.go", `s.metrics.authFailure()`, `s.metrics.authFailure(); s.logger.Printf("refused %q", token)`, `^TestNoSecretsInOutput$`, "no token in a log line"},
+	{"server.go", `s.metrics.authFailures.Add(1)`, `s.metrics.authFailures.Add(1); s.logger.Printf("refused %q", token)`, `^TestNoSecretsInOutput$`, "no token in a log line"},
 	{"cli.go", `login := "helyos login " + server`, `login := "helyos login " + server + " --token " + created.Token`, `^TestReliabilitySecretScan$|^TestCLIAuthTokens$`, "a new token's secret appears once, on stdout"},
 	{"daemon.go", `switch generated := plaintext != "" && c.apiToken == ""; {`, `switch generated := plaintext != ""; {`, `^TestAPITokenFlag$`, "a token given by the operator is never printed"},
 	{"tls.go", `return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: getCert}`, `return &tls.Config{MinVersion: tls.VersionTLS10, GetCertificate: getCert}`, `^TestTLSCertificate$`, "the daemon refuses TLS below 1.2"},
