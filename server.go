@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -227,14 +228,10 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 }
 
 // oldestOfBusiest is the oldest connection of the source holding the most,
-// if it holds more than n connections; else nil. The caller holds l.mu.
+// if it holds more than n connections; else nil. The caller holds l.mu and
+// has l.max (at least 1) connections open, so bySource is not empty.
 func (l *connLimiter) oldestOfBusiest(n int) *limitedConn {
-	var busiest []*limitedConn
-	for _, conns := range l.bySource {
-		if len(conns) > len(busiest) {
-			busiest = conns
-		}
-	}
+	busiest := slices.MaxFunc(slices.Collect(maps.Values(l.bySource)), func(a, b []*limitedConn) int { return len(a) - len(b) })
 	if len(busiest) <= n {
 		return nil
 	}
