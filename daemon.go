@@ -167,11 +167,9 @@ func (c *daemonConfig) validate() error {
 				"give another name clients dial, for example --tls-san helyos.internal or --tls-san 10.0.0.5")
 		}
 	}
-	if c.apiToken != "" {
-		if _, ok := parseAPIToken(c.apiToken); !ok {
-			return withHint(usageErrorf("the API token from --api-token / HELYOS_API_TOKEN is not nxa-api_ followed by 64 lower-case hex characters"),
-				"make one with: echo nxa-api_$(openssl rand -hex 32)")
-		}
+	if _, ok := parseAPIToken(c.apiToken); c.apiToken != "" && !ok {
+		return withHint(usageErrorf("the API token from --api-token / HELYOS_API_TOKEN is not nxa-api_ followed by 64 lower-case hex characters"),
+			"make one with: echo nxa-api_$(openssl rand -hex 32)")
 	}
 	return nil
 }
