@@ -15,7 +15,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -132,26 +131,25 @@ func daemonFlags(cfg *daemonConfig, help io.Writer) *flag.FlagSet {
 	return flags
 }
 
+// validate refuses flags that cannot work together or at all, before
+// anything is read or written. One row per check, in the order they run.
 func (c *daemonConfig) validate() error {
-	// Each row: the flag, its value, the choices in words, then the choices.
-	for _, f := range [][]string{{"--tls", c.tlsMode, "auto, on or off", "auto", "on", "off"}, {"--log-format", c.logFormat, "text or json", "text", "json"}, {"--log-level", c.logLevel, "info or debug", "info", "debug"}} {
-		if !slices.Contains(f[3:], f[1]) {
-			return usageErrorf("%s must be %s, not %q", f[0], f[2], f[1])
+	for _, check := range []struct {
+		bad bool
+		err error
+	}{
+		{c.tlsMode != "auto" && c.tlsMode != "on" && c.tlsMode != "off", usageErrorf("--tls must be auto, on or off, not %q", c.tlsMode)},
+		{c.logFormat != "text" && c.logFormat != "json", usageErrorf("--log-format must be text or json, not %q", c.logFormat)},
+		{c.port < 0 || c.port > 65535, usageErrorf("--port must be between 0 and 65535, not %d", c.port)},
+		{c.maxConns < 1, usageErrorf("--max-conns must be at least 1, not %d", c.maxConns)},
+		{c.maxConnsPerIP < 1, usageErrorf("--max-conns-per-ip must be at least 1, not %d", c.maxConnsPerIP)},
+		{c.logLevel != "info" && c.logLevel != "debug", usageErrorf("--log-level must be info or debug, not %q", c.logLevel)},
+		{(c.tlsCert == "") != (c.tlsKey == ""), usageErrorf("--tls-cert and --tls-key go together: give both or neither")},
+		{c.tlsCert != "" && c.tlsMode == "off", usageErrorf("--tls-cert and --tls-key need TLS, but --tls is off")},
+	} {
+		if check.bad {
+			return check.err
 		}
-	}
-	if c.port < 0 || c.port > 65535 {
-		return usageErrorf("--port must be between 0 and 65535, not %d", c.port)
-	}
-	for name, n := range map[string]int{"--max-conns": c.maxConns, "--max-conns-per-ip": c.maxConnsPerIP} {
-		if n < 1 {
-			return usageErrorf("%s must be at least 1, not %d", name, n)
-		}
-	}
-	if (c.tlsCert == "") != (c.tlsKey == "") {
-		return usageErrorf("--tls-cert and --tls-key go together: give both or neither")
-	}
-	if c.tlsCert != "" && c.tlsMode == "off" {
-		return usageErrorf("--tls-cert and --tls-key need TLS, but --tls is off")
 	}
 	if c.advertiseAddr != "" {
 		host, port, err := splitAdvertiseAddr(c.advertiseAddr)
