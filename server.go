@@ -498,10 +498,7 @@ func (s *server) handleCreateToken(w http.ResponseWriter, r *http.Request, calle
 	}
 	ttl := secondsArg(req.TTLSecs)
 	allowFrom, err := parseAllowFrom(req.AllowFrom)
-	if err == nil {
-		err = validateTokenRequest(req.Name, req.Scope, ttl)
-	}
-	if err != nil {
+	if err = cmp.Or(err, validateTokenRequest(req.Name, req.Scope, ttl)); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
