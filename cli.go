@@ -251,7 +251,7 @@ func cmdStatus(g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	var ver map[string]string
+	var ver struct{ Version, API string } // a daemon of another build may send more
 	if err := t.call("GET", "/api/v1/version", nil, &ver); err != nil {
 		return err
 	}
@@ -262,7 +262,7 @@ func cmdStatus(g *globals, args []string) error {
 		TLS     string     `json:"tls"`
 		Whoami  *tokenInfo `json:"whoami"`
 		Auth    string     `json:"auth"`
-	}{Server: t.server, Version: ver["version"], TLS: string(t.tlsMode), Auth: "no token"}
+	}{Server: t.server, Version: ver.Version, TLS: string(t.tlsMode), Auth: "no token"}
 	if t.ctx != nil {
 		st.Context = t.ctx.Name
 	}
@@ -282,7 +282,7 @@ func cmdStatus(g *globals, args []string) error {
 		auth = fmt.Sprintf("ok, as %q (scope %s)", st.Whoami.Name, sanitize(st.Whoami.Scope))
 	}
 	tw := g.table()
-	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\nauth:\t%s\n", st.Server, orDash(st.Context), sanitize(st.Version), sanitize(ver["api"]), st.TLS, auth)
+	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\nauth:\t%s\n", st.Server, orDash(st.Context), sanitize(st.Version), sanitize(ver.API), st.TLS, auth)
 	return tw.Flush()
 }
 
@@ -291,7 +291,7 @@ func cmdVersion(g *globals, args []string) error {
 	if _, err := parseFlags(flags, args, 0, 0); err != nil {
 		return err
 	}
-	var server map[string]string
+	var server struct{ Version string }
 	g.public = true
 	t, err := g.resolve()
 	if err == nil {
@@ -306,11 +306,11 @@ func cmdVersion(g *globals, args []string) error {
 		return g.printJSON(struct {
 			Client string `json:"client"`
 			Server string `json:"server,omitempty"`
-		}{buildVersion(), server["version"]})
+		}{buildVersion(), server.Version})
 	}
 	fmt.Fprintf(g.io.out, "client: %s\n", buildVersion())
-	if server["version"] != "" {
-		fmt.Fprintf(g.io.out, "server: %s\n", sanitize(server["version"]))
+	if server.Version != "" {
+		fmt.Fprintf(g.io.out, "server: %s\n", sanitize(server.Version))
 	}
 	return nil
 }

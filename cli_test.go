@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -1270,6 +1272,26 @@ func TestCLIVersionStatus(t *testing.T) {
 	text = mustRun(t, d.home, nil, "status", "--token", "nxa-api_"+strings.Repeat("0", 64)).stdout
 	if !strings.Contains(text, "auth:") || !strings.Contains(text, "refused") {
 		t.Errorf("status with a bad token:\n%s", text)
+	}
+}
+
+// TestCLIVersionAnswerMayGrow: status and version read the two fields they
+// show and let a daemon of another build send more, whatever their type.
+func TestCLIVersionAnswerMayGrow(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v1/whoami" {
+			io.WriteString(w, `{"name":"ci","scope":"read"}`)
+			return
+		}
+		io.WriteString(w, `{"version":"9.9","api":"v1","uptime_secs":12,"build":{"go":"1.99"}}`)
+	}))
+	t.Cleanup(srv.Close)
+	for _, args := range [][]string{{"status"}, {"status", "--json"}, {"version"}, {"version", "--json"}} {
+		r := mustRun(t, t.TempDir(), nil, append([]string{"--server", srv.URL, "--token", fakeToken}, args...)...)
+		if !strings.Contains(r.stdout, "9.9") || r.stderr != "" {
+			t.Errorf("%v:\nstdout: %s\nstderr: %s", args, r.stdout, r.stderr)
+		}
 	}
 }
 
