@@ -369,7 +369,7 @@ func TestBringYourOwnCertificate(t *testing.T) {
 	t.Parallel()
 	// A CA and leaf made by our own code, standing in for an operator's.
 	dir := t.TempDir()
-	ca, err := createCA(dir, time.Now())
+	ca, err := loadOrCreateCA(dir, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

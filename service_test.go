@@ -246,7 +246,7 @@ func TestBootstrapTokenFileNeverOverwritten(t *testing.T) {
 // one in service, and is refused at start as well.
 func TestSIGHUPReloadsCertificate(t *testing.T) {
 	t.Parallel()
-	ca, err := createCA(t.TempDir(), time.Now())
+	ca, err := loadOrCreateCA(t.TempDir(), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

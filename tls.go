@@ -89,14 +89,10 @@ func isWildcard(host string) bool {
 // certSANs is the sorted, de-duplicated list of names the serving
 // certificate must carry.
 func certSANs(bindHost, advertise string, extra []string) []string {
-	names := []string{"localhost", "127.0.0.1", "::1"}
+	hostname, _ := os.Hostname() // "" when unknown: dropped below
+	names := append([]string{"localhost", "127.0.0.1", "::1", advertise, hostname}, extra...)
 	if !isWildcard(bindHost) {
 		names = append(names, bindHost)
-	}
-	names = append(names, advertise)
-	names = append(names, extra...)
-	if h, err := os.Hostname(); err == nil {
-		names = append(names, h)
 	}
 	var out []string
 	for _, n := range names {
@@ -121,23 +117,31 @@ type certAuthority struct {
 func loadOrCreateCA(dir string, now time.Time) (*certAuthority, error) {
 	certPEM, certErr := os.ReadFile(filepath.Join(dir, caCertFile))
 	keyPEM, keyErr := os.ReadFile(filepath.Join(dir, caKeyFile))
-	if errors.Is(certErr, os.ErrNotExist) && errors.Is(keyErr, os.ErrNotExist) {
-		return createCA(dir, now)
-	}
-	if certErr != nil || keyErr != nil {
+	block, rest := pem.Decode(certPEM)
+	var pair tls.Certificate
+	var err error
+	switch {
+	case errors.Is(certErr, os.ErrNotExist) && errors.Is(keyErr, os.ErrNotExist):
+		pair, err = newCert(dir, caCertFile, caKeyFile, &x509.Certificate{
+			Subject:               pkix.Name{CommonName: "helyos CA", Organization: []string{"helyos"}},
+			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+			BasicConstraintsValid: true,
+			IsCA:                  true,
+			MaxPathLenZero:        true,
+		}, nil, now, caValidity)
+	case certErr != nil || keyErr != nil:
 		return nil, fmt.Errorf("read CA in %s: %w", dir, errors.Join(certErr, keyErr))
-	}
 	// /api/v1/ca publishes the certificate, so the file must hold nothing
 	// else (a key pasted after it would be published too).
-	block, rest := pem.Decode(certPEM)
-	if block == nil || block.Type != "CERTIFICATE" || len(block.Headers) > 0 || len(bytes.TrimSpace(rest)) > 0 ||
-		!bytes.HasPrefix(bytes.TrimSpace(certPEM), []byte("-----BEGIN")) {
+	case block == nil || block.Type != "CERTIFICATE" || len(block.Headers) > 0 || len(bytes.TrimSpace(rest)) > 0 ||
+		!bytes.HasPrefix(bytes.TrimSpace(certPEM), []byte("-----BEGIN")):
 		return nil, withHint(fmt.Errorf("%s must hold exactly one CERTIFICATE block and nothing else", filepath.Join(dir, caCertFile)),
 			"remove whatever else is in it (the key belongs in "+caKeyFile+" only), or restore the file from a backup")
+	default:
+		pair, err = withLeaf(tls.X509KeyPair(certPEM, keyPEM))
 	}
-	pair, err := withLeaf(tls.X509KeyPair(certPEM, keyPEM))
 	if err != nil {
-		return nil, fmt.Errorf("load CA in %s: %w", dir, err)
+		return nil, fmt.Errorf("load or create the CA in %s: %w", dir, err)
 	}
 	cert := pair.Leaf
 	signer, ok := pair.PrivateKey.(crypto.Signer)
@@ -147,20 +151,6 @@ func loadOrCreateCA(dir string, now time.Time) (*certAuthority, error) {
 	// Re-encoded from the parsed certificate: what is served is the
 	// certificate and only the certificate.
 	return &certAuthority{cert: cert, key: signer, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}, nil
-}
-
-func createCA(dir string, now time.Time) (*certAuthority, error) {
-	cert, key, err := newCert(dir, caCertFile, caKeyFile, &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "helyos CA", Organization: []string{"helyos"}},
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}, nil, now, caValidity)
-	if err != nil {
-		return nil, err
-	}
-	return &certAuthority{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}, nil
 }
 
 // issueServerCert signs a serving certificate for sans and writes it to dir.
@@ -177,11 +167,12 @@ func (ca *certAuthority) issueServerCert(dir string, sans []string, now time.Tim
 			tmpl.DNSNames = append(tmpl.DNSNames, san)
 		}
 	}
-	leaf, key, err := newCert(dir, serverCertFile, serverKeyFile, tmpl, ca, now, serverValidity)
+	pair, err := newCert(dir, serverCertFile, serverKeyFile, tmpl, ca, now, serverValidity)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+	pair.Certificate = append(pair.Certificate, ca.cert.Raw)
+	return &pair, nil
 }
 
 // newCert gives tmpl a fresh P-256 key and a random 128-bit serial, makes
@@ -189,39 +180,29 @@ func (ca *certAuthority) issueServerCert(dir string, sans []string, now time.Tim
 // (with its own when ca is nil: the CA itself) and writes the key, then the
 // certificate, to dir, so a crash between the two never leaves a
 // certificate without its key.
-func newCert(dir, certName, keyName string, tmpl *x509.Certificate, ca *certAuthority, now time.Time, validity time.Duration) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("generate key for %s: %w", certName, err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		return nil, nil, fmt.Errorf("draw a serial for %s: %w", certName, err)
-	}
-	tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = serial, now.Add(-time.Hour), now.Add(validity)
+func newCert(dir, certName, keyName string, tmpl *x509.Certificate, ca *certAuthority, now time.Time, validity time.Duration) (tls.Certificate, error) {
+	// Neither fails: since Go 1.24 crypto/rand crashes the program instead.
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl.SerialNumber, _ = rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(validity)
 	parent, signer := tmpl, crypto.Signer(key)
 	if ca != nil {
 		parent, signer = ca.cert, ca.key
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, signer)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sign %s: %w", certName, err)
+		return tls.Certificate{}, fmt.Errorf("sign %s: %w", certName, err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, nil, fmt.Errorf("parse %s: %w", certName, err)
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key) // a P-256 key always encodes
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	if err := writeFileAtomic(filepath.Join(dir, keyName), keyPEM); err != nil {
+		return tls.Certificate{}, err
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode %s: %w", keyName, err)
+	if err := writeFileAtomic(filepath.Join(dir, certName), certPEM); err != nil {
+		return tls.Certificate{}, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, keyName), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})); err != nil {
-		return nil, nil, fmt.Errorf("write %s: %w", keyName, err)
-	}
-	if err := writeFileAtomic(filepath.Join(dir, certName), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})); err != nil {
-		return nil, nil, fmt.Errorf("write %s: %w", certName, err)
-	}
-	return cert, key, nil
+	return withLeaf(tls.X509KeyPair(certPEM, keyPEM))
 }
 
 // loadServerCert returns the stored serving certificate if it was signed by
@@ -232,25 +213,21 @@ func (ca *certAuthority) loadServerCert(dir string, sans []string, now time.Time
 		return nil, "no usable serving certificate"
 	}
 	leaf := pair.Leaf
+	names := slices.Clone(leaf.DNSNames)
+	for _, ip := range leaf.IPAddresses {
+		names = append(names, ip.String())
+	}
+	slices.Sort(names)
 	switch {
 	case leaf.CheckSignatureFrom(ca.cert) != nil:
 		return nil, "not signed by this CA"
 	case now.After(leaf.NotAfter.Add(-renewBefore)):
 		return nil, "near expiry"
-	case !slices.Equal(leafSANs(leaf), sans):
+	case !slices.Equal(names, sans):
 		return nil, "names changed"
 	}
 	pair.Certificate = [][]byte{leaf.Raw, ca.cert.Raw}
 	return &pair, ""
-}
-
-func leafSANs(leaf *x509.Certificate) []string {
-	out := slices.Clone(leaf.DNSNames)
-	for _, ip := range leaf.IPAddresses {
-		out = append(out, ip.String())
-	}
-	slices.Sort(out)
-	return out
 }
 
 // servingCert hands out the daemon's certificate and re-issues it from the

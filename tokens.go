@@ -239,22 +239,18 @@ func readTokenFile(path string) ([]*tokenRecord, error) {
 	return f.Tokens, nil
 }
 
-// argonConcurrency bounds simultaneous Argon2 runs: half the CPUs (at
-// least one, at most four), so a flood of tokens that need Argon2 leaves
-// CPU for everything else and holds at most 4 × 19 MiB.
-func argonConcurrency() int {
-	return max(1, min(runtime.NumCPU()/2, 4))
-}
-
 func newTokenStore(path string, records []*tokenRecord, now func() time.Time) *tokenStore {
 	s := &tokenStore{
-		path:       path,
-		now:        now,
-		records:    records,
-		byLookup:   make(map[string]*tokenRecord, len(records)),
-		byName:     make(map[string]*tokenRecord, len(records)),
-		verified:   make(map[[32]byte]*tokenRecord),
-		argonSlots: make(chan struct{}, argonConcurrency()),
+		path:     path,
+		now:      now,
+		records:  records,
+		byLookup: make(map[string]*tokenRecord, len(records)),
+		byName:   make(map[string]*tokenRecord, len(records)),
+		verified: make(map[[32]byte]*tokenRecord),
+		// Simultaneous Argon2 runs: half the CPUs (at least one, at most
+		// four), so a flood of tokens that need Argon2 leaves CPU for
+		// everything else and holds at most 4 × 19 MiB.
+		argonSlots: make(chan struct{}, max(1, min(runtime.NumCPU()/2, 4))),
 		queues:     map[string]*keyQueue{},
 		hash:       argonKey,
 	}
@@ -335,13 +331,7 @@ func parseAPIToken(token string) (lookup string, ok bool) {
 }
 
 func isLowerHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
+	return strings.Trim(s, "0123456789abcdef") == ""
 }
 
 // hashToken returns the Argon2id PHC string of token with a fresh salt.
@@ -604,10 +594,7 @@ func (s *tokenStore) rotate(ctx context.Context, name string, grace time.Duratio
 // (rotation, or a new --api-token), old must still be the active record of
 // that name, and every active secret of that name stops working after grace.
 func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, ttl time.Duration, old *tokenRecord, grace time.Duration, record recordChange) (tokenInfo, error) {
-	lookup, ok := parseAPIToken(token)
-	if !ok {
-		return tokenInfo{}, errors.New("token is not nxa-api_ followed by 64 lower-case hex characters")
-	}
+	lookup, _ := parseAPIToken(token) // newAPIToken's, or --api-token, checked at flag time
 	if err := validateTokenRequest(rec.Name, rec.Scope, ttl); err != nil {
 		return tokenInfo{}, err
 	}
@@ -749,17 +736,16 @@ func (s *tokenStore) revoke(name string, record recordChange) error {
 // retireLocked makes the secrets of name that still work at `at` stop
 // working then, and returns a function that undoes it.
 func (s *tokenStore) retireLocked(name string, at time.Time) (undo func()) {
-	var changed []*tokenRecord
-	var before []*time.Time
+	before := map[*tokenRecord]*time.Time{}
 	for _, r := range s.records {
 		if r.Name == name && r.active(at) {
-			changed, before = append(changed, r), append(before, r.RevokedAt)
+			before[r] = r.RevokedAt
 			r.RevokedAt = &at
 		}
 	}
 	return func() {
-		for i, r := range changed {
-			r.RevokedAt = before[i]
+		for r, t := range before {
+			r.RevokedAt = t
 		}
 	}
 }
@@ -852,10 +838,7 @@ func (s *tokenStore) flushLastUsed() error {
 func (s *tokenStore) saveLocked() error {
 	s.dirty.Store(false)
 	for _, r := range s.records {
-		if ns := r.lastUsed.Load(); ns != 0 {
-			t := time.Unix(0, ns).UTC().Truncate(time.Second)
-			r.LastUsedAt = &t
-		}
+		r.LastUsedAt = r.info().LastUsedAt
 	}
 	data, err := json.MarshalIndent(tokenFile{Version: 1, Tokens: s.records}, "", "  ")
 	if err != nil {
