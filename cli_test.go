@@ -876,8 +876,8 @@ func TestCLIPinnedCAUndecodable(t *testing.T) {
 	notCert := encodeCA([]byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"))
 	for _, tc := range []struct{ name, ca, want string }{
 		{"not base64", "!!!not base64!!!", "pinned CA is not valid base64"},
-		{"not PEM", encodeCA([]byte("hello")), "pinned CA is not a PEM certificate"},
-		{"not a certificate", notCert, "pinned CA cannot be parsed"},
+		{"not PEM", encodeCA([]byte("hello")), "pinned CA: not a PEM certificate"},
+		{"not a certificate", notCert, "pinned CA: parse certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

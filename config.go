@@ -2,9 +2,9 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -65,7 +65,7 @@ func (c *Context) fields() []configField {
 // Context returns the context called name, or nil if there is none.
 func (c *Config) Context(name string) *Context {
 	for _, ctx := range c.Contexts {
-		if ctx != nil && ctx.Name == name {
+		if ctx.Name == name {
 			return ctx
 		}
 	}
@@ -75,13 +75,9 @@ func (c *Config) Context(name string) *Context {
 // Remove deletes the context called name and reports whether it existed.
 // It leaves CurrentContext alone: the caller decides what becomes current.
 func (c *Config) Remove(name string) bool {
-	for i, ctx := range c.Contexts {
-		if ctx != nil && ctx.Name == name {
-			c.Contexts = slices.Delete(c.Contexts, i, i+1)
-			return true
-		}
-	}
-	return false
+	n := len(c.Contexts)
+	c.Contexts = slices.DeleteFunc(c.Contexts, func(ctx *Context) bool { return ctx.Name == name })
+	return len(c.Contexts) < n
 }
 
 // Names returns the context names in file order, for listings and for
@@ -89,9 +85,7 @@ func (c *Config) Remove(name string) bool {
 func (c *Config) Names() []string {
 	names := make([]string, 0, len(c.Contexts))
 	for _, ctx := range c.Contexts {
-		if ctx != nil {
-			names = append(names, ctx.Name)
-		}
+		names = append(names, ctx.Name)
 	}
 	return names
 }
@@ -105,8 +99,6 @@ func (c *Config) check() error {
 	seen := make(map[string]bool, len(c.Contexts))
 	for _, ctx := range c.Contexts {
 		switch {
-		case ctx == nil:
-			return errors.New("a context is nil")
 		case ctx.Name == "":
 			return errors.New("a context has an empty name")
 		case !utf8.ValidString(ctx.Name):
@@ -144,16 +136,9 @@ func (c *Context) decodeCA() (*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("context %q: pinned CA is not valid base64: %w", c.Name, err)
 	}
-	block, rest := pem.Decode(data)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("context %q: pinned CA is not a PEM certificate", c.Name)
-	}
-	if len(bytes.TrimSpace(rest)) != 0 {
-		return nil, fmt.Errorf("context %q: pinned CA has data after the certificate", c.Name)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	cert, err := parseCAPEM(data)
 	if err != nil {
-		return nil, fmt.Errorf("context %q: pinned CA cannot be parsed: %w", c.Name, err)
+		return nil, fmt.Errorf("context %q: pinned CA: %w", c.Name, err)
 	}
 	if c.CASHA256 != "" && !sameFingerprint(c.CASHA256, fingerprint(cert.Raw)) {
 		return nil, fmt.Errorf("context %q: ca-sha256 does not match the pinned ca, whose fingerprint is %s", c.Name, fingerprint(cert.Raw))
@@ -320,11 +305,8 @@ func lockConfig(path string) (unlock func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock config: %w", err)
 	}
-	for {
+	for err = syscall.EINTR; errors.Is(err, syscall.EINTR); {
 		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
 	}
 	if err != nil {
 		f.Close()
@@ -345,13 +327,11 @@ func writeFileAtomic(path string, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	tmp := f.Name()
-	if err := writeAndClose(f, data); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
+	if err = writeAndClose(f, data); err == nil {
+		err = os.Rename(f.Name(), path)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err != nil {
+		os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := syncFolder(dir); err != nil {
@@ -379,13 +359,7 @@ func removeStaleTemps(dir string, names ...string) {
 // writeAndClose writes and fsyncs f, and always closes it.
 func writeAndClose(f *os.File, data []byte) error {
 	_, err := f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return cmp.Or(err, f.Sync(), f.Close())
 }
 
 // syncFolder fsyncs a folder so that a rename in it is durable.
@@ -394,11 +368,7 @@ func syncFolder(dir string) error {
 	if err != nil {
 		return err
 	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return cmp.Or(d.Sync(), d.Close())
 }
 
 const configHeader = "# Managed by `helyos`. Edit with `helyos context` / `helyos login`.\n"
@@ -415,9 +385,6 @@ func (c *Config) marshal() []byte {
 		b.WriteString("current-context = " + tomlQuote(c.CurrentContext) + "\n")
 	}
 	for _, ctx := range c.Contexts {
-		if ctx == nil {
-			continue
-		}
 		b.WriteString("\n[context." + tomlKey(ctx.Name) + "]\n")
 		for _, f := range ctx.fields() {
 			switch {

@@ -696,11 +696,11 @@ func TestDecodeCA(t *testing.T) {
 	}{
 		{"not base64", "!!!not base64", `context "my prod": pinned CA is not valid base64`},
 		{"url encoding", strings.NewReplacer("+", "-", "/", "_").Replace(b64(caPEM)) + "-_", `context "my prod": pinned CA is not valid base64`},
-		{"not PEM", b64([]byte("hello")), `context "my prod": pinned CA is not a PEM certificate`},
-		{"private key", b64(keyPEM), `context "my prod": pinned CA is not a PEM certificate`},
-		{"bad DER", b64(badDER), `context "my prod": pinned CA cannot be parsed`},
-		{"trailing data", b64(append(slices.Clone(caPEM), "junk"...)), `context "my prod": pinned CA has data after the certificate`},
-		{"two certificates", b64(append(slices.Clone(caPEM), caPEM...)), `context "my prod": pinned CA has data after the certificate`},
+		{"not PEM", b64([]byte("hello")), `context "my prod": pinned CA: not a PEM certificate`},
+		{"private key", b64(keyPEM), `context "my prod": pinned CA: not a PEM certificate`},
+		{"bad DER", b64(badDER), `context "my prod": pinned CA: parse certificate`},
+		{"trailing data", b64(append(slices.Clone(caPEM), "junk"...)), `context "my prod": pinned CA: data after the certificate`},
+		{"two certificates", b64(append(slices.Clone(caPEM), caPEM...)), `context "my prod": pinned CA: data after the certificate`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

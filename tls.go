@@ -345,7 +345,7 @@ func parseCAPEM(pemBytes []byte) (*x509.Certificate, error) {
 		return nil, errors.New("not a PEM certificate")
 	}
 	if len(bytes.TrimSpace(rest)) != 0 {
-		return nil, errors.New("more than one PEM block; give the CA certificate alone")
+		return nil, errors.New("data after the certificate; give the CA certificate alone")
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {

@@ -32,7 +32,7 @@ var mutations = []mutation{
 	{"tokens.go", `rec = s.byLookup[lookup]`, `rec = s.byLookup[lookup]; if rec == nil && len(s.records) > 0 { rec = s.records[0] }`, `^TestCheapRefusals$`, "random tokens never reach Argon2"},
 	{"tokens.go", `case state != nil:`, `case state != nil && false:`, `^TestRevokedAndExpiredNeverReachArgon2$`, "revoked and expired tokens never reach Argon2"},
 	{"tokens.go", `if err := rec.state(s.now()); err != nil {`, `if err := rec.state(s.now()); false && err != nil {`, `^TestRevokeDuringArgon2Wins$`, "a revoke during an Argon2 run wins"},
-	{"tokens.go", `argonSlots: make(chan struct{}, max(1, min(runtime.NumCPU()/2, 4))),`, `argonSlots: make(chan struct{}, 64),`, `^TestKnownPrefixFloodBounded$|^TestArgonRunsBounded$`, "Argon2 runs are bounded"},
+	{"tokens.go", `argonSlots: make(chan struct{}, max(1,`, `argonSlots: make(chan struct{}, 64+max(1,`, `^TestKnownPrefixFloodBounded$|^TestArgonRunsBounded$`, "Argon2 runs are bounded"},
 	{"tokens.go", `max(1, min(runtime.NumCPU()/2, 4))`, `max(1, runtime.NumCPU())`, `^TestKnownPrefixFloodBounded$`, "the Argon2 bound is half the CPUs, at most 4"},
 	{"tokens.go", "regexp.MustCompile(`(?i)nxa-api_[0-9a-f]{8,}`)", "regexp.MustCompile(`(?i)nxa-api_[0-9a-f]{80,}`)", `^TestCredentialContextSet$|^TestCLIRedactsTokensInErrors$`, "a token typed where a name belongs is redacted"},
 	{"daemon.go", `if !insecureHTTP {`, `if false {`, `^TestGuardrails$/^0\.0\.0\.0$/^tls=off$`, "guardrail: plain HTTP off loopback needs --insecure-http"},
