@@ -178,8 +178,17 @@ func readConfig(path string) (*Config, []byte, error) {
 		return nil, nil, fmt.Errorf("read config: %w", err)
 	}
 	defer f.Close()
-	if err := checkConfigOwner(f); err != nil {
-		return nil, nil, err
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, fmt.Errorf("read config: %w", err)
+	}
+	// Refused, as ssh does, when another user could have written it: it may
+	// name a token-command, which the CLI would run as its caller. The open
+	// file is checked, so the file read is the one checked.
+	uid, me := fi.Sys().(*syscall.Stat_t).Uid, os.Getuid()
+	if uid != 0 && int(uid) != me || fi.Mode().Perm()&0o022 != 0 {
+		return nil, nil, withHint(fmt.Errorf("refusing config %s: it is owned by uid %d with mode %04o, but must belong to you (uid %d) or root and be writable by no one else",
+			path, uid, fi.Mode().Perm(), me), fmt.Sprintf("if its content is yours: chown %d %s && chmod 600 %s", me, path, path))
 	}
 	data, err := io.ReadAll(f)
 	if err != nil {
@@ -191,23 +200,6 @@ func readConfig(path string) (*Config, []byte, error) {
 			fmt.Sprintf("fix the file by hand, or restore the previous version from %s.bak", path))
 	}
 	return cfg, data, nil
-}
-
-// checkConfigOwner refuses, as ssh does, a config file that another user
-// could have written: it may name a token-command, which the CLI would run
-// as its caller. It checks the open file, so the file read is the one
-// checked.
-func checkConfigOwner(f *os.File) error {
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("read config: %w", err)
-	}
-	uid, me := fi.Sys().(*syscall.Stat_t).Uid, os.Getuid()
-	if (uid == 0 || int(uid) == me) && fi.Mode().Perm()&0o022 == 0 {
-		return nil
-	}
-	return withHint(fmt.Errorf("refusing config %s: it is owned by uid %d with mode %04o, but must belong to you (uid %d) or root and be writable by no one else",
-		f.Name(), uid, fi.Mode().Perm(), me), fmt.Sprintf("if its content is yours: chown %d %s && chmod 600 %s", me, f.Name(), f.Name()))
 }
 
 // updateConfig is the only way the CLI changes the config. It holds an

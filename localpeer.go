@@ -38,14 +38,11 @@ func refuseForeignPeer(dial dialFunc, procNet string, stderr io.Writer) dialFunc
 		if err != nil {
 			return nil, err
 		}
-		err = checkPeer(conn, procNet)
-		if errors.Is(err, fs.ErrNotExist) {
+		if err := checkPeer(conn, procNet); errors.Is(err, fs.ErrNotExist) {
 			once.Do(func() {
 				fmt.Fprintf(stderr, "helyos: warning: cannot check who listens at %s (no %s here); sending the token over plain HTTP unchecked\n", addr, procNet)
 			})
-			err = nil
-		}
-		if err != nil {
+		} else if err != nil {
 			conn.Close()
 			return nil, err
 		}

@@ -47,18 +47,16 @@ func isTerminal(f *os.File) bool {
 // readLine reads one line from r a byte at a time, so nothing after the
 // newline is consumed, and returns it without the line ending.
 func readLine(r io.Reader) (string, error) {
-	var b strings.Builder
+	var line []byte
 	buf := make([]byte, 1)
-	for b.Len() < 64<<10 {
+	for len(line) < 64<<10 {
 		n, err := r.Read(buf)
-		if n == 1 {
-			if buf[0] == '\n' {
-				return strings.TrimSuffix(b.String(), "\r"), nil
-			}
-			b.WriteByte(buf[0])
+		newline := n == 1 && buf[0] == '\n'
+		if n == 1 && !newline {
+			line = append(line, buf[0])
 		}
-		if err == io.EOF && b.Len() > 0 {
-			return strings.TrimSuffix(b.String(), "\r"), nil
+		if newline || err == io.EOF && len(line) > 0 {
+			return strings.TrimSuffix(string(line), "\r"), nil
 		}
 		if err != nil {
 			return "", err

@@ -275,35 +275,27 @@ type certFiles struct {
 	pair              atomic.Pointer[tls.Certificate]
 }
 
+// load refuses, besides a pair that does not load, one that would serve
+// worse than the pair in service: a certificate out of date (a renewal
+// gone wrong, an old file copied back), or a key every user may read.
 func (c *certFiles) load() error {
-	pair, err := c.read()
+	fi, err := os.Stat(c.keyPath)
+	if err == nil && fi.Mode().Perm()&0o007 != 0 {
+		err = fmt.Errorf("%s is readable by every user (mode %04o); chmod o-rwx it", c.keyPath, fi.Mode().Perm())
+	}
+	var pair tls.Certificate
+	if err == nil {
+		pair, err = withLeaf(tls.LoadX509KeyPair(c.certPath, c.keyPath))
+	}
+	if now := c.now(); err == nil && (now.Before(pair.Leaf.NotBefore) || now.After(pair.Leaf.NotAfter)) {
+		err = fmt.Errorf("the certificate in %s is valid from %s to %s, not now", c.certPath,
+			pair.Leaf.NotBefore.UTC().Format(time.RFC3339), pair.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
 	if err != nil {
 		return fmt.Errorf("load --tls-cert and --tls-key: %w", err)
 	}
-	c.pair.Store(pair)
+	c.pair.Store(&pair)
 	return nil
-}
-
-// read refuses, besides a pair that does not load, one that would serve
-// worse than the pair in service: a certificate out of date (a renewal
-// gone wrong, an old file copied back), or a key every user may read.
-func (c *certFiles) read() (*tls.Certificate, error) {
-	fi, err := os.Stat(c.keyPath)
-	if err != nil {
-		return nil, err
-	}
-	if mode := fi.Mode().Perm(); mode&0o007 != 0 {
-		return nil, fmt.Errorf("%s is readable by every user (mode %04o); chmod o-rwx it", c.keyPath, mode)
-	}
-	pair, err := withLeaf(tls.LoadX509KeyPair(c.certPath, c.keyPath))
-	if err != nil {
-		return nil, err
-	}
-	if now := c.now(); now.Before(pair.Leaf.NotBefore) || now.After(pair.Leaf.NotAfter) {
-		return nil, fmt.Errorf("the certificate in %s is valid from %s to %s, not now", c.certPath,
-			pair.Leaf.NotBefore.UTC().Format(time.RFC3339), pair.Leaf.NotAfter.UTC().Format(time.RFC3339))
-	}
-	return &pair, nil
 }
 
 func (c *certFiles) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {

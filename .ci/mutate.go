@@ -65,7 +65,7 @@ var mutations = []mutation{
 	{"terminal.go", `case strconv.IsPrint(r):`, `case strconv.IsPrint(r) || true:`, `^TestCLIEscapesServerText$`, "server text is escaped before it is printed"},
 	{"client.go", `CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },`, `CheckRedirect: nil,`, `^TestCLIUnexpectedStatus$`, "no redirect is followed"},
 	{"login.go", `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") {`, `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") && false {`, `^TestCLIContextSetNoDowngrade$`, "context set never downgrades https to http"},
-	{"config.go", `if (uid == 0 || int(uid) == me) && fi.Mode().Perm()&0o022 == 0 {`, `if true {`, `^TestCLIRefusesForeignConfig$`, "a config another user could write is refused"},
+	{"config.go", `if uid != 0 && int(uid) != me || fi.Mode().Perm()&0o022 != 0 {`, `if false {`, `^TestCLIRefusesForeignConfig$`, "a config another user could write is refused"},
 	{"config.go", `backup = data`, `backup = old`, `^TestCLILogoutLeavesNoToken$`, "no file keeps a token after logout"},
 	{"config.go", `if c.CASHA256 != "" && !sameFingerprint(c.CASHA256, fingerprint(cert.Raw)) {`, `if false {`, `^TestCLIPinContradictions$`, "a ca-sha256 that does not match the ca is refused"},
 	{"config.go", `return fmt.Errorf("unknown key %s%s (known keys: %s)", tomlKey(key), where, strings.Join(known, ", "))`, `return nil`, `^TestConfigParseRefuses$`, "the config reader refuses a key it does not know: a typo never drops a setting"},
