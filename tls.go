@@ -350,14 +350,10 @@ func parseCAPEM(pemBytes []byte) (*x509.Certificate, error) {
 // CA when there is one, against the system roots otherwise, or not at all
 // when the user asked for insecure.
 func clientTLSConfig(pinnedCA *x509.Certificate, insecure bool) *tls.Config {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	switch {
-	case insecure:
-		cfg.InsecureSkipVerify = true
-	case pinnedCA != nil:
-		pool := x509.NewCertPool()
-		pool.AddCert(pinnedCA)
-		cfg.RootCAs = pool
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure}
+	if pinnedCA != nil {
+		cfg.RootCAs = x509.NewCertPool()
+		cfg.RootCAs.AddCert(pinnedCA)
 	}
 	return cfg
 }

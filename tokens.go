@@ -288,12 +288,8 @@ func (r *tokenRecord) allows(remote string) bool {
 		return true
 	}
 	ap, err := netip.ParseAddrPort(remote)
-	for _, p := range r.AllowFrom {
-		if err == nil && p.Contains(ap.Addr().Unmap().WithZone("")) {
-			return true
-		}
-	}
-	return false
+	addr := ap.Addr().Unmap().WithZone("")
+	return err == nil && slices.ContainsFunc(r.AllowFrom, func(p netip.Prefix) bool { return p.Contains(addr) })
 }
 
 // endsAt is when the secret stops working, nil for never: its expiry, or
@@ -622,12 +618,11 @@ func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, tt
 	case s.byLookup[lookup] != nil:
 		return tokenInfo{}, errors.New("token lookup key collides with a stored token; mint another")
 	}
-	retired := func() {}
-	if old != nil {
-		// Whole seconds, like every stored time: without grace the old secret
-		// is refused at the time a revoke would record, not a moment later.
-		retired = s.retireLocked(rec.Name, s.now().UTC().Truncate(time.Second).Add(grace))
-	}
+	// Every secret of the name that still works stops after grace (a free
+	// name has none). Whole seconds, like every stored time: without grace
+	// the old secret is refused at the time a revoke would record, not a
+	// moment later.
+	retired := s.retireLocked(rec.Name, s.now().UTC().Truncate(time.Second).Add(grace))
 	previous := s.byName[rec.Name]
 	s.records = append(s.records, rec)
 	s.byLookup[lookup] = rec
