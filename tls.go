@@ -205,31 +205,6 @@ func newCert(dir, certName, keyName string, tmpl *x509.Certificate, ca *certAuth
 	return withLeaf(tls.X509KeyPair(certPEM, keyPEM))
 }
 
-// loadServerCert returns the stored serving certificate if it was signed by
-// ca, carries exactly sans and is not near expiry; otherwise nil and why.
-func (ca *certAuthority) loadServerCert(dir string, sans []string, now time.Time) (*tls.Certificate, string) {
-	pair, err := withLeaf(tls.LoadX509KeyPair(filepath.Join(dir, serverCertFile), filepath.Join(dir, serverKeyFile)))
-	if err != nil {
-		return nil, "no usable serving certificate"
-	}
-	leaf := pair.Leaf
-	names := slices.Clone(leaf.DNSNames)
-	for _, ip := range leaf.IPAddresses {
-		names = append(names, ip.String())
-	}
-	slices.Sort(names)
-	switch {
-	case leaf.CheckSignatureFrom(ca.cert) != nil:
-		return nil, "not signed by this CA"
-	case now.After(leaf.NotAfter.Add(-renewBefore)):
-		return nil, "near expiry"
-	case !slices.Equal(names, sans):
-		return nil, "names changed"
-	}
-	pair.Certificate = [][]byte{leaf.Raw, ca.cert.Raw}
-	return &pair, ""
-}
-
 // servingCert hands out the daemon's certificate and re-issues it from the
 // same CA when it nears expiry, so a daemon that runs for years keeps a
 // valid certificate without a restart. Safe for concurrent use.
@@ -244,13 +219,33 @@ type servingCert struct {
 	cert *tls.Certificate
 }
 
+// newServingCert serves the stored certificate if it was signed by ca,
+// carries exactly sans and is not near expiry; otherwise it issues one.
 func newServingCert(ca *certAuthority, dir string, sans []string, now func() time.Time, audit *auditLog) (*servingCert, error) {
 	s := &servingCert{ca: ca, dir: dir, sans: sans, now: now, audit: audit}
-	var why string
-	if s.cert, why = ca.loadServerCert(dir, sans, now()); s.cert == nil {
-		if err := s.issue(why); err != nil {
-			return nil, err
+	pair, err := withLeaf(tls.LoadX509KeyPair(filepath.Join(dir, serverCertFile), filepath.Join(dir, serverKeyFile)))
+	why := "no usable serving certificate"
+	if err == nil {
+		names := slices.Clone(pair.Leaf.DNSNames)
+		for _, ip := range pair.Leaf.IPAddresses {
+			names = append(names, ip.String())
 		}
+		slices.Sort(names)
+		switch {
+		case pair.Leaf.CheckSignatureFrom(ca.cert) != nil:
+			why = "not signed by this CA"
+		case now().After(pair.Leaf.NotAfter.Add(-renewBefore)):
+			why = "near expiry"
+		case !slices.Equal(names, sans):
+			why = "names changed"
+		default:
+			pair.Certificate = [][]byte{pair.Leaf.Raw, ca.cert.Raw}
+			s.cert = &pair
+			return s, nil
+		}
+	}
+	if err := s.issue(why); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
