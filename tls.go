@@ -52,8 +52,7 @@ func fingerprint(der []byte) string {
 // without colons (or spaces), with an optional "sha256:" prefix. It returns
 // 64 lower-case hex characters, or an error.
 func normalizeFingerprint(s string) (string, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	t = strings.TrimPrefix(t, "sha256:")
+	t := strings.TrimPrefix(strings.ToLower(strings.TrimSpace(s)), "sha256:")
 	t = strings.NewReplacer(":", "", " ", "").Replace(t)
 	if len(t) != 64 || !isLowerHex(t) {
 		return "", fmt.Errorf("fingerprint %q is not a SHA-256 fingerprint (64 hex digits, colons optional)", s)
@@ -72,18 +71,13 @@ func sameFingerprint(a, b string) bool {
 // an IP address in 127.0.0.0/8 or ::1, with or without IPv6 brackets.
 func isLoopback(host string) bool {
 	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return strings.EqualFold(host, "localhost") || net.ParseIP(host).IsLoopback()
 }
 
 // isWildcard reports whether host binds every interface.
 func isWildcard(host string) bool {
 	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	ip := net.ParseIP(host)
-	return host == "" || (ip != nil && ip.IsUnspecified())
+	return host == "" || net.ParseIP(host).IsUnspecified()
 }
 
 // certSANs is the sorted, de-duplicated list of names the serving
@@ -94,15 +88,11 @@ func certSANs(bindHost, advertise string, extra []string) []string {
 	if !isWildcard(bindHost) {
 		names = append(names, bindHost)
 	}
-	var out []string
-	for _, n := range names {
-		n = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(n), "["), "]"))
-		if n != "" {
-			out = append(out, n)
-		}
+	for i, n := range names {
+		names[i] = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(n), "["), "]"))
 	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	slices.Sort(names)
+	return slices.DeleteFunc(slices.Compact(names), func(n string) bool { return n == "" })
 }
 
 // certAuthority is the daemon's self-signed CA. Its key is kept so the

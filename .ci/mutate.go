@@ -38,7 +38,7 @@ var mutations = []mutation{
 	{"daemon.go", `if !insecureHTTP {`, `if false {`, `^TestGuardrails$/^0\.0\.0\.0$/^tls=off$`, "guardrail: plain HTTP off loopback needs --insecure-http"},
 	{"daemon.go", `if !tokenConfigured {`, `if false {`, `^TestGuardrails$/^0\.0\.0\.0$/^tls=off$/^insecure-http$`, "guardrail: plain HTTP off loopback needs a token"},
 	{"daemon.go", `return c.tlsMode == "on" || (c.tlsMode == "auto" && (c.tlsCert != "" || !isLoopback(c.host)))`, `return c.tlsMode == "on" || (c.tlsMode == "auto" && c.tlsCert != "")`, `^TestGuardrails$/^0\.0\.0\.0$/^tls=auto$`, "--tls auto serves HTTPS off loopback"},
-	{"tls.go", `return ip != nil && ip.IsLoopback()`, `return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())`, `^TestIsLoopback$|^TestGuardrails$/^0\.0\.0\.0$/^tls=off$`, "loopback detection: 0.0.0.0 is not loopback"},
+	{"tls.go", `net.ParseIP(host).IsLoopback()`, `(net.ParseIP(host).IsLoopback() || net.ParseIP(host).IsUnspecified())`, `^TestIsLoopback$|^TestGuardrails$/^0\.0\.0\.0$/^tls=off$`, "loopback detection: 0.0.0.0 is not loopback"},
 	{"config.go", `f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")`, `f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)`, `^TestWriteFileAtomic$`, "state files are replaced whole, 0600 from the start"},
 	{"tokens.go", "RevokedAt  *time.Time     `json:\"revoked_at,omitempty\"`", "RevokedAt  *time.Time     `json:\"-\"`", `^TestRestartKeepsState$`, "a revocation is on disk and survives a restart"},
 	{"tls.go", `if err == nil && pair.Leaf == nil {`, `if false {`, `^TestLeafWithoutX509KeyPairLeaf$`, "a certificate's leaf is parsed whatever GODEBUG says"},
