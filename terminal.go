@@ -123,11 +123,10 @@ func sanitize(s string) string {
 		switch {
 		case strconv.IsPrint(r):
 			b.WriteRune(r)
-		case r > 0xffff:
-			r1, r2 := utf16.EncodeRune(r)
-			fmt.Fprintf(&b, `\u%04x\u%04x`, r1, r2)
-		default:
-			fmt.Fprintf(&b, `\u%04x`, r)
+		default: // above U+FFFF as a UTF-16 surrogate pair, as JSON has it
+			for _, u := range utf16.Encode([]rune{r}) {
+				fmt.Fprintf(&b, `\u%04x`, u)
+			}
 		}
 	}
 	return b.String()

@@ -316,11 +316,8 @@ func newAPIToken() string {
 // parseAPIToken checks a presented token's shape and returns its lookup key.
 // It is cheap and runs before anything else looks at the token.
 func parseAPIToken(token string) (lookup string, ok bool) {
-	if len(token) != len(apiTokenPrefix)+tokenHexLen || !strings.HasPrefix(token, apiTokenPrefix) {
-		return "", false
-	}
-	body := token[len(apiTokenPrefix):]
-	if !isLowerHex(body) {
+	body, ok := strings.CutPrefix(token, apiTokenPrefix)
+	if !ok || len(body) != tokenHexLen || !isLowerHex(body) {
 		return "", false
 	}
 	return body[:lookupLen], true

@@ -26,7 +26,7 @@ type mutation struct{ file, old, new, tests, promise string }
 
 var mutations = []mutation{
 	{"tokens.go", `return subtle.ConstantTimeCompare(got, want) == 1, nil`, `return subtle.ConstantTimeCompare(got, want) >= 0, nil`, `^TestCheapRefusals$`, "a wrong secret fails the constant-time compare"},
-	{"tokens.go", `if !isLowerHex(body) {`, `if false {`, `^TestTokenFormat$|^TestCheapRefusals$`, "a token of the wrong shape is refused before any lookup"},
+	{"tokens.go", `len(body) != tokenHexLen || !isLowerHex(body) {`, `len(body) != tokenHexLen {`, `^TestTokenFormat$|^TestCheapRefusals$`, "a token of the wrong shape is refused before any lookup"},
 	{"tokens.go", `case r.RevokedAt != nil && !now.Before(*r.RevokedAt):`, `case false:`, `^TestRevokeTakesEffectAtOnce$`, "a revoked token is refused on the next request"},
 	{"tokens.go", `case r.ExpiresAt != nil && !now.Before(*r.ExpiresAt):`, `case false:`, `^TestExpiry$`, "an expired token is refused"},
 	{"tokens.go", `rec = s.byLookup[lookup]`, `rec = s.byLookup[lookup]; if rec == nil && len(s.records) > 0 { rec = s.records[0] }`, `^TestCheapRefusals$`, "random tokens never reach Argon2"},
