@@ -598,8 +598,14 @@ func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, tt
 		exp := now.Add(ttl)
 		rec.ExpiresAt = &exp
 	}
-	if err := s.checkMaxTTL(rec, now, old != nil); err != nil {
-		return tokenInfo{}, err
+	// --max-ttl refuses a token valid longer than that from now; the
+	// bootstrap token, which the operator gives, is exempt.
+	if s.maxTTL > 0 && !rec.Bootstrap && (rec.ExpiresAt == nil || rec.ExpiresAt.Sub(now) > s.maxTTL) {
+		how := "give it a ttl_secs (--ttl)"
+		if old != nil {
+			how = "rotation keeps the expiry, so revoke it and create one with a ttl_secs (--ttl)"
+		}
+		return tokenInfo{}, fmt.Errorf("%w of %s; %s of at most %d seconds", errMaxTTL, s.maxTTL, how, int64(s.maxTTL/time.Second))
 	}
 	if err := s.argonRun(ctx, func() { rec.Hash = hashToken(token) }); err != nil {
 		return tokenInfo{}, err
@@ -634,19 +640,6 @@ func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, tt
 		return tokenInfo{}, err
 	}
 	return rec.info(), nil
-}
-
-// checkMaxTTL refuses a token that would be valid longer than --max-ttl
-// from now; the bootstrap token, which the operator gives, is exempt.
-func (s *tokenStore) checkMaxTTL(rec *tokenRecord, now time.Time, rotation bool) error {
-	if s.maxTTL > 0 && !rec.Bootstrap && (rec.ExpiresAt == nil || rec.ExpiresAt.Sub(now) > s.maxTTL) {
-		how := "give it a ttl_secs (--ttl)"
-		if rotation {
-			how = "rotation keeps the expiry, so revoke it and create one with a ttl_secs (--ttl)"
-		}
-		return fmt.Errorf("%w of %s; %s of at most %d seconds", errMaxTTL, s.maxTTL, how, int64(s.maxTTL/time.Second))
-	}
-	return nil
 }
 
 // checkName checks a token's or a context's name. A name is shown
