@@ -482,14 +482,12 @@ func (r *configReader) line(s string) error {
 // table reads a [context.NAME] header.
 func (r *configReader) table(s string) error {
 	rest, ok := strings.CutPrefix(s, "[context.")
+	name, rest, err := readKey(rest)
 	switch {
 	case strings.HasPrefix(s, "[["):
 		return errors.New("arrays of tables ([[...]]) are not supported here")
 	case !ok:
 		return errors.New("only [context.NAME] table headers are supported here, with no spaces inside the brackets")
-	}
-	name, rest, err := readKey(rest)
-	switch {
 	case err != nil:
 		return err
 	case !strings.HasPrefix(rest, "]"):
@@ -577,19 +575,18 @@ func endOfLine(rest, after string) error {
 
 // readKey reads a bare key or a quoted one, but not a dotted key (a.b).
 func readKey(s string) (key, rest string, err error) {
-	if strings.HasPrefix(s, `"`) || strings.HasPrefix(s, "'") {
-		if key, rest, err = readQuoted(s); err != nil {
-			return "", "", err
-		}
-	} else if rest = strings.TrimLeft(s, bareKeyChars); rest == s {
-		return "", "", errors.New("expected a key: letters, digits, _ and -, or a name in quotes")
-	} else {
+	switch rest = strings.TrimLeft(s, bareKeyChars); {
+	case strings.HasPrefix(s, `"`) || strings.HasPrefix(s, "'"):
+		key, rest, err = readQuoted(s)
+	case rest == s:
+		err = errors.New("expected a key: letters, digits, _ and -, or a name in quotes")
+	default:
 		key = s[:len(s)-len(rest)]
 	}
-	if strings.HasPrefix(strings.TrimLeft(rest, " \t"), ".") {
-		return "", "", errors.New(`dotted keys are not supported here: a name that holds a dot goes in quotes, "a.b"`)
+	if err == nil && strings.HasPrefix(strings.TrimLeft(rest, " \t"), ".") {
+		err = errors.New(`dotted keys are not supported here: a name that holds a dot goes in quotes, "a.b"`)
 	}
-	return key, rest, nil
+	return key, rest, err
 }
 
 // readValue reads a string, true or false. Its errors never repeat the

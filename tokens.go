@@ -468,18 +468,17 @@ func (s *tokenStore) verify(ctx context.Context, token, remote string) (*tokenRe
 	}
 	s.mu.RUnlock()
 
-	if state == nil && rec != nil && !rec.allows(remote) {
-		// Refused as an unknown token is: no Argon2 run, no cache hit and no
-		// last use, so neither timing nor /metrics tells that it is real.
-		s.cacheMisses.Add(1)
-		return nil, errTokenAddress
-	}
-	if cached {
+	outside := state == nil && rec != nil && !rec.allows(remote)
+	if cached && !outside {
 		s.cacheHits.Add(1)
 	} else {
 		s.cacheMisses.Add(1)
 	}
 	switch {
+	case outside:
+		// Refused as an unknown token is: no Argon2 run, no cache hit and no
+		// last use, so neither timing nor /metrics tells that it is real.
+		return nil, errTokenAddress
 	case rec == nil:
 		return nil, errTokenUnknown
 	case state != nil:

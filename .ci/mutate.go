@@ -77,7 +77,7 @@ var mutations = []mutation{
 	{"server.go", `{"POST /api/v1/tokens", scopeAdmin, s.handleCreateToken},`, `{"POST /api/v1/tokens", scopeRead, s.handleCreateToken},`, `^TestRouteTableMatchesSpec$`, "each route has the scope SPEC §5 gives it"},
 	{"server.go", `if !rec.grants(need) {`, `if false {`, `^TestScopeTable$`, "every protected request's scope is checked"},
 	{"tokens.go", `if len(r.AllowFrom) == 0 {`, `if true {`, `^TestAllowsAndGrants$`, "a bound token is refused outside its CIDRs"},
-	{"tokens.go", `if state == nil && rec != nil && !rec.allows(remote) {`, `if false {`, `^TestBoundTokens$`, "verify checks a token's bindings"},
+	{"tokens.go", `outside := state == nil && rec != nil && !rec.allows(remote)`, `outside := false`, `^TestBoundTokens$`, "verify checks a token's bindings"},
 	{"tokens.go", `retired := s.retireLocked(rec.Name, s.now().UTC().Truncate(time.Second).Add(grace))`, `retired, _ := func() {}, grace`, `^TestRotate$`, "rotation retires the old secret"},
 	{"tokens.go", `retired := s.retireLocked(rec.Name, s.now().UTC().Truncate(time.Second).Add(grace))`, `retired := s.retireLocked(rec.Name, s.now().UTC().Truncate(time.Second).Add(2*grace))`, `^TestRotate$`, "the old secret stops at the end of the grace"},
 	{"tokens.go", `rec := &tokenRecord{Name: old.Name, Scope: old.Scope, ExpiresAt: old.ExpiresAt, AllowFrom: old.AllowFrom, Bootstrap: old.Bootstrap}`, `rec := &tokenRecord{Name: old.Name, Scope: old.Scope, ExpiresAt: old.ExpiresAt, Bootstrap: old.Bootstrap}`, `^TestRotate$`, "rotation keeps the token's bindings"},
