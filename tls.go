@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -165,15 +164,14 @@ func (ca *certAuthority) issueServerCert(dir string, sans []string, now time.Tim
 	return &pair, nil
 }
 
-// newCert gives tmpl a fresh P-256 key and a random 128-bit serial, makes
+// newCert gives tmpl a fresh P-256 key (x509 draws a random serial), makes
 // it valid from an hour before now for validity, signs it with ca's key
 // (with its own when ca is nil: the CA itself) and writes the key, then the
 // certificate, to dir, so a crash between the two never leaves a
 // certificate without its key.
 func newCert(dir, certName, keyName string, tmpl *x509.Certificate, ca *certAuthority, now time.Time, validity time.Duration) (tls.Certificate, error) {
-	// Neither fails: since Go 1.24 crypto/rand crashes the program instead.
+	// Never fails: since Go 1.24 crypto/rand crashes the program instead.
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl.SerialNumber, _ = rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 	tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(validity)
 	parent, signer := tmpl, crypto.Signer(key)
 	if ca != nil {
