@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -171,7 +170,7 @@ func loadConfig(path string) (*Config, error) {
 // file does not exist), which updateConfig copies to the backup.
 func readConfig(path string) (*Config, []byte, error) {
 	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, os.ErrNotExist) {
 		return &Config{}, nil, nil
 	}
 	if err != nil {

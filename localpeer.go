@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -38,7 +37,7 @@ func refuseForeignPeer(dial dialFunc, procNet string, stderr io.Writer) dialFunc
 		if err != nil {
 			return nil, err
 		}
-		if err := checkPeer(conn, procNet); errors.Is(err, fs.ErrNotExist) {
+		if err := checkPeer(conn, procNet); errors.Is(err, os.ErrNotExist) {
 			once.Do(func() {
 				fmt.Fprintf(stderr, "helyos: warning: cannot check who listens at %s (no %s here); sending the token over plain HTTP unchecked\n", addr, procNet)
 			})
@@ -61,7 +60,7 @@ func checkPeer(conn net.Conn, procNet string) error {
 	hint := fmt.Sprintf("see who holds the port (ss -ltnpe 'sport = :%d'), stop it, and start the daemon", remote.Port)
 	for _, table := range []string{"tcp", "tcp6"} {
 		data, err := os.ReadFile(filepath.Join(procNet, table))
-		if table == "tcp6" && errors.Is(err, fs.ErrNotExist) {
+		if table == "tcp6" && errors.Is(err, os.ErrNotExist) {
 			break // a kernel without IPv6
 		}
 		if err != nil {

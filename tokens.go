@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -310,7 +309,7 @@ func (r *tokenRecord) grants(need string) bool {
 func newAPIToken() string {
 	var b [32]byte
 	rand.Read(b[:]) // never fails: since Go 1.24 crypto/rand crashes the program instead
-	return apiTokenPrefix + hex.EncodeToString(b[:])
+	return fmt.Sprintf("%s%x", apiTokenPrefix, b)
 }
 
 // parseAPIToken checks a presented token's shape and returns its lookup key.
