@@ -339,10 +339,9 @@ func writeFileAtomic(path string, data []byte) error {
 func removeStaleTemps(dir string, names ...string) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		for _, name := range names {
-			if strings.HasPrefix(e.Name(), "."+name+".tmp-") && e.Type().IsRegular() {
-				os.Remove(filepath.Join(dir, e.Name()))
-			}
+		ours := slices.ContainsFunc(names, func(name string) bool { return strings.HasPrefix(e.Name(), "."+name+".tmp-") })
+		if ours && e.Type().IsRegular() {
+			os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
 }
@@ -633,14 +632,13 @@ func readQuoted(s string) (str, rest string, err error) {
 // readEscape decodes the escape that starts s, just after a backslash,
 // into b and returns its length.
 func readEscape(s string, b *strings.Builder) (int, error) {
-	if i := strings.IndexByte(escapeLetters, s[0]); i >= 0 {
+	switch i := strings.IndexByte(escapeLetters, s[0]); {
+	case i >= 0:
 		b.WriteByte(escapedChars[i])
 		return 1, nil
-	}
-	switch s[0] {
-	case 'U':
+	case s[0] == 'U':
 		return 0, errors.New(`\U escapes are not supported here: write the character itself`)
-	case 'u': // the writer's \uXXXX is for control characters only
+	case s[0] == 'u': // the writer's \uXXXX is for control characters only
 		n, err := strconv.ParseUint(s[1:min(5, len(s))], 16, 32)
 		if err != nil || len(s) < 5 || !isControl(rune(n)) {
 			return 0, errors.New(`\u needs 4 hex digits naming a control character other than tab: write any other character as it is`)
