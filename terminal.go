@@ -18,16 +18,15 @@ import (
 // t. The ioctl requests are the one per-OS detail of the client, kept here
 // as values rather than in per-OS files.
 func termios(f *os.File, set bool, t *syscall.Termios) error {
-	var get, put uintptr
+	var req, put uintptr // the request that reads, and the one that writes
 	switch runtime.GOOS {
 	case "linux":
-		get, put = 0x5401, 0x5402 // TCGETS, TCSETS
+		req, put = 0x5401, 0x5402 // TCGETS, TCSETS
 	case "darwin":
-		get, put = 0x40487413, 0x80487414 // TIOCGETA, TIOCSETA
+		req, put = 0x40487413, 0x80487414 // TIOCGETA, TIOCSETA
 	default:
 		return errors.New("terminals are not supported on " + runtime.GOOS)
 	}
-	req := get
 	if set {
 		req = put
 	}

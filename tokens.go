@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"regexp"
@@ -749,11 +750,7 @@ func (s *tokenStore) commitLocked(info tokenInfo, record recordChange, undo func
 		return err
 	}
 	now := s.now()
-	for k, r := range s.verified {
-		if !r.active(now) {
-			delete(s.verified, k)
-		}
-	}
+	maps.DeleteFunc(s.verified, func(_ [32]byte, r *tokenRecord) bool { return !r.active(now) })
 	return nil
 }
 
