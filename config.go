@@ -95,17 +95,15 @@ func (c *Config) check() error {
 	if !utf8.ValidString(c.CurrentContext) {
 		return errors.New("current-context is not valid UTF-8")
 	}
-	seen := make(map[string]bool, len(c.Contexts))
 	for _, ctx := range c.Contexts {
 		switch {
 		case ctx.Name == "":
 			return errors.New("a context has an empty name")
 		case !utf8.ValidString(ctx.Name):
 			return fmt.Errorf("context name %q is not valid UTF-8", ctx.Name)
-		case seen[ctx.Name]:
+		case c.Context(ctx.Name) != ctx: // an earlier context has its name
 			return fmt.Errorf("two contexts are named %q", ctx.Name)
 		}
-		seen[ctx.Name] = true
 		for _, f := range ctx.fields() {
 			if f.str != nil && !utf8.ValidString(*f.str) {
 				return fmt.Errorf("context %q: %s is not valid UTF-8", ctx.Name, f.key)
