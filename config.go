@@ -242,10 +242,8 @@ func updateConfig(path string, fn func(*Config) error) error {
 		// The backup undoes a bad save; it must not keep a token the change
 		// removed (logout, context rm): then it gets the new content.
 		backup := old
-		for _, tok := range tokenLikePattern().FindAll(old, -1) {
-			if !bytes.Contains(data, tok) {
-				backup = data
-			}
+		if slices.ContainsFunc(tokenLikePattern().FindAll(old, -1), func(tok []byte) bool { return !bytes.Contains(data, tok) }) {
+			backup = data
 		}
 		if err := writeFileAtomic(path+".bak", backup); err != nil {
 			return fmt.Errorf("back up config: %w", err)
