@@ -170,8 +170,10 @@ func (ca *certAuthority) issueServerCert(dir string, sans []string, now time.Tim
 // certificate, to dir, so a crash between the two never leaves a
 // certificate without its key.
 func newCert(dir, certName, keyName string, tmpl *x509.Certificate, ca *certAuthority, now time.Time, validity time.Duration) (tls.Certificate, error) {
-	// Never fails: since Go 1.24 crypto/rand crashes the program instead.
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("generate key for %s: %w", certName, err)
+	}
 	tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(validity)
 	parent, signer := tmpl, crypto.Signer(key)
 	if ca != nil {
@@ -181,7 +183,10 @@ func newCert(dir, certName, keyName string, tmpl *x509.Certificate, ca *certAuth
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("sign %s: %w", certName, err)
 	}
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key) // a P-256 key always encodes
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("encode key for %s: %w", certName, err)
+	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	if err := writeFileAtomic(filepath.Join(dir, keyName), keyPEM); err != nil {

@@ -586,7 +586,10 @@ func (s *tokenStore) rotate(ctx context.Context, name string, grace time.Duratio
 // (rotation, or a new --api-token), old must still be the active record of
 // that name, and every active secret of that name stops working after grace.
 func (s *tokenStore) add(ctx context.Context, token string, rec *tokenRecord, ttl time.Duration, old *tokenRecord, grace time.Duration, record recordChange) (tokenInfo, error) {
-	lookup, _ := parseAPIToken(token) // newAPIToken's, or --api-token, checked at flag time
+	lookup, ok := parseAPIToken(token) // checked at flag time too: the store stays closed to a bad one
+	if !ok {
+		return tokenInfo{}, errors.New("token is not nxa-api_ followed by 64 lower-case hex characters")
+	}
 	if err := validateTokenRequest(rec.Name, rec.Scope, ttl); err != nil {
 		return tokenInfo{}, err
 	}

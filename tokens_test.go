@@ -954,3 +954,17 @@ func TestKnownPrefixFloodBounded(t *testing.T) {
 	}
 	t.Logf("flood of %d: %d ran Argon2 at once (bound %d), %d gave up waiting", flood, in, bound, gaveUp)
 }
+
+// TestStoreRefusesMalformedToken: the store itself refuses a secret that is
+// not a helyos token, whatever the caller checked before.
+func TestStoreRefusesMalformedToken(t *testing.T) {
+	s, _ := newTestStore(t)
+	for _, token := range []string{"", "secret", "nxa-api_" + strings.Repeat("AB", 32), "nxa_" + strings.Repeat("a", 64)} {
+		if _, err := s.add(context.Background(), token, &tokenRecord{Name: "x"}, 0, nil, 0, noAudit); err == nil {
+			t.Errorf("add(%q) stored it", token)
+		}
+	}
+	if len(s.list()) != 0 {
+		t.Errorf("records after refused adds: %v", s.list())
+	}
+}
