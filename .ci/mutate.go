@@ -58,6 +58,7 @@ var mutations = []mutation{
 	{"server.go", `s.metrics.authFailures.Add(1)`, `s.metrics.authFailures.Add(1); s.logger.Printf("refused %q", token)`, `^TestNoSecretsInOutput$`, "no token in a log line"},
 	{"cli.go", `login := "helyos login " + server`, `login := "helyos login " + server + " --token " + created.Token`, `^TestReliabilitySecretScan$|^TestCLIAuthTokens$`, "a new token's secret appears once, on stdout"},
 	{"daemon.go", `switch generated := plaintext != "" && c.apiToken == ""; {`, `switch generated := plaintext != ""; {`, `^TestAPITokenFlag$`, "a token given by the operator is never printed"},
+	{"server.go", `if !s.plainHTTP {`, `if false {`, `^TestTLSCertificate$`, "a daemon with TLS on accepts TLS connections only"},
 	{"tls.go", `return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: getCert}`, `return &tls.Config{MinVersion: tls.VersionTLS10, GetCertificate: getCert}`, `^TestTLSCertificate$`, "the daemon refuses TLS below 1.2"},
 	{"tls.go", `sum := sha256.Sum256(der)`, `sum := sha256.Sum256(der[1:])`, `^TestCAEndpointAndFingerprint$`, "the fingerprint is the SHA-256 of the CA's DER"},
 	{"localpeer.go", `if uid, err := strconv.Atoi(f[7]); err != nil || (uid != 0 && uid != os.Getuid()) {`, `if uid, err := strconv.Atoi(f[7]); err != nil || (uid != 0 && uid != os.Getuid() && false) {`, `^TestCheckPeer$`, "no token to another user's local listener"},
