@@ -24,6 +24,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -1538,4 +1539,31 @@ func TestClientErrorLinesRateLimited(t *testing.T) {
 	if most := int(time.Since(start)/time.Second) + 1; lines > most {
 		t.Errorf("%d handshake-error lines in %v, want at most one a second:\n%s", lines, time.Since(start), d.out.String())
 	}
+}
+
+// stalledWriter is a ResponseWriter whose client never reads: its first
+// Write blocks until the test lets it go.
+type stalledWriter struct {
+	httptest.ResponseRecorder
+	writing, release chan struct{}
+	once             sync.Once
+}
+
+func (w *stalledWriter) Write(b []byte) (int, error) {
+	w.once.Do(func() { close(w.writing); <-w.release })
+	return len(b), nil
+}
+
+// TestMetricsReaderCannotStallRequests: a /metrics client that does not
+// read holds no lock that every request needs to count itself.
+func TestMetricsReaderCannotStallRequests(t *testing.T) {
+	s, _ := newTestServer(t)
+	w := &stalledWriter{ResponseRecorder: *httptest.NewRecorder(), writing: make(chan struct{}), release: make(chan struct{})}
+	defer close(w.release)
+	go s.handleMetrics(w, httptest.NewRequest("GET", "/metrics", nil), nil)
+	<-w.writing
+	if !s.metrics.mu.TryLock() {
+		t.Fatal("the metrics lock is held while a /metrics answer waits for its client")
+	}
+	s.metrics.mu.Unlock()
 }

@@ -463,8 +463,12 @@ func (s *server) handleHealth(w http.ResponseWriter, _ *http.Request, _ *tokenRe
 }
 
 func (s *server) handleMetrics(w http.ResponseWriter, _ *http.Request, _ *tokenRecord) {
+	// Rendered under the metrics lock, sent after it: a client that does
+	// not read cannot hold up every request that counts itself.
+	var text bytes.Buffer
+	s.metrics.write(&text, s.tokens)
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	s.metrics.write(w, s.tokens)
+	w.Write(text.Bytes())
 }
 
 func (s *server) handleVersion(w http.ResponseWriter, _ *http.Request, _ *tokenRecord) {

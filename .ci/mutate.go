@@ -104,6 +104,7 @@ var mutations = []mutation{
 	{"server.go", `case seen[key]:`, `case false:`, `^TestRequestBodyTable$`, "repeated JSON fields are a 400"},
 	{"server.go", `case strings.Trim(key, "abcdefghijklmnopqrstuvwxyz0123456789_") != "":`, `case false:`, `^TestRequestBodyTable$`, "case-variant JSON fields are a 400"},
 	{"tokens.go", "lookup, ok := parseAPIToken(token) // checked at flag time too: the store stays closed to a bad one\n\tif !ok {", "lookup, ok := parseAPIToken(token) // checked at flag time too: the store stays closed to a bad one\n\tif false && !ok {", `^TestStoreRefusesMalformedToken$`, "the token store refuses a secret that is not a helyos token"},
+	{"server.go", `s.metrics.write(&text, s.tokens)`, `s.metrics.write(w, s.tokens)`, `^TestMetricsReaderCannotStallRequests$`, "a /metrics client that does not read holds up no request"},
 }
 
 func main() {
