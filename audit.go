@@ -367,8 +367,9 @@ func (a *auditLog) scopeDenied(actor, remote, route string) {
 	a.tally("scope.denied", actor, remote, route)
 }
 
-// connectionsLimited tallies a connection from remote closed at once because
-// limit (the total or the per-address cap) was reached.
+// connectionsLimited tallies a connection from remote closed because of a
+// cap: limit is "total" or "per-address" (closed as soon as accepted), or
+// "evicted" (its place given to a newcomer from a less busy address).
 func (a *auditLog) connectionsLimited(remote, limit string) {
 	a.tally("connections.limited", "", remote, limit)
 }

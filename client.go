@@ -453,7 +453,7 @@ func (t *target) transportError(err error) error {
 	var refused *hintError
 	var dnsErr *net.DNSError
 	switch {
-	case errors.As(err, &refused): // checkPeer's, which says it all
+	case errors.As(err, &refused): // checkPeer's, the only hint a dial carries: it says it all
 		return refused
 	case errors.As(err, &unknownCA), errors.As(err, &verifyErr):
 		hint := "the daemon's CA is not the one pinned (made anew, or someone is in between); " + t.repin()

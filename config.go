@@ -303,7 +303,8 @@ func lockConfig(path string) (unlock func(), err error) {
 }
 
 // writeFileAtomic is the one function every state file in the project is
-// written with. Readers see the old content or the new, never a mix: the data
+// written with, but for audit.log (appended to, in audit.go) and the
+// bootstrap-token file (created once with O_EXCL, in daemon.go). Readers see the old content or the new, never a mix: the data
 // goes to a temporary file in the same folder (0600 from creation, so a secret
 // is never readable by others, even briefly), is fsynced, renamed over path,
 // and the folder is fsynced so the rename survives a crash. On failure the

@@ -39,8 +39,9 @@ const (
 	eventKeepAlive = 15 * time.Second
 
 	// fdHeadroom is how many file descriptors the daemon keeps for its own
-	// files (the token store, certificates, the data-dir lock) beyond its
-	// connections: --max-conns is lowered to fit under the open-file limit.
+	// files (the token store, certificates, the audit log and the files an
+	// event stream replays, the data-dir lock) beyond its connections:
+	// --max-conns is lowered to fit under the open-file limit.
 	fdHeadroom = 64
 
 	// bootstrapTokenFile is where the first-run token goes instead of the
@@ -202,7 +203,8 @@ func checkExposure(host string, useTLS, insecureHTTP, tokenConfigured bool) erro
 	if useTLS || isLoopback(host) {
 		return nil
 	}
-	// Both messages are word for word from the security model.
+	// Both messages are word for word from the product specification (kept
+	// outside this repository); TestGuardrails holds them to it.
 	if !insecureHTTP {
 		return fmt.Errorf("refusing to serve a non-loopback address (%s) over plain HTTP; use --tls on, or pass BOTH --tls off and --insecure-http", host)
 	}
@@ -212,8 +214,9 @@ func checkExposure(host string, useTLS, insecureHTTP, tokenConfigured bool) erro
 	return nil
 }
 
-// lockDataDir refuses a data dir owned by another user (whoever owns it can
-// plant tokens and keys in it), then takes an exclusive flock on it, so a
+// lockDataDir refuses a data dir owned by another user or writable by group
+// or others (whoever can write it can plant tokens and keys in it), then
+// takes an exclusive flock on it, so a
 // second daemon pointed at the same dir refuses to start instead of keeping
 // its own copy of the token store (a revoke made through one daemon would not
 // reach the other). Locking the folder creates no file. A folder that does

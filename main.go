@@ -207,7 +207,7 @@ func usageErrorf(format string, a ...any) error {
 	return &usageError{fmt.Errorf(format, a...)}
 }
 
-// hintError carries a next step for the user; main prints "helyos: hint: ...".
+// hintError carries a next step for the user; report prints "helyos: hint: ...".
 // The hint travels with the error so that commands never print in the middle
 // of failing.
 type hintError struct {

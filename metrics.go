@@ -84,7 +84,9 @@ func failureReason(err error) string {
 	return "error"
 }
 
-// write renders every metric, sorted so the output is stable.
+// write renders every metric, sorted so the output is stable. It holds m.mu,
+// which every request takes to count itself, until it returns: w must be a
+// buffer, never a client that may stop reading (handleMetrics).
 func (m *metrics) write(w io.Writer, tokens *tokenStore) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -155,12 +155,13 @@ type tokenFile struct {
 // tokenStore holds the API tokens of one daemon and verifies presented ones.
 //
 // Verification costs one map lookup for a token seen before (the cache is
-// keyed by the SHA-256 of the token, never the token), one map lookup and no
-// Argon2 run for a malformed token, one whose lookup key matches no active
-// record, or one presented from outside the record's source bindings, and
-// one Argon2 run, bounded by argonSlots, otherwise. A token that
-// failed its Argon2 check is not remembered; repeated attempts run Argon2
-// again, which is why the runs are bounded.
+// keyed by the SHA-256 of the token, never the token); no lookup for a
+// malformed token; at most two map lookups and no Argon2 run for one whose
+// lookup key matches no active record, or one presented from outside the
+// record's source bindings; and one Argon2 run, bounded by argonSlots and
+// argonTurn, otherwise. A token that failed its Argon2 check is not
+// remembered; repeated attempts run Argon2 again, which is why the runs are
+// bounded.
 //
 // Revocation, expiry and the end of a rotation's grace period are checked
 // on the record at every verification, so they take effect on the very next
