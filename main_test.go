@@ -896,3 +896,65 @@ func TestReportKeepsEveryHint(t *testing.T) {
 		}
 	}
 }
+
+// TestSecurityEnforcedIn holds SECURITY.md's "enforced in" column to the
+// code: every file it names exists, and every function it names is declared
+// in that file (a `type.method` as a method of that type, and the type in the
+// package), so a refactor cannot leave an auditor looking for code that moved.
+func TestSecurityEnforcedIn(t *testing.T) {
+	var src strings.Builder
+	files, _ := filepath.Glob("*.go") // a constant, valid pattern
+	for _, name := range files {
+		if !strings.HasSuffix(name, "_test.go") {
+			src.Write(mustReadFile(t, name))
+		}
+	}
+	ticked := regexp.MustCompile("`([^`]+)`")
+	rows, width := 0, 0
+	for _, line := range strings.Split(string(mustReadFile(t, "SECURITY.md")), "\n") {
+		cells := strings.Split(strings.Trim(line, "| "), " | ")
+		switch {
+		case strings.HasSuffix(line, "| enforced in |"):
+			width = len(cells)
+			continue
+		case width == 0 || strings.HasPrefix(line, "|---"):
+			continue
+		case !strings.HasPrefix(line, "|"):
+			width = 0 // the table ended
+			continue
+		case len(cells) != width || !strings.HasPrefix(cells[width-1], "`"):
+			t.Errorf("SECURITY.md: a promise without its \"enforced in\" cell: %s", line)
+			continue
+		}
+		rows++
+		for _, group := range strings.Split(cells[width-1], ";") {
+			names := ticked.FindAllStringSubmatch(group, -1)
+			if len(names) == 0 {
+				t.Errorf("SECURITY.md: an \"enforced in\" cell names no file: %s", line)
+				continue
+			}
+			file := names[0][1]
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Errorf("SECURITY.md names %s, which cannot be read: %v", file, err)
+				continue
+			}
+			for _, n := range names[1:] {
+				typ, fn, isMethod := strings.Cut(n[1], ".")
+				decl := `(?m)^func ` + regexp.QuoteMeta(typ) + `\(`
+				if isMethod {
+					decl = `(?m)^func \(\w+ \*?` + regexp.QuoteMeta(typ) + `\) ` + regexp.QuoteMeta(fn) + `\(`
+					if !regexp.MustCompile(`(?m)^type ` + regexp.QuoteMeta(typ) + ` `).MatchString(src.String()) {
+						t.Errorf("SECURITY.md names %s in %s, but no type %s is declared", n[1], file, typ)
+					}
+				}
+				if !regexp.MustCompile(decl).Match(data) {
+					t.Errorf("SECURITY.md names %s in %s, which declares no such function", n[1], file)
+				}
+			}
+		}
+	}
+	if rows == 0 {
+		t.Fatal(`SECURITY.md has no promise table with an "enforced in" column`)
+	}
+}
