@@ -357,23 +357,13 @@ func (a *auditLog) publishLocked(ev auditEvent) {
 	}
 }
 
-// authFailed tallies a refused bearer token from remote; reason is one of
-// the errToken* reasons.
-func (a *auditLog) authFailed(remote, reason string) { a.tally("auth.failed", "", remote, reason) }
-
-// scopeDenied tallies a request by actor that its token's scope does not
-// allow; route is the route pattern it asked for.
-func (a *auditLog) scopeDenied(actor, remote, route string) {
-	a.tally("scope.denied", actor, remote, route)
-}
-
-// connectionsLimited tallies a connection from remote closed because of a
-// cap: limit is "total" or "per-address" (closed as soon as accepted), or
-// "evicted" (its place given to a newcomer from a less busy address).
-func (a *auditLog) connectionsLimited(remote, limit string) {
-	a.tally("connections.limited", "", remote, limit)
-}
-
+// tally counts one refusal toward its window's record: auth.failed (a
+// refused bearer token from remote; reason is one of the errToken* reasons),
+// scope.denied (a request by actor that its token's scope does not allow;
+// reason is the route pattern it asked for) or connections.limited (a
+// connection from remote closed because of a cap: reason is "total" or
+// "per-address" (closed as soon as accepted), or "evicted" (its place given
+// to a newcomer from a less busy address)).
 func (a *auditLog) tally(event, actor, remote, reason string) {
 	a.tallyMu.Lock()
 	defer a.tallyMu.Unlock()

@@ -206,12 +206,12 @@ func TestAuditTallies(t *testing.T) {
 	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	a := newTestAudit(t, dir, defaultAuditMaxSize, clock.now)
 	for range 5 {
-		a.authFailed("10.0.0.1", "unknown")
-		a.connectionsLimited("10.0.0.1", "per-address")
+		a.tally("auth.failed", "", "10.0.0.1", "unknown")
+		a.tally("connections.limited", "", "10.0.0.1", "per-address")
 	}
-	a.authFailed("10.0.0.1", "malformed")
-	a.authFailed("10.0.0.2", "unknown")
-	a.scopeDenied("reader", "10.0.0.2", "POST /api/v1/tokens")
+	a.tally("auth.failed", "", "10.0.0.1", "malformed")
+	a.tally("auth.failed", "", "10.0.0.2", "unknown")
+	a.tally("scope.denied", "reader", "10.0.0.2", "POST /api/v1/tokens")
 	a.later("token.expired", "", "10.0.0.3", "old")
 	clock.advance(auditWindow - time.Second)
 	if err := a.flush(false); err != nil {
@@ -221,7 +221,7 @@ func TestAuditTallies(t *testing.T) {
 		t.Fatalf("before the window ended: %+v", recs)
 	}
 	clock.advance(time.Second)
-	a.authFailed("10.0.0.1", "unknown") // counted in the window that ends now
+	a.tally("auth.failed", "", "10.0.0.1", "unknown") // counted in the window that ends now
 	a.flush(false)
 	got := map[string]string{}
 	for _, r := range readAuditFile(t, a.path(0))[1:] {
@@ -238,7 +238,7 @@ func TestAuditTallies(t *testing.T) {
 		t.Errorf("tallies written:\n%v\nwant\n%v", got, want)
 	}
 	for i := range maxTallies + 5 {
-		a.authFailed(fmt.Sprintf("10.1.%d.%d", i/256, i%256), "unknown")
+		a.tally("auth.failed", "", fmt.Sprintf("10.1.%d.%d", i/256, i%256), "unknown")
 	}
 	a.flush(true)
 	recs := readAuditFile(t, a.path(0))[5:]

@@ -196,24 +196,6 @@ func (c *daemonConfig) useTLS() bool {
 	return c.tlsMode == "on" || (c.tlsMode == "auto" && (c.tlsCert != "" || !isLoopback(c.host)))
 }
 
-// checkExposure is the plain-HTTP guardrail. Serving a reachable address in
-// the clear needs --tls off, --insecure-http and a configured token, all
-// three; loopback binds are never refused.
-func checkExposure(host string, useTLS, insecureHTTP, tokenConfigured bool) error {
-	if useTLS || isLoopback(host) {
-		return nil
-	}
-	// Both messages are word for word from the product specification (kept
-	// outside this repository); TestGuardrails holds them to it.
-	if !insecureHTTP {
-		return fmt.Errorf("refusing to serve a non-loopback address (%s) over plain HTTP; use --tls on, or pass BOTH --tls off and --insecure-http", host)
-	}
-	if !tokenConfigured {
-		return errors.New("refusing to expose a non-loopback address with no API token configured; set --api-token / HELYOS_API_TOKEN first")
-	}
-	return nil
-}
-
 // lockDataDir refuses a data dir owned by another user or writable by group
 // or others (whoever can write it can plant tokens and keys in it), then
 // takes an exclusive flock on it, so a
@@ -269,8 +251,7 @@ func runDaemon(args []string, std *stdio) error {
 	signal.Notify(reload, syscall.SIGHUP)
 	defer signal.Stop(reload)
 	logger := newLogger(cfg.logFormat, cfg.journal, std.err)
-	err = cfg.run(ctx, reload, logger, std.err)
-	if err != nil && cfg.logFormat == "json" { // the reason, too, in the log's own format
+	if err = cfg.run(ctx, reload, logger, std.err); err != nil && cfg.logFormat == "json" { // the reason, too, in the log's own format
 		logger.Printf("error: %s", redactTokens(err.Error()))
 		var h *hintError
 		if errors.As(err, &h) {
@@ -352,8 +333,11 @@ func (c *daemonConfig) run(ctx context.Context, reload <-chan os.Signal, logger 
 		return fmt.Errorf("listen on %s port %d: %w", c.host, c.port, err)
 	}
 	defer ln.Close()
-	if err := c.claimDataDir(); err != nil {
-		return err
+	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.Chmod(c.dataDir, 0o700); err != nil { // taken back from a looser mode
+		return fmt.Errorf("restrict data dir to its owner: %w", err)
 	}
 	if lock == nil { // the data dir is new
 		if lock, err = lockDataDir(c.dataDir); err != nil {
@@ -409,23 +393,20 @@ func (c *daemonConfig) openTokenStore(ctx context.Context) (store *tokenStore, g
 			return nil, nil, fmt.Errorf("check --api-token against the token store: %w", err)
 		}
 	}
+	// The plain-HTTP guardrail: serving a reachable address in the clear
+	// needs --tls off, --insecure-http and a configured token, all three;
+	// loopback binds are never refused. Both messages are word for word from
+	// the product specification (kept outside this repository);
+	// TestGuardrails holds them to it.
 	givenUsable := c.apiToken != "" && (given == nil || given.active(store.now()))
-	if err := checkExposure(c.host, c.useTLS(), c.insecureHTTP, givenUsable || store.activeCount() > 0); err != nil {
-		return nil, nil, err
+	switch {
+	case c.useTLS() || isLoopback(c.host):
+	case !c.insecureHTTP:
+		return nil, nil, fmt.Errorf("refusing to serve a non-loopback address (%s) over plain HTTP; use --tls on, or pass BOTH --tls off and --insecure-http", c.host)
+	case !givenUsable && store.activeCount() == 0:
+		return nil, nil, errors.New("refusing to expose a non-loopback address with no API token configured; set --api-token / HELYOS_API_TOKEN first")
 	}
 	return store, given, nil
-}
-
-// claimDataDir makes the data dir 0700, creating it or taking it back from
-// a looser mode.
-func (c *daemonConfig) claimDataDir() error {
-	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
-	if err := os.Chmod(c.dataDir, 0o700); err != nil {
-		return fmt.Errorf("restrict data dir to its owner: %w", err)
-	}
-	return nil
 }
 
 // newServer builds the server from the flags: --max-conns lowered to fit
@@ -665,16 +646,12 @@ func (c *daemonConfig) writeLocalContext(ctx context.Context, srv *server, token
 	}
 	server := c.scheme() + "://" + hostPort(host, port)
 	var note string
-	errKept := errors.New("local is kept")
-	err := updateConfig(c.configPath, func(config *Config) error {
-		var changed bool
-		if note, changed = c.pointLocalContext(ctx, config, srv, token, server, port); !changed {
-			return errKept // nothing to write
-		}
-		return nil
+	err := updateConfig(c.configPath, func(config *Config) (err error) {
+		note, err = c.pointLocalContext(ctx, config, srv, token, server, port)
+		return err
 	})
 	switch {
-	case err != nil && !errors.Is(err, errKept):
+	case err != nil && !errors.Is(err, errLocalKept):
 		srv.logger.Printf("warning: could not write the local CLI context: %v", err)
 	case note != "":
 		srv.logger.Print(note)
@@ -683,20 +660,21 @@ func (c *daemonConfig) writeLocalContext(ctx context.Context, srv *server, token
 
 // pointLocalContext points config's "local" context at server when it holds
 // one of this daemon's active tokens, or adds it with token when there is
-// none. It returns the line to log and whether config changed.
-func (c *daemonConfig) pointLocalContext(ctx context.Context, config *Config, srv *server, token, server string, port int) (note string, changed bool) {
+// none. It returns the line to log, and errLocalKept when config is not
+// changed: then updateConfig writes nothing.
+func (c *daemonConfig) pointLocalContext(ctx context.Context, config *Config, srv *server, token, server string, port int) (note string, err error) {
 	local := config.Context("local")
 	switch {
 	case local != nil && sameServer(local.Server, server):
-		return "", false
+		return "", errLocalKept
 	case local != nil:
 		if rec, err := srv.tokens.findToken(ctx, local.Token); err != nil || rec == nil || !rec.active(srv.tokens.now()) {
 			return fmt.Sprintf("CLI context \"local\" in %s is for %s, not this daemon, and is left as it is; reach this daemon by logging in with its token: %s --name local-%d",
-				c.configPath, local.Server, loginCommand(server, srv.ca), port), false
+				c.configPath, local.Server, loginCommand(server, srv.ca), port), errLocalKept
 		}
 		note = fmt.Sprintf("CLI context \"local\" in %s holds this daemon's token; it now points here, at %s (was %s)", c.configPath, server, local.Server)
 	case token == "":
-		return "", false
+		return "", errLocalKept
 	default:
 		if config.CurrentContext == "" && len(config.Contexts) == 1 {
 			config.CurrentContext = config.Contexts[0].Name // the only context, used until now, stays the one the CLI uses
@@ -713,5 +691,7 @@ func (c *daemonConfig) pointLocalContext(ctx context.Context, config *Config, sr
 	if srv.ca != nil {
 		local.CA, local.CASHA256 = encodeCA(srv.ca.pem), fingerprint(srv.ca.cert.Raw)
 	}
-	return note, true
+	return note, nil
 }
+
+var errLocalKept = errors.New("local is kept")

@@ -46,10 +46,7 @@ type histogram struct {
 }
 
 func newMetrics() *metrics {
-	return &metrics{
-		requests:  map[requestKey]uint64{},
-		durations: map[string]*histogram{},
-	}
+	return &metrics{requests: map[requestKey]uint64{}, durations: map[string]*histogram{}}
 }
 
 func (m *metrics) observe(method, pattern string, code int, d time.Duration) {
@@ -92,10 +89,9 @@ func (m *metrics) write(w io.Writer, tokens *tokenStore) {
 	defer m.mu.Unlock()
 
 	family(w, "helyos_http_requests_total", "counter", "HTTP requests answered, by method, route pattern and status code.")
-	keys := slices.SortedFunc(maps.Keys(m.requests), func(a, b requestKey) int {
+	for _, k := range slices.SortedFunc(maps.Keys(m.requests), func(a, b requestKey) int {
 		return strings.Compare(fmt.Sprint(a.route, a.method, a.code), fmt.Sprint(b.route, b.method, b.code))
-	})
-	for _, k := range keys {
+	}) {
 		sample(w, "helyos_http_requests_total", labels("method", k.method, "route", k.route, "code", strconv.Itoa(k.code)), float64(m.requests[k]))
 	}
 
@@ -105,35 +101,35 @@ func (m *metrics) write(w io.Writer, tokens *tokenStore) {
 		var cum uint64
 		for i, le := range durationBuckets {
 			cum += h.counts[i]
-			sample(w, "helyos_http_request_duration_seconds_bucket", labels("route", route, "le", formatFloat(le)), float64(cum))
+			sample(w, "helyos_http_request_duration_seconds_bucket", labels("route", route, "le", strconv.FormatFloat(le, 'g', -1, 64)), float64(cum))
 		}
 		sample(w, "helyos_http_request_duration_seconds_bucket", labels("route", route, "le", "+Inf"), float64(h.count))
 		sample(w, "helyos_http_request_duration_seconds_sum", labels("route", route), h.sum)
 		sample(w, "helyos_http_request_duration_seconds_count", labels("route", route), float64(h.count))
 	}
 
-	family(w, "helyos_auth_failures_total", "counter", "Requests refused for their bearer token; the audit log has the reasons.")
-	sample(w, "helyos_auth_failures_total", "", float64(m.authFailures.Load()))
+	familyOfOne(w, "helyos_auth_failures_total", "counter", "Requests refused for their bearer token; the audit log has the reasons.", "", float64(m.authFailures.Load()))
 
-	family(w, "helyos_api_tokens_active", "gauge", "API tokens that are neither revoked nor expired.")
-	sample(w, "helyos_api_tokens_active", "", float64(tokens.activeCount()))
-	family(w, "helyos_argon2_runs_total", "counter", "Argon2id hash computations, for verifying and for minting tokens.")
-	sample(w, "helyos_argon2_runs_total", "", float64(tokens.argonRuns.Load()))
-	family(w, "helyos_token_cache_hits_total", "counter", "Token verifications answered from the in-memory cache.")
-	sample(w, "helyos_token_cache_hits_total", "", float64(tokens.cacheHits.Load()))
-	family(w, "helyos_token_cache_misses_total", "counter", "Well-formed tokens not found in the in-memory cache.")
-	sample(w, "helyos_token_cache_misses_total", "", float64(tokens.cacheMisses.Load()))
+	familyOfOne(w, "helyos_api_tokens_active", "gauge", "API tokens that are neither revoked nor expired.", "", float64(tokens.activeCount()))
+	familyOfOne(w, "helyos_argon2_runs_total", "counter", "Argon2id hash computations, for verifying and for minting tokens.", "", float64(tokens.argonRuns.Load()))
+	familyOfOne(w, "helyos_token_cache_hits_total", "counter", "Token verifications answered from the in-memory cache.", "", float64(tokens.cacheHits.Load()))
+	familyOfOne(w, "helyos_token_cache_misses_total", "counter", "Well-formed tokens not found in the in-memory cache.", "", float64(tokens.cacheMisses.Load()))
 
-	family(w, "helyos_build_info", "gauge", "Build information; the value is always 1.")
-	sample(w, "helyos_build_info", labels("version", buildVersion(), "goversion", runtime.Version()), 1)
+	familyOfOne(w, "helyos_build_info", "gauge", "Build information; the value is always 1.", labels("version", buildVersion(), "goversion", runtime.Version()), 1)
 }
 
 func family(w io.Writer, name, kind, help string) {
 	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
 }
 
+// familyOfOne writes a family that has a single sample.
+func familyOfOne(w io.Writer, name, kind, help, labels string, v float64) {
+	family(w, name, kind, help)
+	sample(w, name, labels, v)
+}
+
 func sample(w io.Writer, name, labels string, v float64) {
-	fmt.Fprintf(w, "%s%s %s\n", name, labels, formatFloat(v))
+	fmt.Fprintf(w, "%s%s %s\n", name, labels, strconv.FormatFloat(v, 'g', -1, 64))
 }
 
 // labels renders name/value pairs, escaping values as the format requires.
@@ -144,8 +140,4 @@ func labels(pairs ...string) string {
 		parts = append(parts, pairs[i]+`="`+escape.Replace(pairs[i+1])+`"`)
 	}
 	return "{" + strings.Join(parts, ",") + "}"
-}
-
-func formatFloat(v float64) string {
-	return strconv.FormatFloat(v, 'g', -1, 64)
 }

@@ -82,7 +82,7 @@ func (s *server) serve(ctx context.Context, ln *net.TCPListener, reload <-chan o
 	clientErrors := log.New(&rateLimitedLog{logger: s.logger}, "", 0)
 	hs := s.httpServer(clientErrors)
 	var l net.Listener = &connLimiter{TCPListener: ln, max: s.maxConns, perIP: s.maxConnsPerIP,
-		keepAlives: hs.SetKeepAlivesEnabled, refused: s.audit.connectionsLimited, logger: clientErrors, bySource: map[string][]*limitedConn{}}
+		keepAlives: hs.SetKeepAlivesEnabled, audit: s.audit, logger: clientErrors, bySource: map[string][]*limitedConn{}}
 	if !s.plainHTTP {
 		l = tls.NewListener(l, serverTLSConfig(s.getCert))
 	}
@@ -176,8 +176,8 @@ func (s *server) notify(state string) {
 type connLimiter struct {
 	*net.TCPListener
 	max, perIP int
-	keepAlives func(on bool)              // http.Server.SetKeepAlivesEnabled
-	refused    func(remote, limit string) // the audit log's connections.limited tally
+	keepAlives func(on bool) // http.Server.SetKeepAlivesEnabled
+	audit      *auditLog     // its connections.limited tally
 	logger     *log.Logger
 	crowded    bool
 
@@ -198,8 +198,11 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		switch own := len(l.bySource[lc.source]); {
 		case own >= l.perIP:
 			over = "per-address"
-		case l.open >= l.max:
-			if evict = l.oldestOfBusiest(own + 1); evict == nil {
+		case l.open >= l.max: // then bySource holds l.max (at least 1) connections
+			busiest := slices.MaxFunc(slices.Collect(maps.Values(l.bySource)), func(a, b []*limitedConn) int { return len(a) - len(b) })
+			if len(busiest) > own+1 { // the oldest of the busiest source, if it holds more than the newcomer's would
+				evict = busiest[0]
+			} else {
 				over = "total"
 			}
 		}
@@ -215,27 +218,16 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		}
 		if evict != nil {
 			evict.Close()
-			l.refused(evict.source, "evicted")
+			l.audit.tally("connections.limited", "", evict.source, "evicted")
 			l.logger.Printf("closed the oldest connection from %s, the busiest source, to make room for one from %s (--max-conns %d)", evict.source, lc.source, l.max)
 		}
 		if over == "" {
 			return lc, nil
 		}
 		c.Close()
-		l.refused(lc.source, over)
+		l.audit.tally("connections.limited", "", lc.source, over)
 		l.logger.Printf("refused a connection from %s: the %s cap is reached (--max-conns %d, --max-conns-per-ip %d)", lc.source, over, l.max, l.perIP)
 	}
-}
-
-// oldestOfBusiest is the oldest connection of the source holding the most,
-// if it holds more than n connections; else nil. The caller holds l.mu and
-// has l.max (at least 1) connections open, so bySource is not empty.
-func (l *connLimiter) oldestOfBusiest(n int) *limitedConn {
-	busiest := slices.MaxFunc(slices.Collect(maps.Values(l.bySource)), func(a, b []*limitedConn) int { return len(a) - len(b) })
-	if len(busiest) <= n {
-		return nil
-	}
-	return busiest[0]
 }
 
 // connSource is the address a connection counts against: an IPv4 address,
@@ -413,7 +405,7 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 		}
 		if err != nil {
 			s.metrics.authFailures.Add(1)
-			s.audit.authFailed(remoteIP(r), failureReason(err))
+			s.audit.tally("auth.failed", "", remoteIP(r), failureReason(err))
 			if s.debug {
 				s.logger.Printf("debug: refused the bearer token of a request from %s: %v", r.RemoteAddr, err)
 			}
@@ -429,7 +421,7 @@ func (s *server) requireScope(need string, next authedHandler) http.Handler {
 			w.Header().Set("Helyos-Token-Expires", end.Format(time.RFC3339))
 		}
 		if !rec.grants(need) {
-			s.audit.scopeDenied(rec.Name, remoteIP(r), r.Pattern)
+			s.audit.tally("scope.denied", rec.Name, remoteIP(r), r.Pattern)
 			writeError(w, http.StatusForbidden, fmt.Sprintf("token %q has scope %s; this needs %s", rec.Name, rec.Scope, need))
 			return
 		}
@@ -722,10 +714,7 @@ func handleNotFound(w http.ResponseWriter, r *http.Request, _ *tokenRecord) {
 // refuses, it has answered and returns false.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	if err == nil {
-		err = checkKeys(body)
-	}
-	if err == nil {
+	if err = cmp.Or(err, checkKeys(body)); err == nil {
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err = dec.Decode(v); err == nil {
@@ -792,7 +781,5 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // writeError answers with {"error": msg}. Messages repeat user input (a
 // token name, a path), so anything shaped like a token is redacted.
 func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, struct {
-		Error string `json:"error"`
-	}{redactTokens(msg)})
+	writeJSON(w, code, map[string]string{"error": redactTokens(msg)})
 }
