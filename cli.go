@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -207,17 +208,6 @@ func (g *globals) request(step, method, path string, body, v any) (done bool, er
 	return true, g.printJSON(raw)
 }
 
-func (g *globals) table() *tabwriter.Writer {
-	return tabwriter.NewWriter(g.io.out, 0, 4, 2, ' ', 0)
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
 func formatTime(t *time.Time, unset string) string {
 	if t == nil {
 		return unset
@@ -237,7 +227,7 @@ func cmdWhoami(g *globals, args []string) error {
 	if done, err := g.request("", "GET", "/api/v1/whoami", nil, &info); done || err != nil {
 		return err
 	}
-	tw := g.table()
+	tw := tabwriter.NewWriter(g.io.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "name:\t%s\nscope:\t%s\nexpires:\t%s\nlast used:\t%s\nallowed from:\t%s\n", sanitize(info.Name), sanitize(info.Scope), formatTime(info.ExpiresAt, "never"), formatTime(info.LastUsedAt, "never"), allowedFrom(info.AllowFrom))
 	return tw.Flush()
 }
@@ -281,8 +271,8 @@ func cmdStatus(g *globals, args []string) error {
 	if st.Whoami != nil {
 		auth = fmt.Sprintf("ok, as %q (scope %s)", st.Whoami.Name, sanitize(st.Whoami.Scope))
 	}
-	tw := g.table()
-	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\nauth:\t%s\n", st.Server, orDash(st.Context), sanitize(st.Version), sanitize(ver.API), st.TLS, auth)
+	tw := tabwriter.NewWriter(g.io.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "server:\t%s\ncontext:\t%s\nversion:\t%s (api %s)\ntls:\t%s\nauth:\t%s\n", st.Server, cmp.Or(st.Context, "-"), sanitize(st.Version), sanitize(ver.API), st.TLS, auth)
 	return tw.Flush()
 }
 
@@ -484,14 +474,11 @@ func parseDuration(s string) (time.Duration, error) {
 }
 
 func allowedFrom(prefixes []netip.Prefix) string {
-	if len(prefixes) == 0 {
-		return "any address"
-	}
 	var s []string
 	for _, p := range prefixes {
 		s = append(s, p.String())
 	}
-	return strings.Join(s, ", ")
+	return cmp.Or(strings.Join(s, ", "), "any address")
 }
 
 func cmdTokenList(g *globals, args []string) error {
@@ -503,7 +490,7 @@ func cmdTokenList(g *globals, args []string) error {
 	if done, err := g.request("list tokens", "GET", "/api/v1/tokens", nil, &list); done || err != nil {
 		return err
 	}
-	tw := g.table()
+	tw := tabwriter.NewWriter(g.io.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSCOPE\tCREATED\tEXPIRES\tLAST USED\tALLOWED FROM")
 	for _, i := range list {
 		expires := formatTime(i.ExpiresAt, "never")
@@ -596,11 +583,10 @@ func cmdEvents(g *globals, args []string) error {
 	lastID, failures := "", 0
 	for {
 		progressed, err := t.readEvents(emit, from, &lastID, *follow)
-		var apiErr *apiError
 		if progressed {
 			failures = 0
 		}
-		if err == nil || (errors.As(err, &apiErr) && apiErr.status != http.StatusServiceUnavailable) || lastID == "" {
+		if apiErr, ok := errors.AsType[*apiError](err); err == nil || (ok && apiErr.status != http.StatusServiceUnavailable) || lastID == "" {
 			return err
 		}
 		if failures++; failures > eventRetries {
@@ -646,7 +632,7 @@ func (g *globals) printEvent(name, data string) {
 	}
 	detail, _ := json.Marshal(rec.Detail)
 	fmt.Fprintf(g.io.out, eventRow, rec.Time.Format(time.RFC3339), strconv.FormatUint(rec.Seq, 10), sanitize(rec.Event),
-		orDash(sanitize(deref(rec.Actor))), orDash(sanitize(deref(rec.Remote))), orDash(sanitize(deref(rec.Target))), sanitize(rec.Outcome), sanitize(string(detail)))
+		cmp.Or(sanitize(deref(rec.Actor)), "-"), cmp.Or(sanitize(deref(rec.Remote)), "-"), cmp.Or(sanitize(deref(rec.Target)), "-"), sanitize(rec.Outcome), sanitize(string(detail)))
 }
 
 func deref(s *string) string {

@@ -52,10 +52,7 @@ func normalizeServer(s string) (string, error) {
 	if u.Host == "" || u.Hostname() == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 		return "", fmt.Errorf("server address %q must be just scheme://host[:port]", s)
 	}
-	port := u.Port()
-	if port == "" {
-		port = defaultPort
-	}
+	port := cmp.Or(u.Port(), defaultPort)
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return "", fmt.Errorf("server address %q has an invalid port", s)
 	}
@@ -373,10 +370,7 @@ func (t *target) call(method, path string, body, out any) error {
 		}
 		return err
 	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil { // a *json.RawMessage keeps the answer as it came
+	if err := json.Unmarshal(data, out); out != nil && err != nil { // a *json.RawMessage keeps the answer as it came
 		return fmt.Errorf("answer from %s %s is not the JSON expected: %w", method, path, err)
 	}
 	return nil
@@ -400,9 +394,7 @@ func (t *target) warnExpiry(h http.Header) {
 }
 
 func (t *target) statusError(status int, data []byte) error {
-	var e struct {
-		Error string `json:"error"`
-	}
+	var e struct{ Error string }
 	if json.Unmarshal(data, &e) != nil || e.Error == "" {
 		e.Error = cmp.Or(strings.TrimSpace(firstLine(string(data))), http.StatusText(status))
 	}
@@ -487,12 +479,9 @@ func (t *target) transportError(err error) error {
 func fetchCA(server string) (*x509.Certificate, error) {
 	t := &target{server: server}
 	t.setClient(nil, true)
-	var answer struct {
-		PEM string `json:"pem"`
-	}
+	var answer struct{ PEM string }
 	err := t.call("GET", "/api/v1/ca", nil, &answer)
-	var apiErr *apiError
-	if errors.As(err, &apiErr) && apiErr.status == http.StatusNotFound {
+	if apiErr, ok := errors.AsType[*apiError](err); ok && apiErr.status == http.StatusNotFound {
 		return nil, nil // the daemon serves a certificate of its own
 	}
 	if err != nil {

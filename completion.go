@@ -114,25 +114,18 @@ func completions(words []string) []string {
 
 // subcommands are the words that may follow path.
 func subcommands(path []string) []string {
-	switch strings.Join(path, " ") {
-	case "":
-		names := []string{"daemon"}
-		for _, c := range commands() {
-			names = append(names, c.name)
-		}
-		return names
-	case "context":
-		return slices.Collect(maps.Keys(contextCommands()))
-	case "auth":
-		return []string{"token"}
-	case "auth token":
-		return slices.Collect(maps.Keys(tokenCommands()))
-	case "completion":
-		return []string{"bash", "zsh", "fish"}
-	case "audit":
-		return []string{"verify"}
+	subs := map[string][]string{
+		"":           {"daemon"},
+		"context":    slices.Collect(maps.Keys(contextCommands())),
+		"auth":       {"token"},
+		"auth token": slices.Collect(maps.Keys(tokenCommands())),
+		"completion": {"bash", "zsh", "fish"},
+		"audit":      {"verify"},
 	}
-	return nil
+	for _, c := range commands() {
+		subs[""] = append(subs[""], c.name)
+	}
+	return subs[strings.Join(path, " ")]
 }
 
 // flagsAt maps the flags valid after path to whether each takes a value.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 )
 
 // contextNameFor derives a context name from a server's host:
@@ -173,14 +174,12 @@ func loginContextName(cfg *Config, server, name string) (string, *Context) {
 		return name, cfg.Context(name)
 	}
 	base := contextNameFor(server)
-	for i := 1; ; i++ {
-		cand := base
-		if i > 1 {
-			cand = base + "-" + strconv.Itoa(i)
-		}
+	cand := base
+	for i := 2; ; i++ {
 		if c := cfg.Context(cand); c == nil || sameServer(c.Server, server) {
 			return cand, c
 		}
+		cand = base + "-" + strconv.Itoa(i)
 	}
 }
 
@@ -401,14 +400,14 @@ func cmdContextList(g *globals, args []string) error {
 	if g.json {
 		return g.printJSON(views)
 	}
-	tw := g.table()
+	tw := tabwriter.NewWriter(g.io.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CURRENT\tNAME\tSERVER\tPROJECT\tTLS\tTOKEN")
 	for _, v := range views {
 		mark := ""
 		if v.Active {
 			mark = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", mark, sanitize(v.Name), sanitize(v.Server), sanitize(orDash(v.Project)), v.TLS, sanitize(v.TokenSource))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", mark, sanitize(v.Name), sanitize(v.Server), sanitize(cmp.Or(v.Project, "-")), v.TLS, sanitize(v.TokenSource))
 	}
 	return tw.Flush()
 }
@@ -481,15 +480,14 @@ func cmdContextRemove(g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	name := pos[0]
 	return g.editConfig(func(cfg *Config) (string, error) {
-		if !cfg.Remove(name) {
-			return "", withHint(fmt.Errorf("context %q does not exist", name), "run 'helyos context ls' to see the contexts")
+		if !cfg.Remove(pos[0]) {
+			return "", withHint(fmt.Errorf("context %q does not exist", pos[0]), "run 'helyos context ls' to see the contexts")
 		}
-		if cfg.CurrentContext == name {
+		if cfg.CurrentContext == pos[0] {
 			cfg.CurrentContext = ""
 		}
-		return fmt.Sprintf("removed context %q", name), nil
+		return fmt.Sprintf("removed context %q", pos[0]), nil
 	})
 }
 

@@ -111,10 +111,8 @@ func run(argv []string, std *stdio) int {
 	if strings.TrimSuffix(filepath.Base(argv[0]), ".exe") == "helyosd" {
 		args = append([]string{"daemon"}, args...)
 	}
-	var err error
 	switch {
-	case len(args) == 0:
-		err = runClient(args, std)
+	case len(args) == 0: // runClient prints the usage
 	case len(args) > 1 && args[0] == "help": // help COMMAND is COMMAND --help
 		return run(append(append([]string{argv[0]}, args[1:]...), "--help"), std)
 	case args[0] == "help" || isHelp(args[0]):
@@ -124,16 +122,14 @@ func run(argv []string, std *stdio) int {
 		fmt.Fprintf(std.out, "helyos %s\n", buildVersion())
 		return 0
 	case args[0] == "daemon":
-		err = runDaemon(args[1:], std)
+		return report(runDaemon(args[1:], std), std.err)
 	case args[0] == completeCommand: // the candidates for the last word, one a line; never an error
 		for _, c := range completions(args[1:]) {
 			fmt.Fprintln(std.out, c)
 		}
 		return 0
-	default:
-		err = runClient(args, std)
 	}
-	return report(err, std.err)
+	return report(runClient(args, std), std.err)
 }
 
 func runClient(args []string, std *stdio) error {
@@ -180,21 +176,18 @@ Run 'helyos COMMAND --help' for a command's flags.
 // printFlags lists a flag set's flags under "Flags:", spelled --name as
 // everywhere else (the flag package would print -name).
 func printFlags(w io.Writer, flags *flag.FlagSet) {
-	var tw *tabwriter.Writer
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	heading := "\nFlags:\n" // only above a first flag
 	flags.VisitAll(func(f *flag.Flag) {
-		if tw == nil {
-			fmt.Fprint(w, "\nFlags:\n")
-			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		}
+		fmt.Fprint(tw, heading)
+		heading = ""
 		arg, about := flag.UnquoteUsage(f)
 		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
 			about += " (default " + f.DefValue + ")"
 		}
 		fmt.Fprintf(tw, "  --%s %s\t%s\n", f.Name, arg, about)
 	})
-	if tw != nil {
-		tw.Flush()
-	}
+	tw.Flush()
 }
 
 // usageError marks a mistake in how the command was called (exit code 2).
@@ -246,8 +239,7 @@ func report(err error, w io.Writer) int {
 	for e, h := err, (*hintError)(nil); errors.As(e, &h); e = h.error {
 		fmt.Fprintf(w, "helyos: hint: %s\n", sanitize(redactTokens(h.hint)))
 	}
-	var u *usageError
-	if errors.As(err, &u) {
+	if _, ok := errors.AsType[*usageError](err); ok {
 		return 2
 	}
 	return 1

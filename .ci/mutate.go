@@ -62,7 +62,7 @@ var mutations = []mutation{
 	{"tls.go", `return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: getCert}`, `return &tls.Config{MinVersion: tls.VersionTLS10, GetCertificate: getCert}`, `^TestTLSCertificate$`, "the daemon refuses TLS below 1.2"},
 	{"tls.go", `sum := sha256.Sum256(der)`, `sum := sha256.Sum256(der[1:])`, `^TestCAEndpointAndFingerprint$`, "the fingerprint is the SHA-256 of the CA's DER"},
 	{"localpeer.go", `if uid, err := strconv.Atoi(f[7]); err != nil || (uid != 0 && uid != os.Getuid()) {`, `if uid, err := strconv.Atoi(f[7]); err != nil || (uid != 0 && uid != os.Getuid() && false) {`, `^TestCheckPeer$`, "no token to another user's local listener"},
-	{"login.go", `sanitize(orDash(v.Project))`, `orDash(v.Project)`, `^TestCLIContextListEscapes$`, "context ls escapes hand-edited text"},
+	{"login.go", `sanitize(cmp.Or(v.Project, "-"))`, `cmp.Or(v.Project, "-")`, `^TestCLIContextListEscapes$`, "context ls escapes hand-edited text"},
 	{"terminal.go", `case strconv.IsPrint(r):`, `case strconv.IsPrint(r) || true:`, `^TestCLIEscapesServerText$`, "server text is escaped before it is printed"},
 	{"client.go", `CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },`, `CheckRedirect: nil,`, `^TestCLIUnexpectedStatus$`, "no redirect is followed"},
 	{"login.go", `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") {`, `if old, _ := normalizeServer(c.Server); strings.HasPrefix(old, "https://") && strings.HasPrefix(server, "http://") && false {`, `^TestCLIContextSetNoDowngrade$`, "context set never downgrades https to http"},
